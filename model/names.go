@@ -1,0 +1,54 @@
+package model
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Hugging Face tensor names of a Mixtral checkpoint, as stored on disk.
+const (
+	EmbedTensor  = "model.embed_tokens.weight"
+	NormTensor   = "model.norm.weight"
+	LMHeadTensor = "lm_head.weight"
+)
+
+func layerTensor(layer int, suffix string) string {
+	return fmt.Sprintf("model.layers.%d.%s", layer, suffix)
+}
+
+// ExpertTensors returns the names of w1, w2 and w3 of one expert in one
+// layer.
+func ExpertTensors(layer, expert int) [3]string {
+	p := fmt.Sprintf("model.layers.%d.block_sparse_moe.experts.%d.", layer, expert)
+	return [3]string{p + "w1.weight", p + "w2.weight", p + "w3.weight"}
+}
+
+// ParseExpertTensor reports whether name is an expert weight and, if so, of
+// which layer and expert.
+func ParseExpertTensor(name string) (layer, expert int, ok bool) {
+	rest, found := strings.CutPrefix(name, "model.layers.")
+	if !found {
+		return 0, 0, false
+	}
+	l, rest, found := strings.Cut(rest, ".")
+	if !found {
+		return 0, 0, false
+	}
+	rest, found = strings.CutPrefix(rest, "block_sparse_moe.experts.")
+	if !found {
+		return 0, 0, false
+	}
+	e, rest, found := strings.Cut(rest, ".")
+	if !found || (rest != "w1.weight" && rest != "w2.weight" && rest != "w3.weight") {
+		return 0, 0, false
+	}
+	var err error
+	if layer, err = strconv.Atoi(l); err != nil || layer < 0 {
+		return 0, 0, false
+	}
+	if expert, err = strconv.Atoi(e); err != nil || expert < 0 {
+		return 0, 0, false
+	}
+	return layer, expert, true
+}

@@ -44,11 +44,7 @@ func matrix(src tensorSource, name string, rows, cols int) (kernel.Matrix, error
 		if err != nil {
 			return kernel.Matrix{}, fmt.Errorf("%w: %s: %w", ErrWeights, name, err)
 		}
-		dt := kernel.BF16
-		if t.DType == safetensors.F16 {
-			dt = kernel.F16
-		}
-		m, err = kernel.NewMatrix(rows, cols, dt, nil, v)
+		m, err = kernel.NewMatrix(rows, cols, t.DType, nil, v)
 		if err != nil {
 			return kernel.Matrix{}, fmt.Errorf("%w: %s: %w", ErrWeights, name, err)
 		}

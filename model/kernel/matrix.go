@@ -2,6 +2,8 @@ package kernel
 
 import (
 	"fmt"
+
+	"github.com/moegrid/moegrid/model/safetensors"
 )
 
 // Matrix is a row-major weight matrix [Rows, Cols] in its stored dtype. Its
@@ -44,12 +46,12 @@ func (m *Matrix) Row(dst []float32, r int) {
 	case BF16:
 		src := m.Half[off : off+m.Cols]
 		for i, b := range src {
-			dst[i] = BF16ToF32(b)
+			dst[i] = safetensors.BF16ToFloat32(b)
 		}
 	case F16:
 		src := m.Half[off : off+m.Cols]
 		for i, b := range src {
-			dst[i] = F16ToF32(b)
+			dst[i] = safetensors.F16ToFloat32(b)
 		}
 	}
 }

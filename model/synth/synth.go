@@ -19,7 +19,6 @@ import (
 	"sync"
 
 	"github.com/moegrid/moegrid/model"
-	"github.com/moegrid/moegrid/model/kernel"
 	"github.com/moegrid/moegrid/model/safetensors"
 	"github.com/moegrid/moegrid/model/tokenizer/mistralv1"
 )
@@ -164,7 +163,7 @@ func generate(t tensorSpec, seed uint64, dtype safetensors.DType) []byte {
 			for i := lo; i < hi; i++ {
 				f := float32(Value(t.name, uint64(i), seed, t.scale, t.norm))
 				if dtype == safetensors.BF16 {
-					binary.LittleEndian.PutUint16(out[2*i:], kernel.F32ToBF16(f))
+					binary.LittleEndian.PutUint16(out[2*i:], safetensors.Float32ToBF16(f))
 				} else {
 					binary.LittleEndian.PutUint32(out[4*i:], math.Float32bits(f))
 				}

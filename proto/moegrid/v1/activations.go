@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+
+	"github.com/moegrid/moegrid/model/safetensors"
 )
 
 // ErrPayload is wrapped by every error about an activation payload that
@@ -33,7 +35,7 @@ func AppendActivations(dst []byte, x []float32, dtype DType) ([]byte, error) {
 		}
 	case DType_DTYPE_BF16:
 		for _, v := range x {
-			dst = binary.LittleEndian.AppendUint16(dst, bf16(v))
+			dst = binary.LittleEndian.AppendUint16(dst, safetensors.Float32ToBF16(v))
 		}
 	default:
 		return nil, fmt.Errorf("%w: dtype %v", ErrPayload, dtype)
@@ -62,18 +64,8 @@ func DecodeActivations(dst []float32, data []byte, rows, dim int, dtype DType) e
 		}
 	case DType_DTYPE_BF16:
 		for i := range n {
-			dst[i] = math.Float32frombits(uint32(binary.LittleEndian.Uint16(data[2*i:])) << 16)
+			dst[i] = safetensors.BF16ToFloat32(binary.LittleEndian.Uint16(data[2*i:]))
 		}
 	}
 	return nil
-}
-
-// bf16 rounds to the nearest bfloat16, ties to even; NaN stays NaN.
-func bf16(f float32) uint16 {
-	bits := math.Float32bits(f)
-	if bits&0x7fffffff > 0x7f800000 {
-		return uint16(bits>>16) | 0x40
-	}
-	bits += 0x7fff + (bits>>16)&1
-	return uint16(bits >> 16)
 }

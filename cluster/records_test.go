@@ -1,0 +1,167 @@
+package cluster
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/moegrid/moegrid/coordinator/placement"
+)
+
+func TestNodeRecordRoundTrip(t *testing.T) {
+	k, _ := NewKeys(DefaultPrefix)
+	rec := nodeRecord("node-1")
+	rec.GossipAddr = "127.0.0.1:7946"
+	rec.Loaded = []placement.Shard{{Expert: 3, First: 0, End: 4}}
+	rec.Load = NodeLoad{ForwardCallsTotal: 7, RowsTotal: 70, Inflight: 1, RowsPerSecond: 3.5}
+	rec.Started = time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	rec.Heartbeat = rec.Started.Add(time.Second)
+	b, err := json.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := k.DecodeNodeRecord(k.Node("node-1"), b)
+	if err != nil {
+		t.Fatalf("decode: %v", err)
+	}
+	if diff := cmp.Diff(rec, got); diff != "" {
+		t.Errorf("round trip (-want +got):\n%s", diff)
+	}
+	if !got.Holds(placement.Shard{Expert: 3, First: 1, End: 2}) || got.Holds(placement.Shard{Expert: 2, First: 0, End: 4}) {
+		t.Errorf("Holds wrong for %v", got.Loaded)
+	}
+}
+
+// TestDecodeNodeRecordBad pairs malformed node records with their errors.
+func TestDecodeNodeRecordBad(t *testing.T) {
+	k, _ := NewKeys(DefaultPrefix)
+	valid := func(mut func(*NodeRecord)) string {
+		r := nodeRecord("node-1")
+		mut(&r)
+		b, _ := json.Marshal(r)
+		return string(b)
+	}
+	for _, tc := range []struct {
+		name, key, value, err string
+	}{
+		{"not json", k.Node("node-1"), "{", "unexpected end of JSON"},
+		{"wrong type", k.Node("node-1"), `{"id": 5}`, "cannot unmarshal number"},
+		{"id mismatch", k.Node("node-2"), valid(func(*NodeRecord) {}), `record id "node-1" does not match`},
+		{"bad id", k.Node("node-1"), valid(func(r *NodeRecord) { r.ID = "" }), "invalid id"},
+		{"no grpc addr", k.Node("node-1"), valid(func(r *NodeRecord) { r.GRPCAddr = "" }), "grpc_addr is empty"},
+		{"bad grpc addr", k.Node("node-1"), valid(func(r *NodeRecord) { r.GRPCAddr = "localhost" }), "missing port"},
+		{"bad port", k.Node("node-1"), valid(func(r *NodeRecord) { r.GossipAddr = "h:99999" }), "port must be"},
+		{"bad state", k.Node("node-1"), valid(func(r *NodeRecord) { r.State = "sleeping" }), `state "sleeping"`},
+		{"no capacity", k.Node("node-1"), valid(func(r *NodeRecord) { r.CapacityBytes = 0 }), "capacity_bytes 0"},
+		{"no device", k.Node("node-1"), valid(func(r *NodeRecord) { r.Device.Kind = "" }), "device kind"},
+		{"no start", k.Node("node-1"), valid(func(r *NodeRecord) { r.Started = time.Time{} }), "started is zero"},
+		{"no fingerprint", k.Node("node-1"), valid(func(r *NodeRecord) { r.Model.Fingerprint = "" }), "fingerprint is empty"},
+		{"no experts", k.Node("node-1"), valid(func(r *NodeRecord) { r.Model.Shape.Experts = 0 }), "must be positive"},
+		{"loaded outside", k.Node("node-1"), valid(func(r *NodeRecord) { r.Loaded = []placement.Shard{{Expert: 8, End: 1}} }), "model has 8 experts"},
+		{"loaded empty range", k.Node("node-1"), valid(func(r *NodeRecord) { r.Loaded = []placement.Shard{{Expert: 1, First: 2, End: 2}} }), "layers [2,2)"},
+		{"negative rate", k.Node("node-1"), valid(func(r *NodeRecord) { r.Load.RowsPerSecond = -1 }), "rows_per_second"},
+		{"not a node key", k.Placement(), valid(func(*NodeRecord) {}), "not a node key"},
+		{"huge", k.Node("node-1"), `"` + strings.Repeat("x", maxRecordBytes) + `"`, "limit"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := k.DecodeNodeRecord(tc.key, []byte(tc.value))
+			if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), tc.err) || !strings.Contains(err.Error(), tc.key) {
+				t.Fatalf("err = %v; want ErrMalformed naming %s and containing %q", err, tc.key, tc.err)
+			}
+		})
+	}
+}
+
+func TestPlacementRecordJSON(t *testing.T) {
+	rec := PlacementRecord{
+		Placement: placement.Placement{Version: 3, Model: testModel},
+		Leader:    "coord-a",
+	}
+	for e := range testModel.Experts {
+		rec.Assignments = append(rec.Assignments, placement.Assignment{
+			Shard: placement.Shard{Expert: e, End: testModel.Layers}, Nodes: []string{"n1"},
+		})
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The placement's fields sit at the top level beside the record's own.
+	var flat map[string]any
+	if err := json.Unmarshal(b, &flat); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"version", "model", "assignments", "leader", "written"} {
+		if _, ok := flat[f]; !ok {
+			t.Errorf("field %q missing in %s", f, b)
+		}
+	}
+	got, err := DecodePlacementRecord("p", b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(rec, got); diff != "" {
+		t.Errorf("round trip (-want +got):\n%s", diff)
+	}
+
+	for name, bad := range map[string]string{
+		"incomplete":       `{"version":1,"model":{"experts":2,"layers":1,"bytes_per_expert_layer":1},"assignments":[{"shard":{"expert":0,"first_layer":0,"end_layer":1},"nodes":["a"]}]}`,
+		"v0 assignments":   `{"version":0,"assignments":[{"shard":{"expert":0,"first_layer":0,"end_layer":1},"nodes":["a"]}]}`,
+		"negative version": `{"version":-1}`,
+		"bad node id":      `{"version":1,"model":{"experts":1,"layers":1,"bytes_per_expert_layer":1},"assignments":[{"shard":{"expert":0,"first_layer":0,"end_layer":1},"nodes":["a b"]}]}`,
+		"load length":      `{"version":1,"model":{"experts":1,"layers":1,"bytes_per_expert_layer":1},"assignments":[{"shard":{"expert":0,"first_layer":0,"end_layer":1},"nodes":["a"]}],"load":[1,2]}`,
+	} {
+		if _, err := DecodePlacementRecord("p", []byte(bad)); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: err = %v, want ErrMalformed", name, err)
+		}
+	}
+}
+
+func FuzzDecodeNodeRecord(f *testing.F) {
+	k, _ := NewKeys(DefaultPrefix)
+	b, _ := json.Marshal(nodeRecord("node-1"))
+	f.Add(b)
+	f.Add([]byte(`{"id":"node-1","loaded":[{"expert":-1}]}`))
+	f.Add([]byte(`null`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := k.DecodeNodeRecord(k.Node("node-1"), b)
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("error %v does not wrap ErrMalformed", err)
+			}
+			return
+		}
+		// Whatever decodes is valid and survives a round trip.
+		if err := r.Validate(); err != nil {
+			t.Fatalf("decoded record invalid: %v", err)
+		}
+		again, _ := json.Marshal(r)
+		if _, err := k.DecodeNodeRecord(k.Node("node-1"), again); err != nil {
+			t.Fatalf("re-decode: %v", err)
+		}
+	})
+}
+
+func FuzzDecodePlacementRecord(f *testing.F) {
+	f.Add([]byte(`{"version":1,"model":{"experts":1,"layers":2,"bytes_per_expert_layer":1},"assignments":[{"shard":{"expert":0,"first_layer":0,"end_layer":2},"nodes":["a"]}]}`))
+	f.Add([]byte(`{"version":0,"error":"insufficient capacity"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := DecodePlacementRecord("p", b)
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("error %v does not wrap ErrMalformed", err)
+			}
+			return
+		}
+		if r.Version > 0 {
+			// A decoded placement answers every lookup without panicking.
+			for e := range r.Model.Experts {
+				_ = r.HoldersOf(e, 0)
+			}
+		}
+	})
+}

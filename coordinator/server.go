@@ -1,0 +1,238 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/moegrid/moegrid/cluster"
+	"github.com/moegrid/moegrid/coordinator/placement"
+	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
+)
+
+// StateDown is the state Status reports for a node that the placement still
+// assigns shards to but that has no record any more (its lease expired or
+// it was revoked): the placement has not caught up yet, or cannot.
+const StateDown = "down"
+
+// errNotConnected reports a request served before etcd was reached.
+var errNotConnected = errors.New("coordinator: not connected to etcd yet")
+
+// errInvalidArgument is wrapped by request validation errors.
+var errInvalidArgument = errors.New("coordinator: invalid argument")
+
+// server implements moegrid.v1.Cluster on every replica.
+type server struct {
+	moegridv1.UnimplementedClusterServer
+	c *Coordinator
+}
+
+var _ moegridv1.ClusterServer = (*server)(nil)
+
+func (s *server) storeOrErr() (*cluster.Store, error) {
+	st := s.c.store.Load()
+	if st == nil {
+		return nil, errNotConnected
+	}
+	return st, nil
+}
+
+// Status reads the cluster in one snapshot and reports it.
+func (s *server) Status(ctx context.Context, _ *moegridv1.StatusRequest) (*moegridv1.StatusResponse, error) {
+	st, err := s.storeOrErr()
+	if err != nil {
+		return nil, err
+	}
+	snap, err := st.Snapshot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return buildStatus(snap, s.c.gossipDead), nil
+}
+
+// Drain marks a node draining; the leader moves its shards away.
+func (s *server) Drain(ctx context.Context, req *moegridv1.DrainRequest) (*moegridv1.DrainResponse, error) {
+	if req.GetNodeId() == "" {
+		return nil, errors.Join(errInvalidArgument, errors.New("node_id is required"))
+	}
+	st, err := s.storeOrErr()
+	if err != nil {
+		return nil, err
+	}
+	if err := st.Drain(ctx, req.GetNodeId()); err != nil {
+		return nil, err
+	}
+	s.c.log.Info("drain requested", "node", req.GetNodeId())
+	return &moegridv1.DrainResponse{}, nil
+}
+
+// buildStatus renders a snapshot for capacity planners. dead is the gossip
+// verdict on a node.
+func buildStatus(snap *cluster.Snapshot, dead func(cluster.NodeRecord) bool) *moegridv1.StatusResponse {
+	p := snap.Placement
+	resp := &moegridv1.StatusResponse{
+		Leader:           snap.Leader,
+		PlacementVersion: p.Version,
+		PlacementError:   p.Error,
+	}
+	if p.Version > 0 {
+		resp.Model = &moegridv1.ModelShape{
+			Experts:             uint32(p.Model.Experts),
+			Layers:              uint32(p.Model.Layers),
+			BytesPerExpertLayer: uint64(p.Model.BytesPerExpertLayer),
+		}
+	}
+	ids := p.Nodes()
+	for _, n := range snap.Nodes {
+		ids = append(ids, n.ID)
+	}
+	slices.Sort(ids)
+	for _, id := range slices.Compact(ids) {
+		ns := &moegridv1.NodeStatus{
+			Id:              id,
+			Assigned:        shardsPB(p.ShardsOf(id)),
+			MemoryUsedBytes: uint64(p.BytesOn(id)),
+		}
+		rec, ok := snap.Node(id)
+		if !ok {
+			ns.State = StateDown
+			resp.Nodes = append(resp.Nodes, ns)
+			continue
+		}
+		ns.GrpcAddr, ns.GossipAddr = rec.GRPCAddr, rec.GossipAddr
+		ns.State = string(rec.State)
+		if snap.Drained(id) {
+			ns.State = string(cluster.StateDraining)
+		}
+		ns.Alive = !dead(rec)
+		ns.Device = rec.Device.String()
+		ns.MemoryCapacityBytes = uint64(rec.CapacityBytes)
+		ns.Loaded = shardsPB(rec.Loaded)
+		ns.Load = &moegridv1.NodeLoad{
+			ForwardCallsTotal: rec.Load.ForwardCallsTotal,
+			RowsTotal:         rec.Load.RowsTotal,
+			Inflight:          rec.Load.Inflight,
+			RowsPerSecond:     rec.Load.RowsPerSecond,
+		}
+		if !rec.Heartbeat.IsZero() {
+			ns.LastHeartbeat = timestamppb.New(rec.Heartbeat)
+		}
+		resp.Nodes = append(resp.Nodes, ns)
+	}
+	for _, a := range p.Assignments {
+		ss := &moegridv1.ShardStatus{Shard: shardPB(a.Shard), Nodes: slices.Clone(a.Nodes)}
+		for _, id := range a.Nodes {
+			if rec, ok := snap.Node(id); ok && rec.Holds(a.Shard) {
+				ss.LoadedOn = append(ss.LoadedOn, id)
+			}
+		}
+		resp.Shards = append(resp.Shards, ss)
+	}
+	return resp
+}
+
+func shardPB(s placement.Shard) *moegridv1.Shard {
+	return &moegridv1.Shard{Expert: uint32(s.Expert), FirstLayer: uint32(s.First), EndLayer: uint32(s.End)}
+}
+
+func shardsPB(ss []placement.Shard) []*moegridv1.Shard {
+	var out []*moegridv1.Shard
+	for _, s := range ss {
+		out = append(out, shardPB(s))
+	}
+	return out
+}
+
+// errorCodes maps domain errors to gRPC codes; the first match wins.
+var errorCodes = []struct {
+	err  error
+	code codes.Code
+}{
+	{cluster.ErrNodeNotFound, codes.NotFound},
+	{cluster.ErrInvalidID, codes.InvalidArgument},
+	{errInvalidArgument, codes.InvalidArgument},
+	{errNotConnected, codes.Unavailable},
+	{context.Canceled, codes.Canceled},
+	{context.DeadlineExceeded, codes.DeadlineExceeded},
+}
+
+// errorBoundary is the one place where the server's errors become gRPC
+// statuses: domain errors by errorCodes, an unreachable etcd as Unavailable
+// (worth a retry), the caller's own cancellation as itself, anything else
+// as Internal without its details (which are logged).
+func errorBoundary(log *slog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		resp, err := handler(ctx, req)
+		if err == nil {
+			return resp, nil
+		}
+		if ctx.Err() != nil {
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+		st, internal := toStatus(err)
+		if internal {
+			log.Error("internal error", "method", info.FullMethod, "err", err)
+		}
+		return nil, st.Err()
+	}
+}
+
+func toStatus(err error) (*status.Status, bool) {
+	for _, e := range errorCodes {
+		if errors.Is(err, e.err) {
+			return status.New(e.code, err.Error()), false
+		}
+	}
+	// etcd's client reports transport trouble as gRPC codes.
+	var coded interface{ GRPCStatus() *status.Status }
+	if errors.As(err, &coded) {
+		switch coded.GRPCStatus().Code() {
+		case codes.Unavailable, codes.DeadlineExceeded:
+			return status.New(codes.Unavailable, "etcd unavailable: "+err.Error()), false
+		}
+	}
+	var etcdCoded interface{ Code() codes.Code }
+	if errors.As(err, &etcdCoded) {
+		switch etcdCoded.Code() {
+		case codes.Unavailable, codes.DeadlineExceeded:
+			return status.New(codes.Unavailable, "etcd unavailable: "+err.Error()), false
+		}
+	}
+	return status.New(codes.Internal, "internal error"), true
+}
+
+// httpHandler serves /metrics, /healthz (the process runs) and /readyz (etcd
+// answers).
+func (c *Coordinator) httpHandler() http.Handler {
+	mux := http.NewServeMux()
+	if c.gatherer != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(c.gatherer, promhttp.HandlerOpts{}))
+	}
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		st := c.store.Load()
+		if st == nil {
+			http.Error(w, errNotConnected.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+		defer cancel()
+		if _, err := st.Client().Get(ctx, st.Keys().Meta()); err != nil {
+			http.Error(w, "etcd unavailable: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+	return mux
+}

@@ -1,0 +1,127 @@
+package coordinator
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dustin/go-humanize"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
+)
+
+// WriteStatusTable renders a Status for people: a summary line, the
+// placement error if any, and one row per node:
+//
+//	NODE  STATE  ALIVE  SHARDS  LOADED  MEMORY  LOAD  HEARTBEAT
+//
+// SHARDS and LOADED list shards as e3 (expert 3, every layer) or e3:0-15
+// (layers 0 to 15); MEMORY is assigned weights / capacity; LOAD is the
+// node's recent rows per second and in-flight calls; HEARTBEAT is the age of
+// the node's record relative to now.
+func WriteStatusTable(w io.Writer, s *moegridv1.StatusResponse, now time.Time) error {
+	var layers uint32
+	if m := s.GetModel(); m != nil {
+		layers = m.GetLayers()
+	}
+	leader := s.GetLeader()
+	if leader == "" {
+		leader = "none"
+	}
+	fmt.Fprintf(w, "leader: %s   placement: v%d", leader, s.GetPlacementVersion())
+	if m := s.GetModel(); m != nil {
+		fmt.Fprintf(w, "   model: %d experts × %d layers × %s", m.GetExperts(), m.GetLayers(), humanize.IBytes(m.GetBytesPerExpertLayer()))
+	}
+	fmt.Fprintln(w)
+	if e := s.GetPlacementError(); e != "" {
+		fmt.Fprintf(w, "placement error: %s\n", e)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tSTATE\tALIVE\tSHARDS\tLOADED\tMEMORY\tLOAD\tHEARTBEAT")
+	for _, n := range s.GetNodes() {
+		alive := "no"
+		if n.GetAlive() {
+			alive = "yes"
+		}
+		mem := "-"
+		if c := n.GetMemoryCapacityBytes(); c > 0 {
+			mem = fmt.Sprintf("%s/%s %d%%", humanize.IBytes(n.GetMemoryUsedBytes()), humanize.IBytes(c), n.GetMemoryUsedBytes()*100/c)
+		} else if u := n.GetMemoryUsedBytes(); u > 0 {
+			mem = humanize.IBytes(u) + "/-"
+		}
+		load := "-"
+		if l := n.GetLoad(); l != nil {
+			load = fmt.Sprintf("%.1f rows/s, %d inflight", l.GetRowsPerSecond(), l.GetInflight())
+		}
+		hb := "-"
+		if t := n.GetLastHeartbeat(); t != nil {
+			hb = age(now.Sub(t.AsTime())) + " ago"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.GetId(), n.GetState(), alive,
+			formatShards(n.GetAssigned(), layers), formatShards(n.GetLoaded(), layers), mem, load, hb)
+	}
+	return tw.Flush()
+}
+
+// formatShards lists shards compactly; layers is the model's layer count
+// (0 if unknown).
+func formatShards(ss []*moegridv1.Shard, layers uint32) string {
+	if len(ss) == 0 {
+		return "-"
+	}
+	parts := make([]string, len(ss))
+	for i, s := range ss {
+		if s.GetFirstLayer() == 0 && layers > 0 && s.GetEndLayer() == layers {
+			parts[i] = fmt.Sprintf("e%d", s.GetExpert())
+		} else {
+			parts[i] = fmt.Sprintf("e%d:%d-%d", s.GetExpert(), s.GetFirstLayer(), s.GetEndLayer()-1)
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// age renders a duration coarsely: 850ms, 12s, 3m, 5h, 2d.
+func age(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "0s"
+	case d < time.Second:
+		return fmt.Sprintf("%dms", d.Milliseconds())
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}
+
+// WriteStatusJSON renders a Status as the protobuf JSON mapping of
+// moegrid.v1.StatusResponse (lowerCamelCase fields, 64-bit integers as
+// strings, timestamps in RFC 3339, every field present even when zero, an
+// absent message as null), indented with two spaces. The output is stable:
+// scripts and golden files may rely on it.
+func WriteStatusJSON(w io.Writer, s *moegridv1.StatusResponse) error {
+	b, err := protojson.MarshalOptions{EmitUnpopulated: true}.Marshal(s)
+	if err != nil {
+		return fmt.Errorf("coordinator: encode status: %w", err)
+	}
+	// protojson varies its whitespace on purpose; re-indent for stable
+	// output.
+	var compact, out bytes.Buffer
+	if err := json.Compact(&compact, b); err != nil {
+		return fmt.Errorf("coordinator: encode status: %w", err)
+	}
+	if err := json.Indent(&out, compact.Bytes(), "", "  "); err != nil {
+		return fmt.Errorf("coordinator: encode status: %w", err)
+	}
+	out.WriteByte('\n')
+	_, err = w.Write(out.Bytes())
+	return err
+}

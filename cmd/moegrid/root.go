@@ -1,0 +1,73 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "moegrid",
+		Short:         "Serve Mixtral-style Mixture-of-Experts models across machines",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return applyEnv(cmd.Flags())
+		},
+	}
+	root.PersistentFlags().String("log-level", "info", "log level: debug, info, warn, error")
+	for _, c := range []*cobra.Command{
+		newUpCmd(),
+		newCoordinatorCmd(),
+		newExpertnodeCmd(),
+		newRouterCmd(),
+		newGenerateCmd(),
+		newNodesCmd(),
+		newDrainCmd(),
+		newModelCmd(),
+		newTokenizeCmd(),
+	} {
+		root.AddCommand(c)
+	}
+	return root
+}
+
+// applyEnv fills every flag the command line left unset from its MOEGRID_*
+// environment variable (--etcd-endpoints reads MOEGRID_ETCD_ENDPOINTS), so
+// that containers can be configured either way with the flag winning.
+func applyEnv(flags *pflag.FlagSet) error {
+	var errs []string
+	flags.VisitAll(func(f *pflag.Flag) {
+		if f.Changed {
+			return
+		}
+		name := "MOEGRID_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		v, ok := os.LookupEnv(name)
+		if !ok {
+			return
+		}
+		if err := flags.Set(f.Name, v); err != nil {
+			errs = append(errs, fmt.Sprintf("%s=%q: %v", name, v, err))
+		}
+	})
+	if len(errs) > 0 {
+		return fmt.Errorf("environment: %s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// newLogger builds the process logger from --log-level; logs go to stderr as
+// text so that stdout stays free for command output (JSON, tables).
+func newLogger(cmd *cobra.Command) (*slog.Logger, error) {
+	lvl, _ := cmd.Flags().GetString("log-level")
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(lvl)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})), nil
+}

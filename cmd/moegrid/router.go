@@ -1,0 +1,62 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/moegrid/moegrid/router"
+	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
+)
+
+func newRouterCmd() *cobra.Command {
+	cfg := router.DefaultConfig()
+	var cf clusterFlags
+	var wire string
+	cmd := &cobra.Command{
+		Use:   "router --model DIR --etcd-endpoints URLS",
+		Short: "Run the gating router: attention and gates here, experts over gRPC; serves Generate and the OpenAI HTTP API",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(cmd)
+			if err != nil {
+				return err
+			}
+			switch strings.ToLower(wire) {
+			case "f32":
+				cfg.Dispatch.DType = moegridv1.DType_DTYPE_F32
+			case "bf16":
+				cfg.Dispatch.DType = moegridv1.DType_DTYPE_BF16
+			default:
+				return fmt.Errorf("--wire-dtype %q: want f32 or bf16", wire)
+			}
+			cfg.EtcdEndpoints, cfg.Prefix = cf.etcd, cf.prefix
+			cfg.GossipAddr, cfg.GossipAdvertise, cfg.Join = cf.gossipAddr, cf.gossipAdvertise, cf.join
+			r, err := router.New(cfg, log, newRegistry())
+			if err != nil {
+				return err
+			}
+			return r.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	cf.register(f)
+	f.StringVar(&cfg.ID, "id", defaultID(cfg.ID), "router ID, unique in the cluster")
+	f.StringVar(&cfg.ModelDir, "model", "", "checkpoint directory (config.json, *.safetensors, tokenizer.json)")
+	f.StringVar(&cfg.ModelName, "model-name", "", "model name in the HTTP API (default: the directory name)")
+	f.StringVar(&cfg.GRPCAddr, "grpc-addr", "127.0.0.1:7400", "gRPC listen address (Generation service)")
+	f.StringVar(&cfg.HTTPAddr, "http-addr", "127.0.0.1:8400", "HTTP listen address (OpenAI API, /metrics, /healthz, /readyz)")
+	f.StringVar(&wire, "wire-dtype", "f32", "activation dtype on the wire: f32 (exact) or bf16 (half the bytes)")
+	f.DurationVar(&cfg.Dispatch.CallTimeout, "call-timeout", cfg.Dispatch.CallTimeout, "bound on one Forward call to an expert node")
+	f.DurationVar(&cfg.Dispatch.WaitForHolder, "wait-for-holder", cfg.Dispatch.WaitForHolder, "how long a step waits for an expert with no live holder before failing UNAVAILABLE")
+	f.IntVar(&cfg.Scheduler.MaxBatchTokens, "max-batch-tokens", cfg.Scheduler.MaxBatchTokens, "tokens per scheduler step, decode and prefill together")
+	f.IntVar(&cfg.Scheduler.PrefillChunk, "prefill-chunk", cfg.Scheduler.PrefillChunk, "most prompt tokens of one sequence per step")
+	f.IntVar(&cfg.Scheduler.MaxRunning, "max-running", cfg.Scheduler.MaxRunning, "sequences decoding at once")
+	f.IntVar(&cfg.Scheduler.MaxWaiting, "max-waiting", cfg.Scheduler.MaxWaiting, "requests queued before RESOURCE_EXHAUSTED")
+	f.IntVar(&cfg.DefaultMaxTokens, "default-max-tokens", cfg.DefaultMaxTokens, "max_tokens of requests that give none")
+	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", cfg.LeaseTTL, "etcd lease time to live of the load record")
+	f.DurationVar(&cfg.StopTimeout, "stop-timeout", cfg.StopTimeout, "graceful stop bound")
+	cmd.MarkFlagRequired("model")
+	return cmd
+}

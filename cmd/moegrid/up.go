@@ -1,0 +1,79 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/moegrid/moegrid/internal/up"
+)
+
+// defaultStateDir is where `moegrid up` keeps its state and where `moegrid
+// generate` looks for it.
+func defaultStateDir() string {
+	if dir, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(dir, "moegrid", "up")
+	}
+	return filepath.Join(os.TempDir(), "moegrid-up")
+}
+
+func defaultCacheDir() string {
+	if dir, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(dir, "moegrid")
+	}
+	return filepath.Join(os.TempDir(), "moegrid")
+}
+
+func readUpState() (up.State, error) {
+	dir := os.Getenv("MOEGRID_STATE_DIR")
+	if dir == "" {
+		dir = defaultStateDir()
+	}
+	return up.ReadState(dir)
+}
+
+func newUpCmd() *cobra.Command {
+	cfg := up.Config{
+		CacheDir:        defaultCacheDir(),
+		StateDir:        defaultStateDir(),
+		Nodes:           8,
+		MinReplicas:     1,
+		RouterGRPC:      "127.0.0.1:7400",
+		RouterHTTP:      "127.0.0.1:8400",
+		CoordinatorGRPC: "127.0.0.1:7300",
+		LeaseTTL:        5 * time.Second,
+		ReadyTimeout:    2 * time.Minute,
+		StopTimeout:     15 * time.Second,
+	}
+	cmd := &cobra.Command{
+		Use:   "up [--model DIR]",
+		Short: "Run a whole cluster on this machine: etcd, a coordinator, 8 expert nodes and a router",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(cmd)
+			if err != nil {
+				return err
+			}
+			if cfg.Executable, err = os.Executable(); err != nil {
+				return err
+			}
+			cfg.LogLevel, _ = cmd.Flags().GetString("log-level")
+			return up.Run(cmd.Context(), cfg, cmd.OutOrStdout(), log)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.ModelDir, "model", "", "checkpoint directory (default: the synthetic tiny model, generated on first run)")
+	f.StringVar(&cfg.CacheDir, "cache-dir", cfg.CacheDir, "where generated models are kept")
+	f.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "etcd data, logs and the state file that `moegrid generate` reads (also MOEGRID_STATE_DIR)")
+	f.IntVar(&cfg.Nodes, "nodes", cfg.Nodes, "number of expert nodes")
+	f.IntVar(&cfg.MinReplicas, "min-replicas", cfg.MinReplicas, "minimum replicas of every expert")
+	f.StringVar(&cfg.RouterGRPC, "router-grpc-addr", cfg.RouterGRPC, "router gRPC address (port 0 picks one)")
+	f.StringVar(&cfg.RouterHTTP, "router-http-addr", cfg.RouterHTTP, "router HTTP address (port 0 picks one)")
+	f.StringVar(&cfg.CoordinatorGRPC, "coordinator-addr", cfg.CoordinatorGRPC, "coordinator gRPC address (port 0 picks one)")
+	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", cfg.LeaseTTL, "etcd lease time to live of the nodes")
+	f.DurationVar(&cfg.ReadyTimeout, "ready-timeout", cfg.ReadyTimeout, "how long to wait for the cluster to be ready")
+	f.DurationVar(&cfg.StopTimeout, "stop-timeout", cfg.StopTimeout, "how long children get to stop before they are killed")
+	return cmd
+}

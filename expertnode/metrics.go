@@ -1,0 +1,61 @@
+package expertnode
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/status"
+)
+
+// metrics are the node's Prometheus metrics, namespace moegrid, subsystem
+// expertnode.
+type metrics struct {
+	calls       *prometheus.CounterVec
+	rows        prometheus.Counter
+	latency     prometheus.Histogram
+	loadedBytes prometheus.Gauge
+	shards      prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "moegrid", Subsystem: "expertnode", Name: "forward_calls_total",
+			Help: "Forward calls by gRPC status code.",
+		}, []string{"code"}),
+		rows: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "moegrid", Subsystem: "expertnode", Name: "forward_rows_total",
+			Help: "Activation rows computed.",
+		}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "moegrid", Subsystem: "expertnode", Name: "forward_duration_seconds",
+			Help:    "Time to answer a Forward call, queueing included.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
+		}),
+		loadedBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "moegrid", Subsystem: "expertnode", Name: "loaded_bytes",
+			Help: "Bytes of expert weights mapped.",
+		}),
+		shards: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "moegrid", Subsystem: "expertnode", Name: "loaded_expert_layers",
+			Help: "Number of (expert, layer) pairs loaded.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.calls, m.rows, m.latency, m.loadedBytes, m.shards)
+	}
+	return m
+}
+
+func (m *metrics) observe(rows int, d time.Duration, err error) {
+	m.calls.WithLabelValues(status.Code(toStatusOrNil(err)).String()).Inc()
+	m.rows.Add(float64(rows))
+	m.latency.Observe(d.Seconds())
+}
+
+func toStatusOrNil(err error) error {
+	if err == nil {
+		return nil
+	}
+	return toStatus(err)
+}

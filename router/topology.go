@@ -17,7 +17,7 @@ type clusterTopology struct {
 	gossip      *cluster.Gossip
 
 	mu        sync.Mutex
-	placement placement.Placement          // protected by mu
+	placement placement.Placement           // protected by mu
 	nodes     map[string]cluster.NodeRecord // protected by mu
 	holders   map[[2]int][]Endpoint         // protected by mu; by (expert, layer)
 	changed   chan struct{}                 // protected by mu; closed on change

@@ -6,8 +6,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/moegrid/moegrid/router"
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
+	"github.com/moegrid/moegrid/router"
 )
 
 func newRouterCmd() *cobra.Command {

@@ -99,10 +99,12 @@ type Router struct {
 	metrics     *metrics
 	gossipTopo  *clusterTopology
 	dispatcher  *Dispatcher
-	sched       *Scheduler
-	servers     *serve.Servers
-	seeds       seedSource
-	started     time.Time
+	// experts publishes dispatcher, once Run has made it, to Experts.
+	experts atomic.Pointer[Dispatcher]
+	sched   *Scheduler
+	servers *serve.Servers
+	seeds   seedSource
+	started time.Time
 
 	// routed counts tokens routed to each expert (all layers) since the last
 	// load report.
@@ -160,6 +162,17 @@ func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Router, error
 	return r, nil
 }
 
+// Experts returns the remote experts the router dispatches to, or nil before
+// Run has joined the cluster. With the model's non-expert weights they run
+// the whole model through the cluster: evaluation and tests use it to compare
+// the cluster with an in-process model.
+func (r *Router) Experts() model.Experts {
+	if d := r.experts.Load(); d != nil {
+		return d
+	}
+	return nil
+}
+
 // GRPCAddr is the bound gRPC address.
 func (r *Router) GRPCAddr() string { return r.servers.GRPCAddr() }
 
@@ -192,6 +205,7 @@ func (r *Router) Run(ctx context.Context) error {
 	r.gossipTopo = newClusterTopology(r.fingerprint, gossip)
 	r.dispatcher = NewDispatcher(r.cfg.Dispatch, r.gossipTopo, r.model.Config.HiddenSize)
 	defer r.dispatcher.Close()
+	r.experts.Store(r.dispatcher)
 	r.sched = NewScheduler(r.cfg.Scheduler, r.model, r.dispatcher, r.log, r.metrics, r.countRoutes)
 
 	loads, err := st.ReportLoad(ctx, cluster.LoadRecord{RouterID: r.cfg.ID, Fingerprint: r.fingerprint, TokensPerSecond: make([]float64, r.model.Config.NumLocalExperts)},

@@ -1,0 +1,412 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/moegrid/moegrid/cluster/etcdtest"
+	"github.com/moegrid/moegrid/coordinator"
+	"github.com/moegrid/moegrid/expertnode"
+	"github.com/moegrid/moegrid/model"
+	"github.com/moegrid/moegrid/model/safetensors"
+	"github.com/moegrid/moegrid/model/sample"
+	"github.com/moegrid/moegrid/model/synth"
+	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
+	"github.com/moegrid/moegrid/router"
+)
+
+// childEnv selects the child-process mode of the test binary: an expert node
+// configured by the JSON in the variable, run until SIGTERM.
+const childEnv = "MOEGRID_INTEGRATION_EXPERTNODE"
+
+var tinyDir string
+
+func TestMain(m *testing.M) {
+	if cfg := os.Getenv(childEnv); cfg != "" {
+		os.Exit(runChildNode(cfg))
+	}
+	dir, err := os.MkdirTemp("", "moegrid-integration-")
+	if err != nil {
+		panic(err)
+	}
+	p, _ := synth.PresetByName("tiny")
+	if err := synth.Write(dir, synth.Options{Preset: p, Seed: 1, DType: safetensors.F32, Shards: 3}); err != nil {
+		panic(err)
+	}
+	tinyDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func runChildNode(js string) int {
+	var cfg expertnode.Config
+	if err := json.Unmarshal([]byte(js), &cfg); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	n, err := expertnode.New(cfg, slog.New(slog.NewTextHandler(os.Stderr, nil)), prometheus.NewRegistry())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := n.Run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// testCluster is a whole cluster on loopback.
+type testCluster struct {
+	etcd   *etcdtest.Server
+	router *router.Router
+	conn   *grpc.ClientConn
+	// children are expert nodes running as child processes, by ID.
+	children map[string]*exec.Cmd
+}
+
+type clusterOptions struct {
+	nodes       int
+	minReplicas int
+	// childNodes runs the expert nodes as child processes.
+	childNodes bool
+	leaseTTL   time.Duration
+}
+
+// component runs fn until the test ends, then cancels it and waits.
+func component(t *testing.T, name string, run func(ctx context.Context) error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("%s: %v", name, err)
+		}
+	})
+}
+
+func startCluster(t *testing.T, o clusterOptions) *testCluster {
+	t.Helper()
+	if o.leaseTTL == 0 {
+		o.leaseTTL = 3 * time.Second
+	}
+	tc := &testCluster{etcd: etcdtest.Start(t), children: map[string]*exec.Cmd{}}
+	log := slog.New(slog.DiscardHandler)
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+
+	ccfg := coordinator.DefaultConfig()
+	ccfg.ID = "coordinator-0"
+	ccfg.EtcdEndpoints = tc.etcd.Endpoints()
+	ccfg.GRPCAddr, ccfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
+	ccfg.LeaseTTL = o.leaseTTL
+	ccfg.MinReplicas = o.minReplicas
+	coord, err := coordinator.New(ccfg, log, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	component(t, "coordinator", coord.Run)
+
+	for i := range o.nodes {
+		cfg := expertnode.DefaultConfig()
+		cfg.ID = fmt.Sprintf("expert-%d", i)
+		cfg.ModelDir = tinyDir
+		cfg.EtcdEndpoints = tc.etcd.Endpoints()
+		cfg.LeaseTTL = o.leaseTTL
+		cfg.StopTimeout = 2 * time.Second
+		if o.childNodes {
+			tc.startChild(t, cfg)
+			continue
+		}
+		n, err := expertnode.New(cfg, log, prometheus.NewRegistry())
+		if err != nil {
+			t.Fatal(err)
+		}
+		component(t, cfg.ID, n.Run)
+	}
+
+	rcfg := router.DefaultConfig()
+	rcfg.ModelDir = tinyDir
+	rcfg.EtcdEndpoints = tc.etcd.Endpoints()
+	rcfg.LeaseTTL = o.leaseTTL
+	rcfg.Dispatch.WaitForHolder = 20 * time.Second
+	rcfg.Dispatch.CallTimeout = 10 * time.Second
+	r, err := router.New(rcfg, log, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc.router = r
+	component(t, "router", r.Run)
+	waitReady(t, "http://"+r.HTTPAddr()+"/readyz", 60*time.Second)
+
+	tc.conn, err = grpc.NewClient(r.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tc.conn.Close() })
+	return tc
+}
+
+func (tc *testCluster) startChild(t *testing.T, cfg expertnode.Config) {
+	t.Helper()
+	js, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"="+string(js))
+	logf, err := os.Create(filepath.Join(t.TempDir(), cfg.ID+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	tc.children[cfg.ID] = cmd
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		logf.Close()
+	})
+}
+
+func waitReady(t *testing.T, url string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s not ready after %v", url, timeout)
+}
+
+// generate runs a greedy completion through the router's gRPC API.
+func (tc *testCluster) generate(ctx context.Context, prompt []int, maxTokens int) ([]int, error) {
+	req := &moegridv1.GenerateRequest{MaxTokens: uint32(maxTokens), IgnoreEos: true}
+	ids := &moegridv1.TokenIDs{}
+	for _, id := range prompt {
+		ids.Ids = append(ids.Ids, uint32(id))
+	}
+	req.Prompt = &moegridv1.GenerateRequest_Ids{Ids: ids}
+	stream, err := moegridv1.NewGenerationClient(tc.conn).Generate(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for {
+		msg, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return out, err
+		}
+		for _, id := range msg.TokenIds {
+			out = append(out, int(id))
+		}
+	}
+}
+
+// local is the in-process model, the reference for the cluster.
+type local struct {
+	*model.Model
+	experts *model.ExpertSet
+}
+
+func loadLocal(t *testing.T) local {
+	t.Helper()
+	m, err := model.Load(tinyDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	ex, err := model.LoadExperts(tinyDir, m.Config, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ex.Close() })
+	return local{m, ex}
+}
+
+func (l local) greedy(t *testing.T, prompt []int, n int) []int {
+	t.Helper()
+	out, err := l.Generate(t.Context(), l.experts, prompt, n, true, sample.Greedy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// prompts are token-id prompts of several lengths (BOS first).
+var prompts = [][]int{
+	{1},
+	{1, 415},
+	{1, 22557, 1526, 28808},
+	{1, 415, 5565, 302, 4843, 349, 5465, 28723, 415, 5565, 302, 7293, 349},
+	{1, 330, 1628, 1316, 28725, 736, 403, 264, 3526, 693, 2943, 297, 264, 1628, 2134, 28723, 650, 6045, 298, 1220, 28723, 3301, 1370, 28725, 400, 682, 1220},
+}
+
+// TestDistributedEqualsLocal checks that the cluster computes exactly what
+// the in-process model computes: identical logits, bit for bit, with F32
+// activations on the wire, and identical greedy tokens for several prompts
+// and for 16 concurrent requests.
+func TestDistributedEqualsLocal(t *testing.T) {
+	tc := startCluster(t, clusterOptions{nodes: 8, minReplicas: 1})
+	lm := loadLocal(t)
+
+	t.Run("logits", func(t *testing.T) {
+		remote := tc.router.Experts()
+		for i, p := range prompts {
+			want, err := lm.Forward(t.Context(), lm.experts, []model.Input{{Cache: lm.NewCache(), Tokens: p, AllLogits: true}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := lm.Forward(t.Context(), remote, []model.Input{{Cache: lm.NewCache(), Tokens: p, AllLogits: true}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got.Logits[0], want.Logits[0]) {
+				t.Errorf("prompt %d: cluster logits differ from in-process logits", i)
+			}
+		}
+	})
+
+	t.Run("greedy", func(t *testing.T) {
+		for i, p := range prompts {
+			want := lm.greedy(t, p, 12)
+			got, err := tc.generate(t.Context(), p, 12)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("prompt %d: cluster %v, in-process %v", i, got, want)
+			}
+		}
+	})
+
+	t.Run("16 concurrent", func(t *testing.T) {
+		const n = 16
+		var wg sync.WaitGroup
+		got := make([][]int, n)
+		errs := make([]error, n)
+		reqs := make([][]int, n)
+		for i := range n {
+			// Distinct prompts: a base prompt plus a per-request token.
+			reqs[i] = append(slices.Clone(prompts[i%len(prompts)]), 100+i)
+			wg.Go(func() { got[i], errs[i] = tc.generate(t.Context(), reqs[i], 10) })
+		}
+		wg.Wait()
+		for i := range n {
+			if errs[i] != nil {
+				t.Errorf("request %d: %v", i, errs[i])
+				continue
+			}
+			if want := lm.greedy(t, reqs[i], 10); !slices.Equal(got[i], want) {
+				t.Errorf("request %d: cluster %v, in-process %v", i, got[i], want)
+			}
+		}
+	})
+}
+
+// TestExpertKilledMidGeneration kills an expert node's process while a
+// generation runs; with every expert on two nodes the request completes with
+// the same tokens as without the fault.
+func TestExpertKilledMidGeneration(t *testing.T) {
+	tc := startCluster(t, clusterOptions{nodes: 8, minReplicas: 2, childNodes: true})
+	lm := loadLocal(t)
+	prompt := prompts[3]
+	const n = 48
+	want := lm.greedy(t, prompt, n)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
+	defer cancel()
+	stream, err := moegridv1.NewGenerationClient(tc.conn).Generate(ctx, &moegridv1.GenerateRequest{
+		Prompt:    &moegridv1.GenerateRequest_Ids{Ids: &moegridv1.TokenIDs{Ids: toU32(prompt)}},
+		MaxTokens: n, IgnoreEos: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []int
+	killed := false
+	for {
+		msg, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("after %d tokens (killed: %v): %v", len(got), killed, err)
+		}
+		for _, id := range msg.TokenIds {
+			got = append(got, int(id))
+		}
+		if !killed && len(got) >= 4 {
+			victim := tc.children["expert-3"]
+			if err := victim.Process.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			killed = true
+			t.Logf("killed expert-3 (pid %d) after %d tokens", victim.Process.Pid, len(got))
+		}
+	}
+	if !killed {
+		t.Fatal("the generation ended before the node was killed")
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("with a node killed: %v\nwithout fault:      %v", got, want)
+	}
+	// Later requests keep working on the surviving replicas.
+	again, err := tc.generate(t.Context(), prompts[2], 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := lm.greedy(t, prompts[2], 8); !slices.Equal(again, w) {
+		t.Errorf("after the fault: %v, want %v", again, w)
+	}
+}
+
+func toU32(ids []int) []uint32 {
+	out := make([]uint32, len(ids))
+	for i, id := range ids {
+		out[i] = uint32(id)
+	}
+	return out
+}

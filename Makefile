@@ -1,0 +1,42 @@
+# moegrid: common tasks. `make help` lists them.
+GO ?= go
+PKGS ?= ./...
+
+.PHONY: help build test race lint generate verify-generate bench fuzz image e2e
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+build: ## build bin/moegrid
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/moegrid ./cmd/moegrid
+
+test: ## vet and run every test
+	$(GO) vet $(PKGS)
+	$(GO) test $(PKGS)
+
+race: ## run every test with the race detector (what CI runs)
+	$(GO) vet $(PKGS)
+	$(GO) test -race $(PKGS)
+
+lint: ## go vet, gofmt and staticcheck
+	$(GO) vet $(PKGS)
+	@test -z "$$(gofmt -l . | tee /dev/stderr)" || (echo "gofmt: files above need formatting" && exit 1)
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 $(PKGS)
+
+generate: ## regenerate the gRPC code from proto/moegrid/v1/*.proto (needs protoc)
+	$(GO) generate ./proto/...
+
+verify-generate: generate ## fail if the committed generated code is stale
+	@git diff --exit-code -- proto/ || (echo "generated code is stale: run make generate and commit" && exit 1)
+
+bench: ## kernel and forward-pass benchmarks
+	$(GO) test -run='^$$' -bench=. -benchmem ./model/... ./router/...
+
+fuzz: ## run each fuzz target for FUZZTIME (default 30s)
+	@for spec in \
+	  model/safetensors:FuzzParseHeader model/safetensors:FuzzParseIndex \
+	  model/tokenizer:FuzzEncode model/tokenizer:FuzzParse \
+	  model:FuzzParseConfig proto/moegrid/v1:FuzzDecodeActivations expertnode:FuzzValidate; do \
+	  pkg=$${spec%%:*}; fn=$${spec##*:}; \
+	  $(GO) test -run='^$$' -fuzz="^$$fn$$" -fuzztime=$${FUZZTIME:-30s} ./$$pkg || exit 1; \
+	done

@@ -2,7 +2,7 @@
 GO ?= go
 PKGS ?= ./...
 
-.PHONY: help build test race lint generate verify-generate bench fuzz image e2e
+.PHONY: help build test race check lint generate verify-generate bench fuzz image e2e
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -22,6 +22,9 @@ lint: ## go vet, gofmt and staticcheck
 	$(GO) vet $(PKGS)
 	@test -z "$$(gofmt -l . | tee /dev/stderr)" || (echo "gofmt: files above need formatting" && exit 1)
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 $(PKGS)
+
+check: verify-generate race ## everything CI runs: generated code fresh, vet, all tests with -race
+	@test -z "$$(gofmt -l . | tee /dev/stderr)" || (echo "gofmt: files above need formatting" && exit 1)
 
 generate: ## regenerate the gRPC code from proto/moegrid/v1/*.proto (needs protoc)
 	$(GO) generate ./proto/...

@@ -21,12 +21,18 @@ type coordinatorClient struct {
 }
 
 func (c *coordinatorClient) register(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&c.addr, "coordinator", "127.0.0.1:7070", "gRPC address of any coordinator replica")
+	cmd.Flags().StringVar(&c.addr, "coordinator", "", "gRPC address of any coordinator replica (default: the one `moegrid up` runs, else 127.0.0.1:7070)")
 	cmd.Flags().DurationVar(&c.timeout, "timeout", 10*time.Second, "deadline of the call")
 }
 
 // call dials the coordinator and runs fn with a deadline.
 func (c *coordinatorClient) call(ctx context.Context, fn func(context.Context, moegridv1.ClusterClient) error) error {
+	if c.addr == "" {
+		c.addr = "127.0.0.1:7070"
+		if st, err := readUpState(); err == nil {
+			c.addr = st.CoordinatorGRPC
+		}
+	}
 	conn, err := grpc.NewClient(c.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return fmt.Errorf("coordinator %s: %w", c.addr, err)

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/moegrid/moegrid/internal/retry"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -262,7 +263,7 @@ func (l *leasedKey) refresh() {
 // renew replaces the lost session old, retrying until it succeeds or the
 // leasedKey closes.
 func (l *leasedKey) renew(old *concurrency.Session) {
-	bo := newBackoff(100*time.Millisecond, 2*time.Second)
+	bo := &retry.Delay{Min: 100 * time.Millisecond, Max: 2 * time.Second}
 	for l.ctx.Err() == nil {
 		ctx, cancel := context.WithTimeout(l.ctx, l.opts.TTL)
 		sess, err := l.newSession(ctx)
@@ -288,7 +289,7 @@ func (l *leasedKey) renew(old *concurrency.Session) {
 		if l.ctx.Err() == nil {
 			l.log.Warn("renewing lease failed; retrying", "key", l.key, "err", err)
 		}
-		sleepCtx(l.ctx, bo.next())
+		retry.Sleep(l.ctx, bo.Next())
 	}
 }
 

@@ -373,31 +373,3 @@ func (s *Store) RemoveStaleDrain(ctx context.Context, m DrainMark) error {
 	}
 	return nil
 }
-
-// sleepCtx waits d or until ctx is done; it reports whether d elapsed.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
-// retryDelay doubles a retry delay up to a limit.
-type retryDelay struct{ cur, min, max time.Duration }
-
-func newBackoff(min, max time.Duration) *retryDelay { return &retryDelay{min: min, max: max} }
-
-func (b *retryDelay) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur = min(2*b.cur, b.max)
-	}
-	return b.cur
-}
-
-func (b *retryDelay) reset() { b.cur = 0 }

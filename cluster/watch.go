@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/moegrid/moegrid/internal/retry"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -135,14 +136,14 @@ func (s *Store) watchLoop(ctx context.Context, key string, prefix bool,
 	if prefix {
 		opts = append(opts, clientv3.WithPrefix())
 	}
-	bo := newBackoff(100*time.Millisecond, 2*time.Second)
+	bo := &retry.Delay{Min: 100 * time.Millisecond, Max: 2 * time.Second}
 	for ctx.Err() == nil {
 		resp, err := s.cli.Get(ctx, key, opts...)
 		if err != nil {
 			if ctx.Err() == nil {
 				s.log.Debug("watch: read failed; retrying", "key", key, "err", err)
 			}
-			sleepCtx(ctx, bo.next())
+			retry.Sleep(ctx, bo.Next())
 			continue
 		}
 		reset(resp.Kvs)
@@ -159,12 +160,12 @@ func (s *Store) watchLoop(ctx context.Context, key string, prefix bool,
 			if len(wr.Events) == 0 {
 				continue
 			}
-			bo.reset()
+			bo.Reset()
 			apply(wr.Events)
 			emit()
 		}
 		cancel()
-		sleepCtx(ctx, bo.next())
+		retry.Sleep(ctx, bo.Next())
 	}
 }
 

@@ -23,6 +23,7 @@ import (
 
 	"github.com/moegrid/moegrid/cluster"
 	"github.com/moegrid/moegrid/coordinator/placement"
+	"github.com/moegrid/moegrid/internal/retry"
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
 )
 
@@ -214,7 +215,7 @@ func (c *Coordinator) stopServers(srv *grpc.Server, hsrv *http.Server) {
 // control opens the cluster (retrying while etcd is unreachable), then runs
 // the observer and the election until ctx is done.
 func (c *Coordinator) control(ctx context.Context, cli *clientv3.Client) error {
-	bo := newRetryDelay(200*time.Millisecond, 5*time.Second)
+	bo := &retry.Delay{Min: 200 * time.Millisecond, Max: 5 * time.Second}
 	var store *cluster.Store
 	for {
 		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -231,7 +232,7 @@ func (c *Coordinator) control(ctx context.Context, cli *clientv3.Client) error {
 			return nil
 		}
 		c.log.Warn("cannot reach etcd; retrying", "endpoints", c.cfg.EtcdEndpoints, "err", err)
-		if !sleepCtx(ctx, bo.next()) {
+		if !retry.Sleep(ctx, bo.Next()) {
 			return nil
 		}
 	}
@@ -308,7 +309,7 @@ func (c *Coordinator) observe(ctx context.Context, store *cluster.Store) {
 			}
 			c.metrics.placementVersion.Set(float64(snap.Placement.Version))
 		}
-		if !sleepCtx(ctx, observeInterval) {
+		if !retry.Sleep(ctx, observeInterval) {
 			return
 		}
 	}
@@ -319,7 +320,7 @@ func (c *Coordinator) observe(ctx context.Context, store *cluster.Store) {
 func (c *Coordinator) elect(ctx context.Context, store *cluster.Store) {
 	cli := store.Client()
 	ttl := int64(math.Ceil(c.cfg.LeaseTTL.Seconds()))
-	bo := newRetryDelay(200*time.Millisecond, 5*time.Second)
+	bo := &retry.Delay{Min: 200 * time.Millisecond, Max: 5 * time.Second}
 	for ctx.Err() == nil {
 		// The session outlives ctx so that stepping down can resign and
 		// revoke; the grant is bounded by ctx.
@@ -334,7 +335,7 @@ func (c *Coordinator) elect(ctx context.Context, store *cluster.Store) {
 			lifeCancel()
 			if ctx.Err() == nil {
 				c.log.Warn("election session failed; retrying", "err", err)
-				sleepCtx(ctx, bo.next())
+				retry.Sleep(ctx, bo.Next())
 			}
 			continue
 		}
@@ -344,7 +345,7 @@ func (c *Coordinator) elect(ctx context.Context, store *cluster.Store) {
 		stop := context.AfterFunc(sess.Ctx(), cancel)
 		err = e.Campaign(cctx, c.cfg.ID)
 		if err == nil {
-			bo.reset()
+			bo.Reset()
 			c.lead(cctx, store, e)
 		}
 		stop()
@@ -363,7 +364,7 @@ func (c *Coordinator) elect(ctx context.Context, store *cluster.Store) {
 		lifeCancel()
 		if err != nil && ctx.Err() == nil {
 			c.log.Warn("campaign ended; campaigning again", "err", err)
-			sleepCtx(ctx, bo.next())
+			retry.Sleep(ctx, bo.Next())
 		}
 	}
 }
@@ -390,20 +391,20 @@ func (c *Coordinator) lead(ctx context.Context, store *cluster.Store, e *concurr
 	}
 	resync := time.NewTicker(c.cfg.ResyncInterval)
 	defer resync.Stop()
-	bo := newRetryDelay(100*time.Millisecond, 5*time.Second)
+	bo := &retry.Delay{Min: 100 * time.Millisecond, Max: 5 * time.Second}
 	for {
-		var retry <-chan time.Time
+		var again <-chan time.Time
 		err := c.reconcile(ctx, store, guard)
 		switch {
 		case errors.Is(err, cluster.ErrNotLeader):
 			c.log.Warn("leadership lost", "err", err)
 			return
 		case err != nil && ctx.Err() == nil:
-			d := bo.next()
+			d := bo.Next()
 			c.log.Warn("reconcile failed; retrying", "err", err, "in", d)
-			retry = time.After(d)
+			again = time.After(d)
 		default:
-			bo.reset()
+			bo.Reset()
 		}
 		select {
 		case <-ctx.Done():
@@ -414,9 +415,9 @@ func (c *Coordinator) lead(ctx context.Context, store *cluster.Store, e *concurr
 			}
 		case <-gossipCh:
 		case <-resync.C:
-		case <-retry:
+		case <-again:
 		}
-		if c.cfg.Debounce > 0 && !sleepCtx(ctx, c.cfg.Debounce) {
+		if c.cfg.Debounce > 0 && !retry.Sleep(ctx, c.cfg.Debounce) {
 			return
 		}
 	}
@@ -483,31 +484,3 @@ func (c *Coordinator) reconcile(ctx context.Context, store *cluster.Store, guard
 	}
 	return nil
 }
-
-// sleepCtx waits d or until ctx is done; it reports whether d elapsed.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
-// retryDelay doubles a retry delay up to a limit.
-type retryDelay struct{ cur, min, max time.Duration }
-
-func newRetryDelay(min, max time.Duration) *retryDelay { return &retryDelay{min: min, max: max} }
-
-func (b *retryDelay) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur = min(2*b.cur, b.max)
-	}
-	return b.cur
-}
-
-func (b *retryDelay) reset() { b.cur = 0 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 
 	"github.com/moegrid/moegrid/model"
@@ -172,18 +173,7 @@ func window(w *int) string {
 	return strconv.Itoa(*w)
 }
 
-func bytesString(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
+func bytesString(n int64) string { return humanize.IBytes(uint64(n)) }
 
 // parseIDs reads "1,415,2936".
 func parseIDs(s string) ([]int, error) {

@@ -95,7 +95,7 @@ type clusterOptions struct {
 }
 
 // component runs fn until the test ends, then cancels it and waits.
-func component(t *testing.T, name string, run func(ctx context.Context) error) {
+func component(t testing.TB, name string, run func(ctx context.Context) error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx) }()
@@ -107,7 +107,7 @@ func component(t *testing.T, name string, run func(ctx context.Context) error) {
 	})
 }
 
-func startCluster(t *testing.T, o clusterOptions) *testCluster {
+func startCluster(t testing.TB, o clusterOptions) *testCluster {
 	t.Helper()
 	if o.leaseTTL == 0 {
 		o.leaseTTL = 3 * time.Second
@@ -170,7 +170,7 @@ func startCluster(t *testing.T, o clusterOptions) *testCluster {
 	return tc
 }
 
-func (tc *testCluster) startChild(t *testing.T, cfg expertnode.Config) {
+func (tc *testCluster) startChild(t testing.TB, cfg expertnode.Config) {
 	t.Helper()
 	js, err := json.Marshal(cfg)
 	if err != nil {
@@ -202,7 +202,7 @@ func (tc *testCluster) startChild(t *testing.T, cfg expertnode.Config) {
 	})
 }
 
-func waitReady(t *testing.T, url string, timeout time.Duration) {
+func waitReady(t testing.TB, url string, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {

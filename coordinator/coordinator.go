@@ -6,36 +6,30 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"net"
-	"net/http"
 	"sync/atomic"
 	"time"
 
-	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/reflection"
 
 	"github.com/moegrid/moegrid/cluster"
 	"github.com/moegrid/moegrid/coordinator/placement"
 	"github.com/moegrid/moegrid/internal/retry"
+	"github.com/moegrid/moegrid/internal/serve"
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
 )
 
 // Coordinator is one coordinator replica. Build it with New and run it with
 // Run; its accessors are safe for concurrent use.
 type Coordinator struct {
-	cfg         Config
-	log         *slog.Logger
-	metrics     *metrics
-	gatherer    prometheus.Gatherer
-	grpcMetrics *grpcprom.ServerMetrics
-	health      *health.Server
+	cfg     Config
+	log     *slog.Logger
+	metrics *metrics
+	reg     prometheus.Registerer
+	servers *serve.Servers // set by Run before ready is closed
 
 	started atomic.Bool
 	ready   chan struct{}
@@ -66,19 +60,12 @@ func New(cfg Config, logger *slog.Logger, reg prometheus.Registerer) (*Coordinat
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: metrics: %w", err)
 	}
-	gm := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
-	if err := reg.Register(gm); err != nil {
-		return nil, fmt.Errorf("coordinator: grpc metrics: %w", err)
-	}
-	g, _ := reg.(prometheus.Gatherer)
 	return &Coordinator{
-		cfg:         cfg,
-		log:         logger.With("coordinator", cfg.ID),
-		metrics:     m,
-		gatherer:    g,
-		grpcMetrics: gm,
-		health:      health.NewServer(),
-		ready:       make(chan struct{}),
+		cfg:     cfg,
+		log:     logger.With("coordinator", cfg.ID),
+		metrics: m,
+		reg:     reg,
+		ready:   make(chan struct{}),
 	}, nil
 }
 
@@ -118,98 +105,39 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	}
 	defer cli.Close()
 
-	glis, err := net.Listen("tcp", c.cfg.GRPCAddr)
+	srv, err := serve.Listen(serve.Config{
+		GRPCAddr:          c.cfg.GRPCAddr,
+		HTTPAddr:          c.cfg.HTTPAddr,
+		StopTimeout:       c.cfg.ShutdownTimeout,
+		UnaryInterceptors: []grpc.UnaryServerInterceptor{errorBoundary(c.log)},
+		ReadyCheck:        c.etcdAnswers,
+	}, c.reg, c.log)
 	if err != nil {
-		return fmt.Errorf("coordinator: grpc listen: %w", err)
+		return fmt.Errorf("coordinator: %w", err)
 	}
-	c.grpcAddr = glis.Addr().String()
-	var hlis net.Listener
-	if c.cfg.HTTPAddr != "" {
-		if hlis, err = net.Listen("tcp", c.cfg.HTTPAddr); err != nil {
-			glis.Close()
-			return fmt.Errorf("coordinator: http listen: %w", err)
-		}
-		c.httpAddr = hlis.Addr().String()
-	}
+	c.servers = srv
+	c.grpcAddr, c.httpAddr = srv.GRPCAddr(), srv.HTTPAddr()
 	if !c.cfg.GossipDisabled {
 		gcfg := c.cfg.Gossip
 		gcfg.ID, gcfg.Role = c.cfg.ID, cluster.RoleCoordinator
 		gcfg.Seeds = c.currentSeeds
 		gcfg.Meta = func() cluster.MemberMeta { return cluster.MemberMeta{GRPCAddr: c.grpcAddr} }
 		if c.gossip, err = cluster.StartGossip(gcfg, c.log); err != nil {
-			glis.Close()
-			if hlis != nil {
-				hlis.Close()
-			}
+			srv.Close()
 			return err
 		}
 		defer c.gossip.Close()
 	}
-
-	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(c.grpcMetrics.UnaryServerInterceptor(), errorBoundary(c.log)))
-	moegridv1.RegisterClusterServer(srv, &server{c: c})
-	c.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
-	c.health.SetServingStatus(moegridv1.Cluster_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
-	healthpb.RegisterHealthServer(srv, c.health)
-	reflection.Register(srv)
-	c.grpcMetrics.InitializeMetrics(srv)
-	var hsrv *http.Server
-	if hlis != nil {
-		hsrv = &http.Server{Handler: c.httpHandler(), ReadHeaderTimeout: 5 * time.Second}
-	}
+	moegridv1.RegisterClusterServer(srv.GRPC, &server{c: c})
 	close(c.ready)
 	c.log.Info("coordinator serving", "grpc", c.grpcAddr, "http", c.httpAddr, "gossip", c.GossipAddr(), "prefix", c.cfg.Prefix)
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		if err := srv.Serve(glis); err != nil {
-			return fmt.Errorf("coordinator: grpc: %w", err)
-		}
-		return nil
-	})
-	if hsrv != nil {
-		g.Go(func() error {
-			if err := hsrv.Serve(hlis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("coordinator: http: %w", err)
-			}
-			return nil
-		})
-	}
-	g.Go(func() error {
-		<-gctx.Done()
-		c.stopServers(srv, hsrv)
-		return nil
-	})
+	g.Go(func() error { return srv.Run(gctx) })
 	g.Go(func() error { return c.control(gctx, cli) })
 	err = g.Wait()
 	c.log.Info("coordinator stopped", "err", err)
 	return err
-}
-
-// stopServers reports NOT_SERVING, then stops gracefully within
-// ShutdownTimeout.
-func (c *Coordinator) stopServers(srv *grpc.Server, hsrv *http.Server) {
-	c.health.Shutdown()
-	done := make(chan struct{})
-	go func() {
-		srv.GracefulStop()
-		close(done)
-	}()
-	t := time.NewTimer(c.cfg.ShutdownTimeout)
-	defer t.Stop()
-	select {
-	case <-done:
-	case <-t.C:
-		srv.Stop()
-		<-done
-	}
-	if hsrv != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ShutdownTimeout)
-		defer cancel()
-		if err := hsrv.Shutdown(ctx); err != nil {
-			hsrv.Close()
-		}
-	}
 }
 
 // control opens the cluster (retrying while etcd is unreachable), then runs
@@ -237,8 +165,7 @@ func (c *Coordinator) control(ctx context.Context, cli *clientv3.Client) error {
 		}
 	}
 	c.store.Store(store)
-	c.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	c.health.SetServingStatus(moegridv1.Cluster_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	c.servers.SetReady(true, moegridv1.Cluster_ServiceDesc.ServiceName)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { c.observe(gctx, store); return nil })
 	g.Go(func() error { c.elect(gctx, store); return nil })

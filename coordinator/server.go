@@ -3,12 +3,10 @@ package coordinator
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
-	"net/http"
 	"slices"
-	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -210,29 +208,15 @@ func toStatus(err error) (*status.Status, bool) {
 	return status.New(codes.Internal, "internal error"), true
 }
 
-// httpHandler serves /metrics, /healthz (the process runs) and /readyz (etcd
-// answers).
-func (c *Coordinator) httpHandler() http.Handler {
-	mux := http.NewServeMux()
-	if c.gatherer != nil {
-		mux.Handle("GET /metrics", promhttp.HandlerFor(c.gatherer, promhttp.HandlerOpts{}))
+// etcdAnswers is the coordinator's readiness: etcd reached, the prefix
+// checked, and etcd answering now.
+func (c *Coordinator) etcdAnswers(ctx context.Context) error {
+	st := c.store.Load()
+	if st == nil {
+		return errNotConnected
 	}
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Write([]byte("ok\n"))
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		st := c.store.Load()
-		if st == nil {
-			http.Error(w, errNotConnected.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
-		defer cancel()
-		if _, err := st.Client().Get(ctx, st.Keys().Meta()); err != nil {
-			http.Error(w, "etcd unavailable: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		w.Write([]byte("ok\n"))
-	})
-	return mux
+	if _, err := st.Client().Get(ctx, st.Keys().Meta()); err != nil {
+		return fmt.Errorf("etcd unavailable: %w", err)
+	}
+	return nil
 }

@@ -29,12 +29,20 @@ import (
 // Servers reports the bound addresses.
 type Config struct {
 	GRPCAddr string
+	// HTTPAddr is where /metrics, /healthz and /readyz listen; empty
+	// disables the HTTP server.
 	HTTPAddr string
 	// StopTimeout bounds the graceful stop: calls still running after it
 	// are cut off.
 	StopTimeout time.Duration
 	// MaxMessageBytes bounds a received gRPC message; 0 keeps gRPC's 4 MiB.
 	MaxMessageBytes int
+	// UnaryInterceptors run after the metrics interceptor, e.g. a
+	// component's error boundary.
+	UnaryInterceptors []grpc.UnaryServerInterceptor
+	// ReadyCheck, if set, must also pass for /readyz to answer 200, e.g. a
+	// dependency that must answer.
+	ReadyCheck func(context.Context) error
 }
 
 // Servers are a component's listeners. Register services on GRPC and
@@ -52,9 +60,10 @@ type Servers struct {
 	stopping atomic.Bool
 }
 
-// Listen opens both listeners and registers the standard services; reg
-// receives the RPC metrics and is served on /metrics.
-func Listen(cfg Config, reg *prometheus.Registry, log *slog.Logger) (*Servers, error) {
+// Listen opens the listeners and registers the standard services; reg
+// receives the RPC metrics and, if it is also a prometheus.Gatherer (as
+// *prometheus.Registry is), is served on /metrics.
+func Listen(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Servers, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -65,15 +74,23 @@ func Listen(cfg Config, reg *prometheus.Registry, log *slog.Logger) (*Servers, e
 	if err != nil {
 		return nil, fmt.Errorf("serve: grpc listen %s: %w", cfg.GRPCAddr, err)
 	}
-	hl, err := net.Listen("tcp", cfg.HTTPAddr)
-	if err != nil {
-		gl.Close()
-		return nil, fmt.Errorf("serve: http listen %s: %w", cfg.HTTPAddr, err)
+	var hl net.Listener
+	if cfg.HTTPAddr != "" {
+		if hl, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+			gl.Close()
+			return nil, fmt.Errorf("serve: http listen %s: %w", cfg.HTTPAddr, err)
+		}
 	}
 	rpcMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
-	reg.MustRegister(rpcMetrics)
+	if err := reg.Register(rpcMetrics); err != nil {
+		gl.Close()
+		if hl != nil {
+			hl.Close()
+		}
+		return nil, fmt.Errorf("serve: grpc metrics: %w", err)
+	}
 	opts := []grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(rpcMetrics.UnaryServerInterceptor()),
+		grpc.ChainUnaryInterceptor(append([]grpc.UnaryServerInterceptor{rpcMetrics.UnaryServerInterceptor()}, cfg.UnaryInterceptors...)...),
 		grpc.ChainStreamInterceptor(rpcMetrics.StreamServerInterceptor()),
 	}
 	if cfg.MaxMessageBytes > 0 {
@@ -91,7 +108,9 @@ func Listen(cfg Config, reg *prometheus.Registry, log *slog.Logger) (*Servers, e
 	healthpb.RegisterHealthServer(s.GRPC, s.health)
 	reflection.Register(s.GRPC)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
-	s.Mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	if g, ok := reg.(prometheus.Gatherer); ok {
+		s.Mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{Registry: reg}))
+	}
 	s.Mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		if s.stopping.Load() {
 			http.Error(w, "stopping", http.StatusServiceUnavailable)
@@ -99,10 +118,18 @@ func Listen(cfg Config, reg *prometheus.Registry, log *slog.Logger) (*Servers, e
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	s.Mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+	s.Mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if !s.ready.Load() || s.stopping.Load() {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
 			return
+		}
+		if cfg.ReadyCheck != nil {
+			ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+			defer cancel()
+			if err := cfg.ReadyCheck(ctx); err != nil {
+				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
 		}
 		fmt.Fprintln(w, "ready")
 	})
@@ -113,8 +140,13 @@ func Listen(cfg Config, reg *prometheus.Registry, log *slog.Logger) (*Servers, e
 // GRPCAddr is the bound gRPC address.
 func (s *Servers) GRPCAddr() string { return s.grpcLis.Addr().String() }
 
-// HTTPAddr is the bound HTTP address.
-func (s *Servers) HTTPAddr() string { return s.httpLis.Addr().String() }
+// HTTPAddr is the bound HTTP address, "" when HTTP is disabled.
+func (s *Servers) HTTPAddr() string {
+	if s.httpLis == nil {
+		return ""
+	}
+	return s.httpLis.Addr().String()
+}
 
 // SetReady sets /readyz and the gRPC health status of the server ("") and of
 // the named services.
@@ -140,12 +172,14 @@ func (s *Servers) Run(ctx context.Context) error {
 		}
 		return nil
 	})
-	g.Go(func() error {
-		if err := httpSrv.Serve(s.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("serve: http: %w", err)
-		}
-		return nil
-	})
+	if s.httpLis != nil {
+		g.Go(func() error {
+			if err := httpSrv.Serve(s.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("serve: http: %w", err)
+			}
+			return nil
+		})
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		s.stopping.Store(true)
@@ -169,4 +203,12 @@ func (s *Servers) Run(ctx context.Context) error {
 		return httpSrv.Shutdown(sctx)
 	})
 	return g.Wait()
+}
+
+// Close releases the listeners of servers that will not Run.
+func (s *Servers) Close() {
+	s.grpcLis.Close()
+	if s.httpLis != nil {
+		s.httpLis.Close()
+	}
 }

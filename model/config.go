@@ -181,6 +181,10 @@ func tokenID(m json.RawMessage, field string, def int) (int, error) {
 	return optionalInt(m, field, def)
 }
 
+// maxConfigSize bounds every size of a configuration (max_position_embeddings
+// aside), so that products of sizes fit in an int64 with room to spare.
+const maxConfigSize = 1 << 24
+
 // Validate checks that the configuration describes a Mixtral model this
 // package can run. Each error names the offending field.
 func (c *Config) Validate() error {
@@ -208,9 +212,15 @@ func (c *Config) Validate() error {
 		if p.v <= 0 {
 			return bad("%s must be positive, got %d", p.name, p.v)
 		}
+		// Sizes multiply into tensor shapes and allocations: bounding them
+		// refuses a corrupt config here instead of overflowing the derived
+		// sizes or exhausting memory in Load. Real models are far below.
+		if p.v > maxConfigSize && p.name != "max_position_embeddings" {
+			return bad("%s %d exceeds %d", p.name, p.v, maxConfigSize)
+		}
 	}
-	if c.HeadDimension < 0 {
-		return bad("head_dim must be positive, got %d", c.HeadDimension)
+	if c.HeadDimension < 0 || c.HeadDimension > maxConfigSize {
+		return bad("head_dim must be positive and at most %d, got %d", maxConfigSize, c.HeadDimension)
 	}
 	if c.HeadDimension == 0 && c.HiddenSize%c.NumAttentionHeads != 0 {
 		return bad("hidden_size (%d) is not divisible by num_attention_heads (%d)", c.HiddenSize, c.NumAttentionHeads)

@@ -43,12 +43,21 @@ func ParseExpertTensor(name string) (layer, expert int, ok bool) {
 	if !found || (rest != "w1.weight" && rest != "w2.weight" && rest != "w3.weight") {
 		return 0, 0, false
 	}
-	var err error
-	if layer, err = strconv.Atoi(l); err != nil || layer < 0 {
-		return 0, 0, false
-	}
-	if expert, err = strconv.Atoi(e); err != nil || expert < 0 {
+	layer, lok := moduleIndex(l)
+	expert, eok := moduleIndex(e)
+	if !lok || !eok {
 		return 0, 0, false
 	}
 	return layer, expert, true
+}
+
+// moduleIndex parses an index of a PyTorch module list as it appears in a
+// tensor name: plain decimal, no sign, no leading zeros. Other spellings
+// ("01", "+1") name no module and must not alias one.
+func moduleIndex(s string) (int, bool) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 || strconv.Itoa(n) != s {
+		return 0, false
+	}
+	return n, true
 }

@@ -150,9 +150,14 @@ func (r *Router) chatPrompt(msgs []chatMessage) ([]int, error) {
 		return nil, fmt.Errorf("%w: messages is empty", ErrInvalid)
 	}
 	var system string
+	first := 0 // the index of msgs[0] in the request, for error messages
 	if msgs[0].Role == "system" {
 		system = msgs[0].Content
 		msgs = msgs[1:]
+		first = 1
+	}
+	if len(msgs) == 0 {
+		return nil, fmt.Errorf("%w: messages has no user message", ErrInvalid)
 	}
 	ids := []int{r.tok.BOS()}
 	for i, m := range msgs {
@@ -161,7 +166,7 @@ func (r *Router) chatPrompt(msgs []chatMessage) ([]int, error) {
 			want = "assistant"
 		}
 		if m.Role != want {
-			return nil, fmt.Errorf("%w: messages[%d].role is %q, want %q (user and assistant alternate, after an optional system message)", ErrInvalid, i, m.Role, want)
+			return nil, fmt.Errorf("%w: messages[%d].role is %q, want %q (user and assistant alternate, after an optional system message)", ErrInvalid, first+i, m.Role, want)
 		}
 		if m.Role == "assistant" {
 			ids = append(ids, r.tok.Encode(m.Content, false)...)
@@ -240,13 +245,19 @@ func (r *Router) serveCompletion(w http.ResponseWriter, req *http.Request, objec
 	if chat {
 		streamObj = "chat.completion.chunk"
 	}
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-cache")
 	flusher, _ := w.(http.Flusher)
+	// began is set once the event stream has begun; errors before that are
+	// HTTP errors.
+	began := false
 	send := func(v any) error {
 		b, err := json.Marshal(v)
 		if err != nil {
 			return err
+		}
+		if !began {
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.Header().Set("Cache-Control", "no-cache")
+			began = true
 		}
 		if _, err := fmt.Fprintf(w, "data: %s\n\n", b); err != nil {
 			return err
@@ -262,6 +273,10 @@ func (r *Router) serveCompletion(w http.ResponseWriter, req *http.Request, objec
 		}
 		return send(envelope(streamObj, choice(ch.text, nil)))
 	})
+	if err != nil && !began {
+		r.httpError(w, err)
+		return
+	}
 	if err != nil {
 		// Headers are gone; report the error in the stream.
 		send(map[string]any{"error": errorBody(err)})

@@ -88,14 +88,24 @@ type Scheduler struct {
 
 	submit chan *sequence
 	// mu serialises Submit against the end of Run, so that no request is
-	// queued after Run has answered the last ones.
-	mu     sync.Mutex
-	closed bool // protected by mu
+	// queued after Run has answered the last ones, and against Run's moves
+	// of requests from submit to its waiting list, so that both count
+	// against MaxWaiting.
+	mu      sync.Mutex
+	closed  bool // protected by mu
+	waiting int  // protected by mu; requests Run took from submit and has not admitted
 }
 
 // NewScheduler returns a scheduler; Run drives it. onRoutes, if not nil, is
-// called from the scheduler goroutine with every step's routes.
+// called from the scheduler goroutine with every step's routes. A nil log
+// discards; nil metrics are kept unregistered.
 func NewScheduler(cfg SchedulerConfig, m *model.Model, experts model.Experts, log *slog.Logger, met *metrics, onRoutes func([][]model.Route)) *Scheduler {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if met == nil {
+		met = newMetrics(nil)
+	}
 	return &Scheduler{
 		cfg:      cfg,
 		model:    m,
@@ -116,6 +126,9 @@ func (s *Scheduler) Submit(ctx context.Context, req Request) (<-chan Event, erro
 	defer s.mu.Unlock()
 	if s.closed {
 		return nil, ErrStopped
+	}
+	if len(s.submit)+s.waiting >= s.cfg.MaxWaiting {
+		return nil, fmt.Errorf("%w: %d requests waiting", ErrQueueFull, s.cfg.MaxWaiting)
 	}
 	select {
 	case s.submit <- seq:
@@ -157,6 +170,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		s.mu.Lock()
 	drain:
 		for {
 			select {
@@ -174,12 +188,15 @@ func (s *Scheduler) Run(ctx context.Context) error {
 			q.cache = s.model.NewCache()
 			running = append(running, q)
 		}
+		s.waiting = len(waiting)
+		s.mu.Unlock()
 		s.metrics.running.Set(float64(len(running)))
 		s.metrics.waiting.Set(float64(len(waiting)))
 		if len(running) == 0 {
 			continue
 		}
 		running = s.step(ctx, running)
+		s.metrics.running.Set(float64(len(running)))
 	}
 }
 

@@ -84,11 +84,12 @@ func (r *Router) validate(p completionParams) (completion, error) {
 	default:
 		return bad("prompt: give text or ids")
 	}
+	room := cfg.MaxPositionEmbeddings - len(prompt)
 	maxTokens := p.maxTokens
 	if maxTokens == 0 {
-		maxTokens = r.cfg.DefaultMaxTokens
+		// The default never asks for more than the context holds.
+		maxTokens = min(r.cfg.DefaultMaxTokens, max(room, 1))
 	}
-	room := cfg.MaxPositionEmbeddings - len(prompt)
 	switch {
 	case maxTokens < 0:
 		return bad("max_tokens %d must not be negative", p.maxTokens)
@@ -127,7 +128,13 @@ func (r *Router) validate(p completionParams) (completion, error) {
 // sampled (never half a UTF-8 character, never text past a stop string). It
 // returns why the completion finished and its usage.
 func (r *Router) complete(ctx context.Context, c completion, emit func(chunk) error) (FinishReason, usage, error) {
-	ctx, cancel := context.WithCancel(ctx)
+	var cancel context.CancelFunc
+	if _, ok := ctx.Deadline(); !ok && r.cfg.RequestTimeout > 0 {
+		// Every request has a deadline, the client's or the router's.
+		ctx, cancel = context.WithTimeout(ctx, r.cfg.RequestTimeout)
+	} else {
+		ctx, cancel = context.WithCancel(ctx)
+	}
 	defer cancel()
 	sampler, err := sample.New(c.sampling)
 	if err != nil {

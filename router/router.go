@@ -49,6 +49,9 @@ type Config struct {
 	Scheduler SchedulerConfig
 	// DefaultMaxTokens applies to requests that give no max_tokens.
 	DefaultMaxTokens int
+	// RequestTimeout is the deadline of a request whose client set none;
+	// 0 leaves such requests unbounded.
+	RequestTimeout time.Duration
 	// LoadReport is how often the routing load goes to etcd.
 	LoadReport time.Duration
 	// StopTimeout bounds the graceful stop.
@@ -67,6 +70,7 @@ func DefaultConfig() Config {
 		Dispatch:         DispatchConfig{DType: moegridv1.DType_DTYPE_F32, CallTimeout: 30 * time.Second, WaitForHolder: 30 * time.Second},
 		Scheduler:        DefaultSchedulerConfig(),
 		DefaultMaxTokens: 128,
+		RequestTimeout:   10 * time.Minute,
 		LoadReport:       5 * time.Second,
 		StopTimeout:      10 * time.Second,
 	}

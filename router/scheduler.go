@@ -285,7 +285,9 @@ func (s *Scheduler) step(ctx context.Context, running []*sequence) []*sequence {
 		case tok == s.model.Config.EOSTokenID && !q.req.IgnoreEOS:
 			s.end(q, Event{Finish: FinishStop})
 			done[q] = true
-		case q.generated >= q.req.MaxTokens || q.cache.Len() >= s.model.Config.MaxPositionEmbeddings:
+		// The sequence, prompt and last token included, may fill the context
+		// but not pass it: the last token is returned, never fed back.
+		case q.generated >= q.req.MaxTokens || q.cache.Len()+1 >= s.model.Config.MaxPositionEmbeddings:
 			s.end(q, Event{Finish: FinishLength})
 			done[q] = true
 		}

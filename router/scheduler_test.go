@@ -275,8 +275,9 @@ func TestSchedulerFinish(t *testing.T) {
 		{"max tokens", fx.model, Request{MaxTokens: 5}, ref[:5], FinishLength},
 		{"eos", withEOS, Request{MaxTokens: 8}, ref[:3], FinishStop},
 		{"ignore eos", withEOS, Request{MaxTokens: 8, IgnoreEOS: true}, ref, FinishLength},
-		// The token sampled at the last position is returned, never fed back.
-		{"context", short, Request{MaxTokens: 100}, ref[:4], FinishLength},
+		// Prompt and completion fill the context exactly; the last token is
+		// returned, never fed back.
+		{"context", short, Request{MaxTokens: 100}, ref[:3], FinishLength},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := testContext(t)

@@ -5,7 +5,7 @@ PKGS ?= ./...
 .PHONY: help build test race check lint generate verify-generate bench fuzz image e2e
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 build: ## build bin/moegrid
 	CGO_ENABLED=0 $(GO) build -trimpath -o bin/moegrid ./cmd/moegrid
@@ -21,7 +21,7 @@ race: ## run every test with the race detector (what CI runs)
 lint: ## go vet, gofmt and staticcheck
 	$(GO) vet $(PKGS)
 	@test -z "$$(gofmt -l . | tee /dev/stderr)" || (echo "gofmt: files above need formatting" && exit 1)
-	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 $(PKGS)
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS)
 
 check: verify-generate race ## everything CI runs: generated code fresh, vet, all tests with -race
 	@test -z "$$(gofmt -l . | tee /dev/stderr)" || (echo "gofmt: files above need formatting" && exit 1)
@@ -43,3 +43,9 @@ fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	  pkg=$${spec%%:*}; fn=$${spec##*:}; \
 	  $(GO) test -run='^$$' -fuzz="^$$fn$$" -fuzztime=$${FUZZTIME:-30s} ./$$pkg || exit 1; \
 	done
+
+image: ## build the images moegrid:dev and moegrid-etcd:dev (FROM scratch; IMAGE=, ETCD_IMAGE= rename them)
+	deploy/docker/build.sh
+
+e2e: ## deployment tests: manifests on a real Kubernetes control plane, the cluster in containers
+	deploy/k8stest/e2e.sh

@@ -14,6 +14,7 @@ func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "moegrid",
 		Short:         "Serve Mixtral-style Mixture-of-Experts models across machines",
+		Version:       buildVersion(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
@@ -22,6 +23,12 @@ func newRootCmd() *cobra.Command {
 	}
 	root.PersistentFlags().String("log-level", "info", "log level: debug, info, warn, error")
 	for _, c := range []*cobra.Command{
+		{
+			Use:   "version",
+			Short: "Print the version",
+			Args:  cobra.NoArgs,
+			Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), "moegrid", buildVersion()) },
+		},
 		newUpCmd(),
 		newCoordinatorCmd(),
 		newExpertnodeCmd(),

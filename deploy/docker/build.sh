@@ -37,12 +37,12 @@ image() {
 	fi
 }
 
-build() { # build NAME GO_PACKAGE
-	(cd "$root" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$ctx/$1" "$2")
+build() { # build NAME GO_PACKAGE [EXTRA_LDFLAGS]
+	(cd "$root" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w ${3:-}" -o "$ctx/$1" "$2")
 	chmod 0555 "$ctx/$1"
 }
 
-build moegrid ./cmd/moegrid
+build moegrid ./cmd/moegrid "-X main.version=$VERSION"
 image "$IMAGE" "$here/Dockerfile" --build-arg VERSION="$VERSION" --build-arg REVISION="$REVISION"
 rm -f "$ctx/moegrid"
 echo "built $IMAGE ($VERSION)"

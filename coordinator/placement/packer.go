@@ -375,39 +375,38 @@ func (p *packer) placeBase(roomiest bool) bool {
 	if roomiest {
 		for _, s := range p.order {
 			for len(p.holders[s]) < p.minR {
-				n := p.chooseRoomiest(s)
-				if n < 0 {
-					n = p.evictFor(s)
-				}
-				if n < 0 {
-					n = p.ejectFor(s)
-				}
-				if n < 0 {
+				if !p.placeOne(s, p.chooseRoomiest) {
 					return false
 				}
-				p.add(s, n)
 			}
 		}
 		return true
 	}
 	for r := 1; r <= p.minR; r++ {
 		for _, s := range p.order {
-			if len(p.holders[s]) >= r {
-				continue
-			}
-			n := p.chooseBalanced(s)
-			if n < 0 {
-				n = p.evictFor(s)
-			}
-			if n < 0 {
-				n = p.ejectFor(s)
-			}
-			if n < 0 {
+			if len(p.holders[s]) < r && !p.placeOne(s, p.chooseBalanced) {
 				return false
 			}
-			p.add(s, n)
 		}
 	}
+	return true
+}
+
+// placeOne adds a required replica of shard s on the node choose picks or,
+// when no node has room, on one made free by evictFor or ejectFor. It
+// reports false when no node can take it.
+func (p *packer) placeOne(s int, choose func(s int) int) bool {
+	n := choose(s)
+	if n < 0 {
+		n = p.evictFor(s)
+	}
+	if n < 0 {
+		n = p.ejectFor(s)
+	}
+	if n < 0 {
+		return false
+	}
+	p.add(s, n)
 	return true
 }
 

@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -20,7 +21,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/moegrid/moegrid/cluster/etcdtest"
 	"github.com/moegrid/moegrid/coordinator"
@@ -92,6 +95,8 @@ type clusterOptions struct {
 	// childNodes runs the expert nodes as child processes.
 	childNodes bool
 	leaseTTL   time.Duration
+	// waitForHolder is the router's bound on waiting for a missing expert.
+	waitForHolder time.Duration
 }
 
 // component runs fn until the test ends, then cancels it and waits.
@@ -153,6 +158,9 @@ func startCluster(t testing.TB, o clusterOptions) *testCluster {
 	rcfg.EtcdEndpoints = tc.etcd.Endpoints()
 	rcfg.LeaseTTL = o.leaseTTL
 	rcfg.Dispatch.WaitForHolder = 20 * time.Second
+	if o.waitForHolder > 0 {
+		rcfg.Dispatch.WaitForHolder = o.waitForHolder
+	}
 	rcfg.Dispatch.CallTimeout = 10 * time.Second
 	r, err := router.New(rcfg, log, prometheus.NewRegistry())
 	if err != nil {
@@ -356,39 +364,9 @@ func TestExpertKilledMidGeneration(t *testing.T) {
 	const n = 48
 	want := lm.greedy(t, prompt, n)
 
-	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
-	defer cancel()
-	stream, err := moegridv1.NewGenerationClient(tc.conn).Generate(ctx, &moegridv1.GenerateRequest{
-		Prompt:    &moegridv1.GenerateRequest_Ids{Ids: &moegridv1.TokenIDs{Ids: toU32(prompt)}},
-		MaxTokens: n, IgnoreEos: true,
-	})
+	got, err := tc.generateKilling(t, prompt, n, "expert-3", 4)
 	if err != nil {
 		t.Fatal(err)
-	}
-	var got []int
-	killed := false
-	for {
-		msg, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatalf("after %d tokens (killed: %v): %v", len(got), killed, err)
-		}
-		for _, id := range msg.TokenIds {
-			got = append(got, int(id))
-		}
-		if !killed && len(got) >= 4 {
-			victim := tc.children["expert-3"]
-			if err := victim.Process.Kill(); err != nil {
-				t.Fatal(err)
-			}
-			killed = true
-			t.Logf("killed expert-3 (pid %d) after %d tokens", victim.Process.Pid, len(got))
-		}
-	}
-	if !killed {
-		t.Fatal("the generation ended before the node was killed")
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("with a node killed: %v\nwithout fault:      %v", got, want)
@@ -409,4 +387,110 @@ func toU32(ids []int) []uint32 {
 		out[i] = uint32(id)
 	}
 	return out
+}
+
+// TestEtcdDownKeepsServing checks the failure rule "etcd down: the data
+// plane keeps serving on the last placement": with etcd stopped, requests
+// still complete with the in-process model's tokens, and once etcd is back
+// the cluster carries on.
+func TestEtcdDownKeepsServing(t *testing.T) {
+	tc := startCluster(t, clusterOptions{nodes: 8, minReplicas: 1})
+	lm := loadLocal(t)
+	want := lm.greedy(t, prompts[2], 8)
+
+	tc.etcd.Stop()
+	// Longer than the lease TTL: nothing may expire the nodes while etcd
+	// is away, and the router must not forget them.
+	time.Sleep(4 * time.Second)
+	for i := range 3 {
+		got, err := tc.generate(t.Context(), prompts[2], 8)
+		if err != nil {
+			t.Fatalf("request %d with etcd down: %v", i, err)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("request %d with etcd down: %v, want %v", i, got, want)
+		}
+	}
+
+	tc.etcd.Resume()
+	waitReady(t, "http://"+tc.router.HTTPAddr()+"/readyz", 30*time.Second)
+	got, err := tc.generate(t.Context(), prompts[2], 8)
+	if err != nil {
+		t.Fatalf("after etcd came back: %v", err)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("after etcd came back: %v, want %v", got, want)
+	}
+}
+
+// TestExpertKilledWithoutReplica kills the only holder of some experts: the
+// router waits for the coordinator to re-place them and the request
+// completes with the fault-free tokens; with nowhere to re-place them it
+// fails UNAVAILABLE once the wait bound has passed, naming the experts.
+func TestExpertKilledWithoutReplica(t *testing.T) {
+	lm := loadLocal(t)
+	prompt := prompts[3]
+
+	t.Run("re-placed", func(t *testing.T) {
+		tc := startCluster(t, clusterOptions{nodes: 8, minReplicas: 1, childNodes: true})
+		const n = 24
+		want := lm.greedy(t, prompt, n)
+		got, err := tc.generateKilling(t, prompt, n, "expert-5", 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("with the node killed: %v\nwithout fault:       %v", got, want)
+		}
+	})
+
+	t.Run("nowhere to go", func(t *testing.T) {
+		tc := startCluster(t, clusterOptions{nodes: 1, minReplicas: 1, childNodes: true, waitForHolder: 3 * time.Second})
+		start := time.Now()
+		_, err := tc.generateKilling(t, prompt, 24, "expert-0", 3)
+		if status.Code(err) != codes.Unavailable || !strings.Contains(status.Convert(err).Message(), "no live replica") {
+			t.Fatalf("got %v, want UNAVAILABLE: no live replica", err)
+		}
+		if d := time.Since(start); d < 3*time.Second {
+			t.Errorf("failed after %v, before the 3 s wait bound", d)
+		}
+	})
+}
+
+// generateKilling streams a greedy completion and SIGKILLs the named expert
+// node's process once after tokens have arrived.
+func (tc *testCluster) generateKilling(t *testing.T, prompt []int, n int, victim string, after int) ([]int, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
+	defer cancel()
+	stream, err := moegridv1.NewGenerationClient(tc.conn).Generate(ctx, &moegridv1.GenerateRequest{
+		Prompt:    &moegridv1.GenerateRequest_Ids{Ids: &moegridv1.TokenIDs{Ids: toU32(prompt)}},
+		MaxTokens: uint32(n), IgnoreEos: true,
+	})
+	if err != nil {
+		return nil, err
+	}
+	var got []int
+	killed := false
+	for {
+		msg, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			if !killed {
+				t.Fatal("the generation ended before the node was killed")
+			}
+			return got, nil
+		}
+		if err != nil {
+			return got, err
+		}
+		for _, id := range msg.TokenIds {
+			got = append(got, int(id))
+		}
+		if !killed && len(got) >= after {
+			if err := tc.children[victim].Process.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			killed = true
+		}
+	}
 }

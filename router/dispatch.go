@@ -96,6 +96,20 @@ func (d *Dispatcher) Close() error {
 	return errors.Join(errs...)
 }
 
+// Retain closes the connections to every address not in live: nodes that
+// left the placement or changed address. Their gRPC channels would otherwise
+// keep reconnecting to dead addresses for the life of the router.
+func (d *Dispatcher) Retain(live map[string]bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for addr, c := range d.conns {
+		if !live[addr] {
+			c.Close()
+			delete(d.conns, addr)
+		}
+	}
+}
+
 func (d *Dispatcher) conn(addr string) (*grpc.ClientConn, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -485,3 +485,21 @@ func TestDispatcherBF16(t *testing.T) {
 		}
 	}
 }
+
+// TestDispatcherRetain checks that connections to nodes no longer registered
+// are closed and forgotten, and that live ones are kept.
+func TestDispatcherRetain(t *testing.T) {
+	d := NewDispatcher(DispatchConfig{WaitForHolder: time.Second}, nil, 4)
+	defer d.Close()
+	for _, addr := range []string{"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"} {
+		if _, err := d.conn(addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.Retain(map[string]bool{"127.0.0.1:2": true})
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.conns) != 1 || d.conns["127.0.0.1:2"] == nil {
+		t.Errorf("connections after Retain: %v, want only 127.0.0.1:2", d.conns)
+	}
+}

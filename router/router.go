@@ -209,6 +209,7 @@ func (r *Router) Run(ctx context.Context) error {
 	r.gossipTopo = newClusterTopology(r.fingerprint, gossip)
 	r.dispatcher = NewDispatcher(r.cfg.Dispatch, r.gossipTopo, r.model.Config.HiddenSize)
 	defer r.dispatcher.Close()
+	r.gossipTopo.onChange = r.dispatcher.Retain
 	r.experts.Store(r.dispatcher)
 	r.sched = NewScheduler(r.cfg.Scheduler, r.model, r.dispatcher, r.log, r.metrics, r.countRoutes)
 

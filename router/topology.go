@@ -21,6 +21,10 @@ type clusterTopology struct {
 	nodes     map[string]cluster.NodeRecord // protected by mu
 	holders   map[[2]int][]Endpoint         // protected by mu; by (expert, layer)
 	changed   chan struct{}                 // protected by mu; closed on change
+
+	// onChange, if set before run, is called after every rebuild with the
+	// addresses of all nodes of the model; it must not block.
+	onChange func(addrs map[string]bool)
 }
 
 var _ Topology = (*clusterTopology)(nil)
@@ -97,13 +101,18 @@ func (t *clusterTopology) run(ctx context.Context, st *cluster.Store) {
 			}
 			t.mu.Lock()
 			t.nodes = make(map[string]cluster.NodeRecord, len(recs))
+			addrs := make(map[string]bool, len(recs))
 			for _, r := range recs {
 				if r.Model.Fingerprint == t.fingerprint {
 					t.nodes[r.ID] = r
+					addrs[r.GRPCAddr] = true
 				}
 			}
 			t.rebuildLocked()
 			t.mu.Unlock()
+			if t.onChange != nil {
+				t.onChange(addrs)
+			}
 		case <-gossipChanged:
 			t.mu.Lock()
 			t.rebuildLocked()

@@ -29,6 +29,36 @@ func Dot(a, b []float32) float32 {
 	return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 }
 
+// dotBF16 returns Σ a[i]·w[i] for bfloat16 weights w, widening each weight
+// as it goes. The products and sums are Dot's, in Dot's order, so the result
+// equals Dot(a, widened w) bit for bit; it only saves the pass that writes
+// and re-reads the widened row.
+func dotBF16(a []float32, w []uint16) float32 {
+	n := len(a)
+	w = w[:n]
+	var s0, s1, s2, s3, s4, s5, s6, s7 float32
+	i := 0
+	for ; i+8 <= n; i += 8 {
+		s0 += a[i] * math.Float32frombits(uint32(w[i])<<16)
+		s1 += a[i+1] * math.Float32frombits(uint32(w[i+1])<<16)
+		s2 += a[i+2] * math.Float32frombits(uint32(w[i+2])<<16)
+		s3 += a[i+3] * math.Float32frombits(uint32(w[i+3])<<16)
+		s4 += a[i+4] * math.Float32frombits(uint32(w[i+4])<<16)
+		s5 += a[i+5] * math.Float32frombits(uint32(w[i+5])<<16)
+		s6 += a[i+6] * math.Float32frombits(uint32(w[i+6])<<16)
+		s7 += a[i+7] * math.Float32frombits(uint32(w[i+7])<<16)
+	}
+	for ; i < n; i++ {
+		s0 += a[i] * math.Float32frombits(uint32(w[i])<<16)
+	}
+	return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+}
+
+// fusedRows is the batch size up to which BF16 weights are widened inside
+// the dot product rather than once per weight row: with few input rows the
+// separate widening pass costs more than it saves.
+const fusedRows = 2
+
 // minParallelWork is the number of multiply-adds below which MatMul stays on
 // the calling goroutine: below it, starting goroutines costs more than it
 // saves.
@@ -63,6 +93,15 @@ func MatMul(out, x []float32, rows int, w *Matrix) {
 
 func matMulRange(out, x []float32, rows int, w *Matrix, lo, hi int) {
 	n, m := w.Cols, w.Rows
+	if w.DType == BF16 && rows <= fusedRows {
+		for r := lo; r < hi; r++ {
+			wr := w.Half[r*n : (r+1)*n]
+			for t := 0; t < rows; t++ {
+				out[t*m+r] = dotBF16(x[t*n:(t+1)*n], wr)
+			}
+		}
+		return
+	}
 	var buf []float32
 	if w.DType != F32 {
 		buf = make([]float32, n)

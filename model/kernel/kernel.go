@@ -6,9 +6,18 @@ import (
 	"sync"
 )
 
-// Dot returns Σ a[i]·b[i] for i < len(a), accumulating in float32 over eight
-// interleaved partial sums that are added in a fixed order.
+// Dot returns Σ a[i]·b[i] for i < len(a), in float32, in a fixed order of
+// operations for a given length: on AVX2 machines with fused multiply-adds
+// over 8-lane accumulators, elsewhere over eight interleaved scalar sums.
 func Dot(a, b []float32) float32 {
+	if useSIMD {
+		return dotSIMD(a, b)
+	}
+	return dotGo(a, b)
+}
+
+// dotGo is the portable Dot.
+func dotGo(a, b []float32) float32 {
 	n := len(a)
 	b = b[:n]
 	var s0, s1, s2, s3, s4, s5, s6, s7 float32
@@ -34,6 +43,14 @@ func Dot(a, b []float32) float32 {
 // equals Dot(a, widened w) bit for bit; it only saves the pass that writes
 // and re-reads the widened row.
 func dotBF16(a []float32, w []uint16) float32 {
+	if useSIMD {
+		return dotBF16SIMD(a, w)
+	}
+	return dotBF16Go(a, w)
+}
+
+// dotBF16Go is the portable dotBF16.
+func dotBF16Go(a []float32, w []uint16) float32 {
 	n := len(a)
 	w = w[:n]
 	var s0, s1, s2, s3, s4, s5, s6, s7 float32

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/moegrid/moegrid/internal/retry"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -372,4 +373,32 @@ func (s *Store) RemoveStaleDrain(ctx context.Context, m DrainMark) error {
 		return fmt.Errorf("cluster: delete %s: %w", key, err)
 	}
 	return nil
+}
+
+// Connect is Open that waits for etcd: while etcd cannot be reached it
+// retries with a growing delay (up to 5 s), logging each failure, until ctx
+// is done. A prefix that cannot hold this cluster (ErrInvalidPrefix,
+// ErrForeignPrefix) fails at once, since waiting cannot fix it.
+func Connect(ctx context.Context, cli *clientv3.Client, prefix string, logger *slog.Logger) (*Store, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	bo := &retry.Delay{Min: 200 * time.Millisecond, Max: 5 * time.Second}
+	for {
+		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		s, err := Open(octx, cli, prefix, logger)
+		cancel()
+		switch {
+		case err == nil:
+			return s, nil
+		case errors.Is(err, ErrForeignPrefix), errors.Is(err, ErrInvalidPrefix):
+			return nil, err
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		}
+		logger.Warn("cannot reach etcd; retrying", "endpoints", cli.Endpoints(), "err", err)
+		if !retry.Sleep(ctx, bo.Next()) {
+			return nil, ctx.Err()
+		}
+	}
 }

@@ -373,3 +373,49 @@ func TestLoads(t *testing.T) {
 		t.Errorf("load record left after Close: %v", loads)
 	}
 }
+
+// TestConnectWaitsForEtcd checks that Connect retries while etcd is down and
+// returns once it is back, and that a foreign prefix fails at once.
+func TestConnectWaitsForEtcd(t *testing.T) {
+	srv := etcdtest.Start(t)
+	cli, err := NewEtcdClient(srv.Endpoints())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+
+	srv.Stop()
+	done := make(chan error, 1)
+	go func() {
+		_, err := Connect(ctx, cli, "/waits/", nil)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("Connect returned %v while etcd was down", err)
+	case <-time.After(time.Second):
+	}
+	srv.Resume()
+	if err := <-done; err != nil {
+		t.Fatalf("Connect after etcd came back: %v", err)
+	}
+
+	if _, err := cli.Put(ctx, "/foreign/config", "x"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if _, err := Connect(ctx, cli, "/foreign/", nil); !errors.Is(err, ErrForeignPrefix) {
+		t.Errorf("Connect on a foreign prefix: %v, want ErrForeignPrefix", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Connect on a foreign prefix took %v; it must not retry", d)
+	}
+
+	stopped, stop := context.WithCancel(ctx)
+	stop()
+	if _, err := Connect(stopped, cli, "/waits/", nil); !errors.Is(err, context.Canceled) {
+		t.Errorf("Connect with a cancelled context: %v", err)
+	}
+}

@@ -143,26 +143,12 @@ func (c *Coordinator) Run(ctx context.Context) error {
 // control opens the cluster (retrying while etcd is unreachable), then runs
 // the observer and the election until ctx is done.
 func (c *Coordinator) control(ctx context.Context, cli *clientv3.Client) error {
-	bo := &retry.Delay{Min: 200 * time.Millisecond, Max: 5 * time.Second}
-	var store *cluster.Store
-	for {
-		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		s, err := cluster.Open(octx, cli, c.cfg.Prefix, c.log)
-		cancel()
-		if err == nil {
-			store = s
-			break
-		}
-		if errors.Is(err, cluster.ErrForeignPrefix) || errors.Is(err, cluster.ErrInvalidPrefix) {
-			return fmt.Errorf("coordinator: %w", err)
-		}
+	store, err := cluster.Connect(ctx, cli, c.cfg.Prefix, c.log)
+	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
-		c.log.Warn("cannot reach etcd; retrying", "endpoints", c.cfg.EtcdEndpoints, "err", err)
-		if !retry.Sleep(ctx, bo.Next()) {
-			return nil
-		}
+		return fmt.Errorf("coordinator: %w", err)
 	}
 	c.store.Store(store)
 	c.servers.SetReady(true, moegridv1.Cluster_ServiceDesc.ServiceName)

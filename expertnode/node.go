@@ -177,8 +177,11 @@ func (n *Node) Run(ctx context.Context) error {
 		return err
 	}
 	defer cli.Close()
-	st, err := cluster.Open(ctx, cli, n.cfg.Prefix, n.log)
+	st, err := cluster.Connect(ctx, cli, n.cfg.Prefix, n.log)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while waiting for etcd
+		}
 		return err
 	}
 

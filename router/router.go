@@ -191,8 +191,11 @@ func (r *Router) Run(ctx context.Context) error {
 		return err
 	}
 	defer cli.Close()
-	st, err := cluster.Open(ctx, cli, r.cfg.Prefix, r.log)
+	st, err := cluster.Connect(ctx, cli, r.cfg.Prefix, r.log)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while waiting for etcd
+		}
 		return err
 	}
 	gcfg := cluster.DefaultGossipConfig(r.cfg.ID, cluster.RoleRouter)

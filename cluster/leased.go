@@ -75,7 +75,6 @@ type leasedKey struct {
 	life, ctx          context.Context
 	lifeCancel, cancel context.CancelFunc
 	done               chan struct{}
-	kick               chan struct{}
 	closeOnce          sync.Once
 	closeErr           error
 
@@ -93,7 +92,7 @@ func (s *Store) openLeasedKey(ctx context.Context, key string, opts LeaseOptions
 	l := &leasedKey{
 		store: s, key: key, opts: opts, log: opts.Logger, encode: encode,
 		life: life, lifeCancel: lifeCancel, ctx: runCtx, cancel: cancel,
-		done: make(chan struct{}), kick: make(chan struct{}, 1),
+		done:  make(chan struct{}),
 		owned: make(map[clientv3.LeaseID]bool),
 	}
 	sess, err := l.newSession(ctx)
@@ -246,8 +245,6 @@ func (l *leasedKey) run() {
 			l.renew(sess)
 		case <-t.C:
 			l.refresh()
-		case <-l.kick:
-			l.refresh()
 		}
 	}
 }
@@ -304,14 +301,6 @@ func (l *leasedKey) revoke(sess *concurrency.Session) error {
 		err = nil
 	}
 	return err
-}
-
-// nudge asks run to rewrite the key soon.
-func (l *leasedKey) nudge() {
-	select {
-	case l.kick <- struct{}{}:
-	default:
-	}
 }
 
 // lease returns the current lease.

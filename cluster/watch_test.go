@@ -52,7 +52,7 @@ func TestWatchPlacement(t *testing.T) {
 	if rev, err = s.WritePlacement(ctx, g, same, rev); err != nil {
 		t.Fatal(err)
 	}
-	if rev, err = s.WritePlacement(ctx, g, onePerNode(2), rev); err != nil {
+	if _, err = s.WritePlacement(ctx, g, onePerNode(2), rev); err != nil {
 		t.Fatal(err)
 	}
 	if p := recv(t, ch, 5*time.Second); p.Version != 2 || p.Error != "" {

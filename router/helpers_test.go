@@ -250,27 +250,6 @@ func (f *faultyExperts) Forward(ctx context.Context, layer int, batches []model.
 	return f.inner.Forward(ctx, layer, batches)
 }
 
-// gatedExperts wraps real experts and holds every Forward until release is
-// closed: it keeps a scheduler step in flight for as long as a test needs.
-type gatedExperts struct {
-	inner   model.Experts
-	entered chan struct{} // receives once per call that waits
-	release chan struct{}
-}
-
-func (g *gatedExperts) Forward(ctx context.Context, layer int, batches []model.ExpertBatch) error {
-	select {
-	case g.entered <- struct{}{}:
-	default:
-	}
-	select {
-	case <-g.release:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	return g.inner.Forward(ctx, layer, batches)
-}
-
 // testRouter is a Router built by hand around the shared model, with its
 // scheduler, a Generation gRPC server and the HTTP API, all on loopback.
 type testRouter struct {

@@ -23,8 +23,7 @@ lint: ## go vet, gofmt and staticcheck
 	@test -z "$$(gofmt -l . | tee /dev/stderr)" || (echo "gofmt: files above need formatting" && exit 1)
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS)
 
-check: verify-generate race ## everything CI runs: generated code fresh, vet, all tests with -race
-	@test -z "$$(gofmt -l . | tee /dev/stderr)" || (echo "gofmt: files above need formatting" && exit 1)
+check: verify-generate lint race ## what CI runs before the deployment tests: generated code fresh, gofmt, vet, staticcheck, all tests with -race
 
 generate: ## regenerate the gRPC code from proto/moegrid/v1/*.proto (needs protoc)
 	$(GO) generate ./proto/...

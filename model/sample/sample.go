@@ -4,7 +4,6 @@
 package sample
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -45,9 +44,11 @@ func (p Params) Validate() error {
 // the seed and the number of draws so far, so a sequence replays exactly. A
 // Sampler is not safe for concurrent use.
 type Sampler struct {
-	p    Params
-	rng  *rand.Rand
-	cand []candidate
+	p       Params
+	rng     *rand.Rand
+	cand    []candidate
+	keys    []uint64
+	weights []float64
 }
 
 type candidate struct {
@@ -75,25 +76,37 @@ func Greedy(logits []float32) int {
 }
 
 // Next picks a token from logits [vocab]. Filtering is applied in the order
-// Hugging Face's generate uses: temperature, then top-k, then top-p.
+// Hugging Face's generate uses: temperature, then top-k, then top-p. Only
+// what a filter needs is sorted: nothing without top-k and top-p, the k most
+// likely tokens with top-k alone.
 func (s *Sampler) Next(logits []float32) int {
-	if s.p.Temperature == 0 {
+	t := s.p.Temperature
+	if t == 0 {
 		return Greedy(logits)
 	}
-	c := s.cand[:0]
-	for i, v := range logits {
-		c = append(c, candidate{i, float64(v) / s.p.Temperature})
+	k, tp := s.p.TopK, s.p.TopP
+	topK := k > 0 && k < len(logits)
+	topP := tp > 0 && tp < 1
+	if !topK && !topP {
+		return s.drawAll(logits)
 	}
-	// Most likely first; ties keep the lower id first, so the order (and the
-	// draw) does not depend on the sort algorithm.
-	slices.SortFunc(c, func(a, b candidate) int {
-		if a.p != b.p {
-			return cmp.Compare(b.p, a.p)
-		}
-		return cmp.Compare(a.id, b.id)
-	})
-	if k := s.p.TopK; k > 0 && k < len(c) {
-		c = c[:k]
+
+	// Candidates in order, most likely first and the lower id first on
+	// ties; the order (and so the draw) does not depend on the algorithm.
+	keys := s.keys[:0]
+	for i, v := range logits {
+		keys = append(keys, orderKey(v, i))
+	}
+	if topK {
+		keys = smallestK(keys, k)
+	} else {
+		slices.Sort(keys)
+	}
+	s.keys = keys
+	c := s.cand[:0]
+	for _, key := range keys {
+		id := int(uint32(key))
+		c = append(c, candidate{id, float64(logits[id]) / t})
 	}
 	mx := c[0].p
 	var sum float64
@@ -104,7 +117,8 @@ func (s *Sampler) Next(logits []float32) int {
 	for i := range c {
 		c[i].p /= sum
 	}
-	if tp := s.p.TopP; tp > 0 && tp < 1 {
+	sum = 1
+	if topP {
 		var acc float64
 		for i := range c {
 			acc += c[i].p
@@ -115,8 +129,6 @@ func (s *Sampler) Next(logits []float32) int {
 			}
 		}
 		sum = acc
-	} else {
-		sum = 1
 	}
 	s.cand = c
 	u := s.rng.Float64() * sum
@@ -127,4 +139,89 @@ func (s *Sampler) Next(logits []float32) int {
 		u -= x.p
 	}
 	return c[len(c)-1].id
+}
+
+// drawAll samples from softmax(logits/T) over the whole vocabulary, walking
+// it in id order: no sort is needed when nothing is filtered.
+func (s *Sampler) drawAll(logits []float32) int {
+	t := s.p.Temperature
+	mx := math.Inf(-1)
+	for _, v := range logits {
+		mx = max(mx, float64(v)/t)
+	}
+	w := s.weights[:0]
+	var sum float64
+	for _, v := range logits {
+		e := math.Exp(float64(v)/t - mx)
+		w = append(w, e)
+		sum += e
+	}
+	s.weights = w
+	u := s.rng.Float64() * sum
+	last := 0
+	for i, p := range w {
+		if u < p {
+			return i
+		}
+		u -= p
+		if p > 0 {
+			last = i
+		}
+	}
+	return last
+}
+
+// orderKey maps (logit, id) to a key whose ascending order is descending
+// logit, then ascending id. NaN sorts last.
+func orderKey(v float32, id int) uint64 {
+	bits := math.Float32bits(v)
+	switch {
+	case v != v:
+		bits = 0 // below every number once flipped
+	case bits&0x80000000 != 0:
+		bits = ^bits
+	default:
+		bits |= 0x80000000
+	}
+	return uint64(^bits)<<32 | uint64(uint32(id))
+}
+
+// smallestK returns the k smallest keys in ascending order, reusing keys'
+// storage: a max-heap of the best k seen, then a sort of those k.
+func smallestK(keys []uint64, k int) []uint64 {
+	if k >= len(keys) {
+		slices.Sort(keys)
+		return keys
+	}
+	h := keys[:k]
+	for i := k/2 - 1; i >= 0; i-- {
+		siftDown(h, i)
+	}
+	for _, key := range keys[k:] {
+		if key < h[0] {
+			h[0] = key
+			siftDown(h, 0)
+		}
+	}
+	slices.Sort(h)
+	return h
+}
+
+// siftDown restores the max-heap property of h below i.
+func siftDown(h []uint64, i int) {
+	for {
+		l := 2*i + 1
+		if l >= len(h) {
+			return
+		}
+		big := l
+		if r := l + 1; r < len(h) && h[r] > h[l] {
+			big = r
+		}
+		if h[i] >= h[big] {
+			return
+		}
+		h[i], h[big] = h[big], h[i]
+		i = big
+	}
 }

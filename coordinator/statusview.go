@@ -12,6 +12,7 @@ import (
 	"github.com/dustin/go-humanize"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/moegrid/moegrid/coordinator/placement"
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
 )
 
@@ -124,4 +125,26 @@ func WriteStatusJSON(w io.Writer, s *moegridv1.StatusResponse) error {
 	out.WriteByte('\n')
 	_, err = w.Write(out.Bytes())
 	return err
+}
+
+// WritePlacementTable prints a computed placement for capacity planning: one
+// row per node with its shards, the bytes they take and the node's capacity,
+// in the shard notation of WriteStatusTable.
+func WritePlacementTable(w io.Writer, p placement.Placement, nodes []placement.Node) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tSHARDS\tMEMORY\tUSE")
+	for _, n := range nodes {
+		var ss []*moegridv1.Shard
+		for _, s := range p.ShardsOf(n.ID) {
+			ss = append(ss, &moegridv1.Shard{Expert: uint32(s.Expert), FirstLayer: uint32(s.First), EndLayer: uint32(s.End)})
+		}
+		used := p.BytesOn(n.ID)
+		use := "-"
+		if n.CapacityBytes > 0 {
+			use = fmt.Sprintf("%.0f%%", 100*float64(used)/float64(n.CapacityBytes))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s/%s\t%s\n", n.ID, formatShards(ss, uint32(p.Model.Layers)),
+			humanize.IBytes(uint64(used)), humanize.IBytes(uint64(n.CapacityBytes)), use)
+	}
+	return tw.Flush()
 }

@@ -34,6 +34,7 @@ func newRootCmd() *cobra.Command {
 		newExpertnodeCmd(),
 		newRouterCmd(),
 		newGenerateCmd(),
+		newPlanCmd(),
 		newNodesCmd(),
 		newDrainCmd(),
 		newModelCmd(),

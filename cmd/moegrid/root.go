@@ -35,6 +35,7 @@ func newRootCmd() *cobra.Command {
 		newRouterCmd(),
 		newGenerateCmd(),
 		newPlanCmd(),
+		newBenchCmd(),
 		newNodesCmd(),
 		newDrainCmd(),
 		newModelCmd(),

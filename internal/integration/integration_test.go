@@ -28,6 +28,7 @@ import (
 	"github.com/moegrid/moegrid/cluster/etcdtest"
 	"github.com/moegrid/moegrid/coordinator"
 	"github.com/moegrid/moegrid/expertnode"
+	"github.com/moegrid/moegrid/internal/bench"
 	"github.com/moegrid/moegrid/model"
 	"github.com/moegrid/moegrid/model/safetensors"
 	"github.com/moegrid/moegrid/model/sample"
@@ -492,5 +493,23 @@ func (tc *testCluster) generateKilling(t *testing.T, prompt []int, n int, victim
 			}
 			killed = true
 		}
+	}
+}
+
+// TestBench runs the load generator of moegrid bench against the cluster:
+// every request completes with exactly the tokens asked for, and the
+// latencies it reports are consistent.
+func TestBench(t *testing.T) {
+	tc := startCluster(t, clusterOptions{nodes: 8, minReplicas: 1})
+	cfg := bench.Config{Requests: 12, Concurrency: 4, PromptTokens: 16, MaxTokens: 8, Vocab: 32000, Seed: 7, Timeout: time.Minute}
+	res, err := bench.Run(t.Context(), moegridv1.NewGenerationClient(tc.conn), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Failed != 0 || res.Tokens != cfg.Requests*cfg.MaxTokens {
+		t.Fatalf("result %+v: want no failures and %d tokens", res, cfg.Requests*cfg.MaxTokens)
+	}
+	if !(res.TTFT.P50 > 0 && res.TTFT.P50 <= res.Latency.P50 && res.InterToken.P50 > 0 && res.TokensPerSecond > 0) {
+		t.Errorf("inconsistent latencies: %+v", res)
 	}
 }

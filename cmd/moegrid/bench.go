@@ -6,8 +6,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/moegrid/moegrid/internal/bench"
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
@@ -30,14 +28,7 @@ itself.`,
 			if output != "text" && output != "json" {
 				return fmt.Errorf("--output %q: want text or json", output)
 			}
-			if addr == "" {
-				st, err := readUpState()
-				if err != nil {
-					return fmt.Errorf("no --addr given and no `moegrid up` found: %w", err)
-				}
-				addr = st.RouterGRPC
-			}
-			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			conn, err := dialRouter(addr)
 			if err != nil {
 				return err
 			}

@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
 )
@@ -61,14 +59,7 @@ func newGenerateCmd() *cobra.Command {
 			if output != "text" && output != "json" {
 				return fmt.Errorf("--output %q: want text or json", output)
 			}
-			if addr == "" {
-				st, err := readUpState()
-				if err != nil {
-					return fmt.Errorf("no --addr given and no `moegrid up` found: %w", err)
-				}
-				addr = st.RouterGRPC
-			}
-			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			conn, err := dialRouter(addr)
 			if err != nil {
 				return err
 			}

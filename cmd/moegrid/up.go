@@ -1,11 +1,14 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/moegrid/moegrid/internal/up"
 )
@@ -32,6 +35,19 @@ func readUpState() (up.State, error) {
 		dir = defaultStateDir()
 	}
 	return up.ReadState(dir)
+}
+
+// dialRouter connects to the router at addr, or with addr empty to the one
+// the running `moegrid up` started.
+func dialRouter(addr string) (*grpc.ClientConn, error) {
+	if addr == "" {
+		st, err := readUpState()
+		if err != nil {
+			return nil, fmt.Errorf("no --addr given and no `moegrid up` found: %w", err)
+		}
+		addr = st.RouterGRPC
+	}
+	return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 }
 
 func newUpCmd() *cobra.Command {

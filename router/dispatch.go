@@ -312,11 +312,10 @@ func (d *Dispatcher) send(ctx context.Context, layer int, batches []model.Expert
 
 // retryable reports whether a failed call may succeed on another replica.
 // Forward has no side effects, so repeating it elsewhere is always safe; only
-// requests the node judged malformed are not retried.
+// requests the node judged malformed are not retried. CANCELLED is retried:
+// Forward has already returned for a cancelled request context, so here it
+// means the connection went away under the call (Retain closing the channel
+// of a node that just left).
 func retryable(err error) bool {
-	switch status.Code(err) {
-	case codes.InvalidArgument, codes.Canceled:
-		return false
-	}
-	return true
+	return status.Code(err) != codes.InvalidArgument
 }

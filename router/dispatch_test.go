@@ -503,3 +503,22 @@ func TestDispatcherRetain(t *testing.T) {
 		t.Errorf("connections after Retain: %v, want only 127.0.0.1:2", d.conns)
 	}
 }
+
+// TestRetryableCodes: only a node's INVALID_ARGUMENT stops a retry; a
+// CANCELLED call whose request context is alive means the connection closed
+// under it and goes to another replica.
+func TestRetryableCodes(t *testing.T) {
+	for code, want := range map[codes.Code]bool{
+		codes.InvalidArgument:    false,
+		codes.Canceled:           true,
+		codes.Unavailable:        true,
+		codes.FailedPrecondition: true,
+		codes.ResourceExhausted:  true,
+		codes.DeadlineExceeded:   true,
+		codes.Internal:           true,
+	} {
+		if got := retryable(status.Error(code, "x")); got != want {
+			t.Errorf("retryable(%v) = %v, want %v", code, got, want)
+		}
+	}
+}

@@ -1,5 +1,26 @@
 #include "textflag.h"
 
+// Both dot products keep four 8-lane accumulators in Y0-Y3 and reduce them
+// the same way, which is what makes their results equal bit for bit.
+#define ZERO_ACCUMULATORS \
+	VXORPS Y0, Y0, Y0 \
+	VXORPS Y1, Y1, Y1 \
+	VXORPS Y2, Y2, Y2 \
+	VXORPS Y3, Y3, Y3
+
+// REDUCE adds the accumulators into X0 in a fixed order: (Y0+Y1)+(Y2+Y3),
+// then the high half to the low half, then two horizontal adds. The caller
+// stores X0 and returns (kept in the function body for go vet's asmdecl).
+#define REDUCE \
+	VADDPS       Y1, Y0, Y0 \
+	VADDPS       Y3, Y2, Y2 \
+	VADDPS       Y2, Y0, Y0 \
+	VEXTRACTF128 $1, Y0, X1 \
+	VADDPS       X1, X0, X0 \
+	VHADDPS      X0, X0, X0 \
+	VHADDPS      X0, X0, X0 \
+	VZEROUPPER
+
 // func dotAVX2(a, b *float32, n int) float32
 // n is a positive multiple of 32. Four 8-lane accumulators, fused
 // multiply-add, then a fixed reduction: (acc0+acc1)+(acc2+acc3), high half
@@ -8,10 +29,7 @@ TEXT ·dotAVX2(SB), NOSPLIT, $0-28
 	MOVQ a+0(FP), SI
 	MOVQ b+8(FP), DI
 	MOVQ n+16(FP), CX
-	VXORPS Y0, Y0, Y0
-	VXORPS Y1, Y1, Y1
-	VXORPS Y2, Y2, Y2
-	VXORPS Y3, Y3, Y3
+	ZERO_ACCUMULATORS
 
 dotloop:
 	VMOVUPS 0(SI), Y4
@@ -27,15 +45,8 @@ dotloop:
 	SUBQ $32, CX
 	JNZ  dotloop
 
-	VADDPS       Y1, Y0, Y0
-	VADDPS       Y3, Y2, Y2
-	VADDPS       Y2, Y0, Y0
-	VEXTRACTF128 $1, Y0, X1
-	VADDPS       X1, X0, X0
-	VHADDPS      X0, X0, X0
-	VHADDPS      X0, X0, X0
-	VZEROUPPER
-	MOVSS        X0, ret+24(FP)
+	REDUCE
+	MOVSS X0, ret+24(FP)
 	RET
 
 // func dotBF16AVX2(a *float32, b *uint16, n int) float32
@@ -46,10 +57,7 @@ TEXT ·dotBF16AVX2(SB), NOSPLIT, $0-28
 	MOVQ a+0(FP), SI
 	MOVQ b+8(FP), DI
 	MOVQ n+16(FP), CX
-	VXORPS Y0, Y0, Y0
-	VXORPS Y1, Y1, Y1
-	VXORPS Y2, Y2, Y2
-	VXORPS Y3, Y3, Y3
+	ZERO_ACCUMULATORS
 
 bf16loop:
 	VPMOVZXWD   0(DI), Y8
@@ -73,13 +81,6 @@ bf16loop:
 	SUBQ        $32, CX
 	JNZ         bf16loop
 
-	VADDPS       Y1, Y0, Y0
-	VADDPS       Y3, Y2, Y2
-	VADDPS       Y2, Y0, Y0
-	VEXTRACTF128 $1, Y0, X1
-	VADDPS       X1, X0, X0
-	VHADDPS      X0, X0, X0
-	VHADDPS      X0, X0, X0
-	VZEROUPPER
-	MOVSS        X0, ret+24(FP)
+	REDUCE
+	MOVSS X0, ret+24(FP)
 	RET

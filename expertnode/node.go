@@ -124,12 +124,16 @@ func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Node, error) 
 	if err != nil {
 		return nil, err
 	}
+	perLayer, err := model.CheckpointExpertLayerBytes(cfg.ModelDir, mc)
+	if err != nil {
+		return nil, err
+	}
 	n := &Node{
 		cfg:     cfg,
 		log:     log.With("node", cfg.ID),
 		reg:     reg,
 		model:   mc,
-		info:    ModelInfo(mc, fp),
+		info:    ModelInfo(mc, perLayer, fp),
 		metrics: newMetrics(reg),
 	}
 	n.svc = newExpertService(cfg.ID, mc, &n.store, cfg.QueueDepth, cfg.Workers, n.metrics)
@@ -144,18 +148,14 @@ func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Node, error) 
 	return n, nil
 }
 
-// ModelInfo describes a checkpoint for the placement: its shape and
-// fingerprint. Bytes per expert-layer are those of the stored dtype.
-func ModelInfo(c model.Config, fingerprint string) cluster.ModelInfo {
-	elem := int64(4)
-	if c.TorchDType == "bfloat16" || c.TorchDType == "float16" {
-		elem = 2
-	}
+// ModelInfo describes a checkpoint for the placement: its shape, the
+// stored bytes of one expert in one layer, and its fingerprint.
+func ModelInfo(c model.Config, bytesPerExpertLayer int64, fingerprint string) cluster.ModelInfo {
 	return cluster.ModelInfo{
 		Shape: placement.Model{
 			Experts:             c.NumLocalExperts,
 			Layers:              c.NumHiddenLayers,
-			BytesPerExpertLayer: c.ExpertParams() * elem,
+			BytesPerExpertLayer: bytesPerExpertLayer,
 		},
 		Fingerprint: fingerprint,
 	}

@@ -6,9 +6,22 @@ import (
 	"github.com/moegrid/moegrid/model"
 )
 
+// expertSet is what the node needs of a loaded set of experts: whatever
+// their weight format, it computes them, says which it holds and what they
+// occupy, and releases their mapping.
+type expertSet interface {
+	model.Experts
+	Has(layer, expert int) bool
+	Len() int
+	Bytes() int64
+	Close() error
+}
+
+var _ expertSet = (*model.ExpertSet)(nil)
+
 // holding is one loaded set of experts and the calls using it.
 type holding struct {
-	set   *model.ExpertSet
+	set   expertSet
 	users sync.WaitGroup
 }
 
@@ -22,7 +35,7 @@ type shardStore struct {
 
 // acquire pins the current set; release must be called when done. It returns
 // nil when nothing is loaded.
-func (s *shardStore) acquire() (*model.ExpertSet, func()) {
+func (s *shardStore) acquire() (expertSet, func()) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	h := s.cur
@@ -35,7 +48,7 @@ func (s *shardStore) acquire() (*model.ExpertSet, func()) {
 
 // swap installs set and closes the previous one once its calls have
 // finished. It blocks until then.
-func (s *shardStore) swap(set *model.ExpertSet) {
+func (s *shardStore) swap(set expertSet) {
 	s.mu.Lock()
 	old := s.cur
 	if set != nil {

@@ -6,8 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"runtime"
-	"sync"
+	"slices"
 
 	"github.com/moegrid/moegrid/model/kernel"
 	"github.com/moegrid/moegrid/model/safetensors"
@@ -246,7 +245,7 @@ func (m *Model) forward(ctx context.Context, experts Experts, inputs []Input, ro
 		h := make([]float32, n*H)
 		kernel.RMSNorm(h, x[first*H:(first+n)*H], m.Norm, cfg.RMSNormEps)
 		logits := make([]float32, n*cfg.VocabSize)
-		kernel.MatMul(logits, h, n, &m.LMHead)
+		kernel.MatMul(logits, h, n, m.LMHead)
 		res.Logits = append(res.Logits, logits)
 		r += len(in.Tokens)
 	}
@@ -277,9 +276,7 @@ func (m *Model) attention(l int, x []float32, rows []rowInfo, cos, sin []float32
 	ly := &m.Layers[l]
 	R, d, kvDim, qDim := len(rows), cfg.HeadDim(), cfg.KVDim(), cfg.QDim()
 	kernel.RMSNorm(s.h, x, ly.InputNorm, cfg.RMSNormEps)
-	kernel.MatMul(s.q, s.h, R, &ly.Q)
-	kernel.MatMul(s.k, s.h, R, &ly.K)
-	kernel.MatMul(s.v, s.h, R, &ly.V)
+	kernel.MatMuls(s.h, R, kernel.Product{Out: s.q, W: ly.Q}, kernel.Product{Out: s.k, W: ly.K}, kernel.Product{Out: s.v, W: ly.V})
 	for r, ri := range rows {
 		c, sn := cos[r*d/2:(r+1)*d/2], sin[r*d/2:(r+1)*d/2]
 		kernel.RoPE(s.q[r*qDim:(r+1)*qDim], cfg.NumAttentionHeads, d, c, sn)
@@ -290,41 +287,46 @@ func (m *Model) attention(l int, x []float32, rows []rowInfo, cos, sin []float32
 		cache.keys[l] = append(cache.keys[l][:ri.pos*kvDim], s.k[r*kvDim:(r+1)*kvDim]...)
 		cache.values[l] = append(cache.values[l][:ri.pos*kvDim], s.v[r*kvDim:(r+1)*kvDim]...)
 	}
-	parallelRows(R, func(r int) {
-		m.attendRow(s.attn[r*qDim:(r+1)*qDim], s.q[r*qDim:(r+1)*qDim], l, rows[r])
+	// Every (token, head) pair attends on its own, so one long sequence
+	// spreads over the workers as well as a batch does.
+	nh := cfg.NumAttentionHeads
+	kernel.For(R*nh, 1, func(lo, hi int) {
+		var scores []float32
+		for i := lo; i < hi; i++ {
+			r, h := i/nh, i%nh
+			scores = m.attendHead(s.attn[r*qDim+h*d:r*qDim+(h+1)*d], s.q[r*qDim+h*d:r*qDim+(h+1)*d], l, h, rows[r], scores)
+		}
 	})
-	kernel.MatMul(s.o, s.attn, R, &ly.O)
+	kernel.MatMul(s.o, s.attn, R, ly.O)
 	kernel.Add(x, s.o)
 }
 
-// attendRow: out[h] = softmax(q[h]·Kᵀ·d^-½ over the visible keys) · V for
-// every query head h of one token, reading the keys and values at positions
-// up to and including the token's own from its cache.
-func (m *Model) attendRow(out, q []float32, l int, ri rowInfo) {
+// attendHead: out = softmax(q·Kᵀ·d^-½ over the visible keys) · V for query
+// head h of one token, reading the keys and values of its KV head at
+// positions up to and including the token's own from its cache. scores is
+// scratch, returned for reuse.
+func (m *Model) attendHead(out, q []float32, l, h int, ri rowInfo, scores []float32) []float32 {
 	cfg := &m.Config
-	d, kvDim, rep := cfg.HeadDim(), cfg.KVDim(), cfg.QueriesPerKV()
+	d, kvDim := cfg.HeadDim(), cfg.KVDim()
 	first := 0
 	if w := cfg.SlidingWindow; w != nil {
 		first = max(0, ri.pos-*w+1)
 	}
 	keys, values := ri.cache.keys[l], ri.cache.values[l]
 	scale := float32(1 / math.Sqrt(float64(d)))
-	scores := make([]float32, ri.pos+1-first)
-	for h := range cfg.NumAttentionHeads {
-		kvh := h / rep
-		qh := q[h*d : (h+1)*d]
-		for j := range scores {
-			p := first + j
-			scores[j] = kernel.Dot(qh, keys[p*kvDim+kvh*d:p*kvDim+(kvh+1)*d]) * scale
-		}
-		kernel.Softmax(scores)
-		o := out[h*d : (h+1)*d]
-		clear(o)
-		for j, w := range scores {
-			p := first + j
-			kernel.AddScaled(o, w, values[p*kvDim+kvh*d:p*kvDim+(kvh+1)*d])
-		}
+	kvh := h / cfg.QueriesPerKV()
+	scores = slices.Grow(scores[:0], ri.pos+1-first)[:ri.pos+1-first]
+	for j := range scores {
+		p := first + j
+		scores[j] = kernel.Dot(q, keys[p*kvDim+kvh*d:p*kvDim+(kvh+1)*d]) * scale
 	}
+	kernel.Softmax(scores)
+	clear(out)
+	for j, w := range scores {
+		p := first + j
+		kernel.AddScaled(out, w, values[p*kvDim+kvh*d:p*kvDim+(kvh+1)*d])
+	}
+	return scores
 }
 
 // moe: x += MoE(post_attention_layernorm(x)) for layer l; returns the routes.
@@ -335,7 +337,7 @@ func (m *Model) moe(ctx context.Context, experts Experts, l int, x []float32, s 
 	R := len(x) / H
 	kernel.RMSNorm(s.h, x, ly.PostAttentionNorm, cfg.RMSNormEps)
 	gate := make([]float32, R*E)
-	kernel.MatMul(gate, s.h, R, &ly.Gate)
+	kernel.MatMul(gate, s.h, R, ly.Gate)
 
 	routes := make([]Route, R)
 	members := make([][]int, E) // rows routed to each expert
@@ -410,24 +412,4 @@ func weightOf(rt Route, expert int) float32 {
 		}
 	}
 	return 0
-}
-
-// parallelRows calls fn(r) for r < n across GOMAXPROCS goroutines.
-func parallelRows(n int, fn func(r int)) {
-	workers := min(runtime.GOMAXPROCS(0), n)
-	if workers <= 1 {
-		for r := range n {
-			fn(r)
-		}
-		return
-	}
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Go(func() {
-			for r := w; r < n; r += workers {
-				fn(r)
-			}
-		})
-	}
-	wg.Wait()
 }

@@ -18,38 +18,20 @@ type tensorSource interface {
 	Tensor(name string) (safetensors.Tensor, error)
 }
 
-// matrix maps the tensor name as a [rows, cols] matrix in its stored dtype,
-// without copying.
+// matrix maps the tensor name as a [rows, cols] matrix in its stored
+// format, without copying.
 func matrix(src tensorSource, name string, rows, cols int) (kernel.Matrix, error) {
 	t, err := src.Tensor(name)
 	if err != nil {
-		return kernel.Matrix{}, fmt.Errorf("%w: %w", ErrWeights, err)
+		return nil, fmt.Errorf("%w: %w", ErrWeights, err)
 	}
 	if !slices.Equal(t.Shape, []int{rows, cols}) {
-		return kernel.Matrix{}, fmt.Errorf("%w: %s has shape %v, want [%d %d]", ErrWeights, name, t.Shape, rows, cols)
+		return nil, fmt.Errorf("%w: %s has shape %v, want [%d %d]", ErrWeights, name, t.Shape, rows, cols)
 	}
-	var m kernel.Matrix
-	switch t.DType {
-	case safetensors.F32:
-		v, err := t.Float32s()
-		if err != nil {
-			return kernel.Matrix{}, fmt.Errorf("%w: %s: %w", ErrWeights, name, err)
-		}
-		m, err = kernel.NewMatrix(rows, cols, kernel.F32, v, nil)
-		if err != nil {
-			return kernel.Matrix{}, fmt.Errorf("%w: %s: %w", ErrWeights, name, err)
-		}
-	case safetensors.BF16, safetensors.F16:
-		v, err := t.Uint16s()
-		if err != nil {
-			return kernel.Matrix{}, fmt.Errorf("%w: %s: %w", ErrWeights, name, err)
-		}
-		m, err = kernel.NewMatrix(rows, cols, t.DType, nil, v)
-		if err != nil {
-			return kernel.Matrix{}, fmt.Errorf("%w: %s: %w", ErrWeights, name, err)
-		}
-	default:
-		return kernel.Matrix{}, fmt.Errorf("%w: %s has dtype %s; supported: F32, BF16, F16", ErrWeights, name, t.DType)
+	// A safetensors dtype names the float format of the same name.
+	m, err := kernel.NewMatrix(kernel.Format(t.DType), rows, cols, t.Data)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrWeights, name, err)
 	}
 	return m, nil
 }
@@ -139,11 +121,10 @@ func (e *Expert) Bytes() int64 { return e.W1.Bytes() + e.W2.Bytes() + e.W3.Bytes
 // Forward: out[t] = W2 · (silu(W1 · x[t]) ⊙ (W3 · x[t])) for each row t of
 // x [rows, H]; out is [rows, H].
 func (e *Expert) Forward(out, x []float32, rows int) {
-	F := e.W1.Rows
+	F := e.W1.Rows()
 	gate := make([]float32, rows*F)
 	up := make([]float32, rows*F)
-	kernel.MatMul(gate, x, rows, &e.W1)
-	kernel.MatMul(up, x, rows, &e.W3)
+	kernel.MatMuls(x, rows, kernel.Product{Out: gate, W: e.W1}, kernel.Product{Out: up, W: e.W3})
 	kernel.SiLUMul(gate, gate, up)
-	kernel.MatMul(out, gate, rows, &e.W2)
+	kernel.MatMul(out, gate, rows, e.W2)
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -12,6 +13,7 @@ import (
 	"github.com/moegrid/moegrid/coordinator/placement"
 	"github.com/moegrid/moegrid/expertnode"
 	"github.com/moegrid/moegrid/model"
+	"github.com/moegrid/moegrid/model/kernel"
 	"github.com/moegrid/moegrid/model/synth"
 )
 
@@ -38,11 +40,10 @@ Examples:
   moegrid plan --model /models/mixtral --nodes 16 --capacity 10GB`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := planConfig(dir, preset, dtype)
+			shape, err := planShape(dir, preset, dtype)
 			if err != nil {
 				return err
 			}
-			shape := expertnode.ModelInfo(cfg, "").Shape
 			var ns []placement.Node
 			for i := range nodes {
 				ns = append(ns, placement.Node{ID: fmt.Sprintf("node-%d", i), CapacityBytes: int64(capacity)})
@@ -85,7 +86,7 @@ Examples:
 	f := cmd.Flags()
 	f.StringVar(&dir, "model", "", "checkpoint directory whose config.json gives the shape")
 	f.StringVar(&preset, "preset", "", "a named shape instead of --model: tiny, small or mixtral-8x7b")
-	f.StringVar(&dtype, "dtype", "bf16", "weight dtype of --preset: bf16 or f32")
+	f.StringVar(&dtype, "dtype", "bf16", "weight format of --preset: f32, bf16, f16")
 	f.IntVar(&nodes, "nodes", 8, "number of equal nodes")
 	f.Var(&capacity, "capacity", "memory each of the --nodes offers for expert weights")
 	f.StringSliceVar(&extra, "node", nil, "more nodes as ID=SIZE, e.g. --node big-0=160GiB (repeatable)")
@@ -95,26 +96,58 @@ Examples:
 	return cmd
 }
 
-// planConfig is the model configuration to plan for: a checkpoint's
-// config.json, or a preset with a dtype.
-func planConfig(dir, preset, dtype string) (model.Config, error) {
+// planShape is the model shape to plan for: a checkpoint's, with the bytes
+// its expert tensors really hold, or a preset's in a weight format.
+func planShape(dir, preset, format string) (placement.Model, error) {
+	var (
+		cfg      model.Config
+		perLayer int64
+		err      error
+	)
 	switch {
 	case dir != "" && preset != "":
-		return model.Config{}, errors.New("give --model or --preset, not both")
+		return placement.Model{}, errors.New("give --model or --preset, not both")
 	case dir != "":
-		return model.LoadConfig(dir)
+		if cfg, err = model.LoadConfig(dir); err != nil {
+			return placement.Model{}, err
+		}
+		if perLayer, err = model.CheckpointExpertLayerBytes(dir, cfg); err != nil {
+			return placement.Model{}, err
+		}
 	case preset != "":
 		p, err := synth.PresetByName(preset)
 		if err != nil {
-			return model.Config{}, err
+			return placement.Model{}, err
 		}
-		dt, err := parseDType(dtype)
+		f, err := parseFormat(format)
 		if err != nil {
-			return model.Config{}, err
+			return placement.Model{}, err
 		}
-		cfg := p.Config()
-		cfg.TorchDType = map[bool]string{true: "bfloat16", false: "float32"}[dt == "BF16"]
-		return cfg, nil
+		cfg = p.Config()
+		if perLayer, err = cfg.ExpertLayerBytes(f); err != nil {
+			return placement.Model{}, err
+		}
+	default:
+		return placement.Model{}, errors.New("give --model DIR or --preset NAME")
 	}
-	return model.Config{}, errors.New("give --model DIR or --preset NAME")
+	return expertnode.ModelInfo(cfg, perLayer, "").Shape, nil
+}
+
+// parseFormat reads a weight format name: f32, bf16, f16 (or float32,
+// bfloat16, float16), or any other format the kernels support by its name.
+func parseFormat(s string) (kernel.Format, error) {
+	aliases := map[string]kernel.Format{"float32": kernel.F32, "bfloat16": kernel.BF16, "float16": kernel.F16}
+	f, ok := aliases[strings.ToLower(s)]
+	if !ok {
+		f = kernel.Format(strings.ToUpper(s))
+	}
+	if !f.Valid() {
+		names := make([]string, 0)
+		for _, g := range kernel.Formats() {
+			names = append(names, strings.ToLower(string(g)))
+		}
+		slices.Sort(names)
+		return "", fmt.Errorf("--dtype %q: want one of %s", s, strings.Join(names, ", "))
+	}
+	return f, nil
 }

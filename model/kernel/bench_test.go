@@ -24,7 +24,7 @@ func BenchmarkMatMul(b *testing.B) {
 		{"small/w1_w3_3584x1024", 3584, 1024}, // small preset gate_proj/up_proj
 		{"small/w2_1024x3584", 1024, 3584},    // small preset down_proj
 	}
-	for _, dtype := range []kernel.DType{kernel.F32, kernel.BF16} {
+	for _, dtype := range []kernel.Format{kernel.F32, kernel.BF16} {
 		for _, s := range shapes {
 			w := newTestMatrix(b, rand.New(rand.NewPCG(1, 1)), s.rows, s.cols, dtype)
 			for _, rows := range []int{1, 32} {
@@ -33,7 +33,7 @@ func BenchmarkMatMul(b *testing.B) {
 					out := make([]float32, rows*s.rows)
 					b.SetBytes(w.m.Bytes())
 					for b.Loop() {
-						kernel.MatMul(out, x, rows, &w.m)
+						kernel.MatMul(out, x, rows, w.m)
 					}
 				})
 			}

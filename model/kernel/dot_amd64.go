@@ -1,10 +1,6 @@
 package kernel
 
-import (
-	"math"
-
-	"golang.org/x/sys/cpu"
-)
+import "golang.org/x/sys/cpu"
 
 // useSIMD selects the AVX2+FMA dot products. All processes of a cluster
 // should run on the same kind of CPU: the SIMD and the portable kernels
@@ -14,9 +10,6 @@ var useSIMD = cpu.X86.HasAVX2 && cpu.X86.HasFMA
 
 //go:noescape
 func dotAVX2(a, b *float32, n int) float32
-
-//go:noescape
-func dotBF16AVX2(a *float32, b *uint16, n int) float32
 
 // simdBlock is the number of elements one SIMD loop iteration takes.
 const simdBlock = 32
@@ -33,22 +26,6 @@ func dotSIMD(a, b []float32) float32 {
 	}
 	for i := m; i < n; i++ {
 		s += a[i] * b[i]
-	}
-	return s
-}
-
-// dotBF16SIMD is dotBF16 on AVX2, equal to dotSIMD over the widened weights
-// bit for bit.
-func dotBF16SIMD(a []float32, w []uint16) float32 {
-	n := len(a)
-	w = w[:n]
-	m := n &^ (simdBlock - 1)
-	var s float32
-	if m > 0 {
-		s = dotBF16AVX2(&a[0], &w[0], m)
-	}
-	for i := m; i < n; i++ {
-		s += a[i] * math.Float32frombits(uint32(w[i])<<16)
 	}
 	return s
 }

@@ -1,7 +1,6 @@
 #include "textflag.h"
 
-// Both dot products keep four 8-lane accumulators in Y0-Y3 and reduce them
-// the same way, which is what makes their results equal bit for bit.
+// The dot product keeps four 8-lane accumulators in Y0-Y3.
 #define ZERO_ACCUMULATORS \
 	VXORPS Y0, Y0, Y0 \
 	VXORPS Y1, Y1, Y1 \
@@ -44,42 +43,6 @@ dotloop:
 	ADDQ $128, DI
 	SUBQ $32, CX
 	JNZ  dotloop
-
-	REDUCE
-	MOVSS X0, ret+24(FP)
-	RET
-
-// func dotBF16AVX2(a *float32, b *uint16, n int) float32
-// dotAVX2 with b in bfloat16, widened exactly in registers: the same
-// products in the same order, so the result equals dotAVX2 over the widened
-// weights bit for bit.
-TEXT ·dotBF16AVX2(SB), NOSPLIT, $0-28
-	MOVQ a+0(FP), SI
-	MOVQ b+8(FP), DI
-	MOVQ n+16(FP), CX
-	ZERO_ACCUMULATORS
-
-bf16loop:
-	VPMOVZXWD   0(DI), Y8
-	VPMOVZXWD   16(DI), Y9
-	VPMOVZXWD   32(DI), Y10
-	VPMOVZXWD   48(DI), Y11
-	VPSLLD      $16, Y8, Y8
-	VPSLLD      $16, Y9, Y9
-	VPSLLD      $16, Y10, Y10
-	VPSLLD      $16, Y11, Y11
-	VMOVUPS     0(SI), Y4
-	VMOVUPS     32(SI), Y5
-	VMOVUPS     64(SI), Y6
-	VMOVUPS     96(SI), Y7
-	VFMADD231PS Y8, Y4, Y0
-	VFMADD231PS Y9, Y5, Y1
-	VFMADD231PS Y10, Y6, Y2
-	VFMADD231PS Y11, Y7, Y3
-	ADDQ        $128, SI
-	ADDQ        $64, DI
-	SUBQ        $32, CX
-	JNZ         bf16loop
 
 	REDUCE
 	MOVSS X0, ret+24(FP)

@@ -6,5 +6,3 @@ package kernel
 const useSIMD = false
 
 func dotSIMD(a, b []float32) float32 { return dotGo(a, b) }
-
-func dotBF16SIMD(a []float32, w []uint16) float32 { return dotBF16Go(a, w) }

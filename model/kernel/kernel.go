@@ -1,10 +1,6 @@
 package kernel
 
-import (
-	"math"
-	"runtime"
-	"sync"
-)
+import "math"
 
 // Dot returns Σ a[i]·b[i] for i < len(a), in float32, in a fixed order of
 // operations for a given length: on AVX2 machines with fused multiply-adds
@@ -38,103 +34,52 @@ func dotGo(a, b []float32) float32 {
 	return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 }
 
-// dotBF16 returns Σ a[i]·w[i] for bfloat16 weights w, widening each weight
-// as it goes. The products and sums are Dot's, in Dot's order, so the result
-// equals Dot(a, widened w) bit for bit; it only saves the pass that writes
-// and re-reads the widened row.
-func dotBF16(a []float32, w []uint16) float32 {
-	if useSIMD {
-		return dotBF16SIMD(a, w)
-	}
-	return dotBF16Go(a, w)
+// minChunkWork is the number of multiply-adds below which a chunk of a
+// parallel matrix product is not worth handing to another goroutine.
+const minChunkWork = 1 << 15
+
+// Product is one matrix product of MatMuls: Out[t, r] = Σ_c x[t, c]·W[r, c].
+type Product struct {
+	Out []float32 // [rows, W.Rows()]
+	W   Matrix
 }
 
-// dotBF16Go is the portable dotBF16.
-func dotBF16Go(a []float32, w []uint16) float32 {
-	n := len(a)
-	w = w[:n]
-	var s0, s1, s2, s3, s4, s5, s6, s7 float32
-	i := 0
-	for ; i+8 <= n; i += 8 {
-		s0 += a[i] * math.Float32frombits(uint32(w[i])<<16)
-		s1 += a[i+1] * math.Float32frombits(uint32(w[i+1])<<16)
-		s2 += a[i+2] * math.Float32frombits(uint32(w[i+2])<<16)
-		s3 += a[i+3] * math.Float32frombits(uint32(w[i+3])<<16)
-		s4 += a[i+4] * math.Float32frombits(uint32(w[i+4])<<16)
-		s5 += a[i+5] * math.Float32frombits(uint32(w[i+5])<<16)
-		s6 += a[i+6] * math.Float32frombits(uint32(w[i+6])<<16)
-		s7 += a[i+7] * math.Float32frombits(uint32(w[i+7])<<16)
-	}
-	for ; i < n; i++ {
-		s0 += a[i] * math.Float32frombits(uint32(w[i])<<16)
-	}
-	return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+// MatMul: out[t, r] = Σ_c x[t, c] · W[r, c] for t < rows, r < W.Rows()
+// (PyTorch's y = x · Wᵀ). x is [rows, W.Cols()], out is [rows, W.Rows()].
+// The weight rows are split across the worker pool.
+func MatMul(out, x []float32, rows int, w Matrix) {
+	MatMuls(x, rows, Product{Out: out, W: w})
 }
 
-// fusedRows is the batch size up to which BF16 weights are widened inside
-// the dot product rather than once per weight row: with few input rows the
-// separate widening pass costs more than it saves.
-const fusedRows = 2
-
-// minParallelWork is the number of multiply-adds below which MatMul stays on
-// the calling goroutine: below it, starting goroutines costs more than it
-// saves.
-const minParallelWork = 1 << 16
-
-// MatMul: out[t, r] = Σ_c x[t, c] · W[r, c] for t < rows, r < W.Rows
-// (PyTorch's y = x · Wᵀ). x is [rows, W.Cols], out is [rows, W.Rows].
-//
-// The weight rows are split across GOMAXPROCS goroutines; each weight row is
-// widened to float32 once and multiplied with every input row, so
-// half-precision weights cost one conversion per row, not one per token.
-func MatMul(out, x []float32, rows int, w *Matrix) {
-	if rows == 0 {
+// MatMuls computes several products of the same input x [rows, cols] (the
+// query, key and value projections, say) in one parallel loop over all their
+// weight rows, so the workers meet once instead of once per product.
+func MatMuls(x []float32, rows int, ps ...Product) {
+	if rows == 0 || len(ps) == 0 {
 		return
 	}
-	workers := runtime.GOMAXPROCS(0)
-	if work := rows * w.Rows * w.Cols; work < minParallelWork || workers == 1 {
-		matMulRange(out, x, rows, w, 0, w.Rows)
-		return
+	total, cols := 0, ps[0].W.Cols()
+	for _, p := range ps {
+		total += p.W.Rows()
 	}
-	if workers > w.Rows {
-		workers = w.Rows
-	}
-	var wg sync.WaitGroup
-	chunk := (w.Rows + workers - 1) / workers
-	for lo := 0; lo < w.Rows; lo += chunk {
-		hi := min(lo+chunk, w.Rows)
-		wg.Go(func() { matMulRange(out, x, rows, w, lo, hi) })
-	}
-	wg.Wait()
-}
-
-func matMulRange(out, x []float32, rows int, w *Matrix, lo, hi int) {
-	n, m := w.Cols, w.Rows
-	if w.DType == BF16 && rows <= fusedRows {
-		for r := lo; r < hi; r++ {
-			wr := w.Half[r*n : (r+1)*n]
-			for t := 0; t < rows; t++ {
-				out[t*m+r] = dotBF16(x[t*n:(t+1)*n], wr)
+	// About four chunks per worker, so that a worker slowed by something
+	// else takes fewer, but none too small to be worth handing over.
+	chunks := 4 * workers()
+	grain := max(
+		(total+chunks-1)/chunks,
+		minChunkWork/max(rows*cols, 1),
+		1)
+	grain = (grain + tileCols - 1) / tileCols * tileCols
+	For(total, grain, func(lo, hi int) {
+		base := 0
+		for _, p := range ps {
+			m := p.W.Rows()
+			if a, b := max(lo-base, 0), min(hi-base, m); a < b {
+				p.W.MulRows(p.Out, x, rows, a, b)
 			}
+			base += m
 		}
-		return
-	}
-	var buf []float32
-	if w.DType != F32 {
-		buf = make([]float32, n)
-	}
-	for r := lo; r < hi; r++ {
-		var wr []float32
-		if w.DType == F32 {
-			wr = w.F32[r*n : (r+1)*n]
-		} else {
-			w.Row(buf, r)
-			wr = buf
-		}
-		for t := 0; t < rows; t++ {
-			out[t*m+r] = Dot(x[t*n:(t+1)*n], wr)
-		}
-	}
+	})
 }
 
 // RMSNorm: out[t, i] = weight[i] · x[t, i] / sqrt(mean_i(x[t, i]²) + eps) for

@@ -1,6 +1,7 @@
 package kernel_test
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -49,41 +50,62 @@ type testMatrix struct {
 	exact []float64 // [Rows·Cols]
 }
 
-func newTestMatrix(t testing.TB, rng *rand.Rand, rows, cols int, dtype kernel.DType) testMatrix {
+func newTestMatrix(t testing.TB, rng *rand.Rand, rows, cols int, format kernel.Format) testMatrix {
 	t.Helper()
 	src := randFloats(rng, rows*cols)
 	exact := make([]float64, len(src))
-	var f32 []float32
-	var half []uint16
-	switch dtype {
+	var data []byte
+	switch format {
 	case kernel.F32:
-		f32 = src
 		for i, v := range src {
+			data = binary.LittleEndian.AppendUint32(data, math.Float32bits(v))
 			exact[i] = float64(v)
 		}
 	case kernel.BF16:
-		half = make([]uint16, len(src))
 		for i, v := range src {
-			half[i] = safetensors.Float32ToBF16(v)
-			exact[i] = bf16ToFloat64(half[i])
+			h := safetensors.Float32ToBF16(v)
+			data = binary.LittleEndian.AppendUint16(data, h)
+			exact[i] = bf16ToFloat64(h)
 		}
 	case kernel.F16:
-		half = make([]uint16, len(src))
 		for i, v := range src {
-			half[i] = safetensors.Float32ToF16(v)
-			exact[i] = f16ToFloat64(half[i])
+			h := safetensors.Float32ToF16(v)
+			data = binary.LittleEndian.AppendUint16(data, h)
+			exact[i] = f16ToFloat64(h)
 		}
 	default:
-		t.Fatalf("unsupported dtype %v", dtype)
+		t.Fatalf("unsupported format %v", format)
 	}
-	m, err := kernel.NewMatrix(rows, cols, dtype, f32, half)
+	m, err := kernel.NewMatrix(format, rows, cols, data)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return testMatrix{m: m, exact: exact}
 }
 
-var dtypes = []kernel.DType{kernel.F32, kernel.BF16, kernel.F16}
+var formats = []kernel.Format{kernel.F32, kernel.BF16, kernel.F16}
+
+// paths lists the kernel paths this CPU runs, so every test that loops
+// over it covers each of them.
+func paths() []kernel.Path {
+	var ps []kernel.Path
+	for _, p := range []kernel.Path{kernel.PathAVX512, kernel.PathAVX2, kernel.PathPortable} {
+		if p.Supported() {
+			ps = append(ps, p)
+		}
+	}
+	return ps
+}
+
+// usePath switches the kernels to p for the rest of the test.
+func usePath(t testing.TB, p kernel.Path) {
+	t.Helper()
+	restore, err := kernel.UsePath(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(restore)
+}
 
 // TestMatMulMatchesFloat64 checks MatMul against a plain float64 product,
 // to within the rounding error of a float32 accumulation. The shapes cover
@@ -102,35 +124,38 @@ func TestMatMulMatchesFloat64(t *testing.T) {
 		{1, 1000, 70},
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
-	for _, dtype := range dtypes {
-		for _, s := range shapes {
-			t.Run(fmt.Sprintf("%v/%dx[%d,%d]", dtype, s.rows, s.wRows, s.wCols), func(t *testing.T) {
-				w := newTestMatrix(t, rng, s.wRows, s.wCols, dtype)
-				x := randFloats(rng, s.rows*s.wCols)
-				out := make([]float32, s.rows*s.wRows)
-				kernel.MatMul(out, x, s.rows, &w.m)
-				for ti := range s.rows {
-					for r := range s.wRows {
-						var want, abs float64
-						for c := range s.wCols {
-							p := float64(x[ti*s.wCols+c]) * w.exact[r*s.wCols+c]
-							want += p
-							abs += math.Abs(p)
-						}
-						got := float64(out[ti*s.wRows+r])
-						if tol := 1e-5*abs + 1e-30; math.Abs(got-want) > tol {
-							t.Fatalf("out[%d,%d] = %v, want %v (|Δ| %.3g > %.3g)", ti, r, got, want, math.Abs(got-want), tol)
+	for _, path := range paths() {
+		for _, dtype := range formats {
+			for _, s := range shapes {
+				t.Run(fmt.Sprintf("%v/%v/%dx[%d,%d]", path, dtype, s.rows, s.wRows, s.wCols), func(t *testing.T) {
+					usePath(t, path)
+					w := newTestMatrix(t, rng, s.wRows, s.wCols, dtype)
+					x := randFloats(rng, s.rows*s.wCols)
+					out := make([]float32, s.rows*s.wRows)
+					kernel.MatMul(out, x, s.rows, w.m)
+					for ti := range s.rows {
+						for r := range s.wRows {
+							var want, abs float64
+							for c := range s.wCols {
+								p := float64(x[ti*s.wCols+c]) * w.exact[r*s.wCols+c]
+								want += p
+								abs += math.Abs(p)
+							}
+							got := float64(out[ti*s.wRows+r])
+							if tol := 1e-5*abs + 1e-30; math.Abs(got-want) > tol {
+								t.Fatalf("out[%d,%d] = %v, want %v (|Δ| %.3g > %.3g)", ti, r, got, want, math.Abs(got-want), tol)
+							}
 						}
 					}
-				}
-			})
+				})
+			}
 		}
 	}
 }
 
 func TestMatMulZeroRows(t *testing.T) {
 	w := newTestMatrix(t, rand.New(rand.NewPCG(3, 4)), 4, 4, kernel.F32)
-	kernel.MatMul(nil, nil, 0, &w.m) // must not touch out or x
+	kernel.MatMul(nil, nil, 0, w.m) // must not touch out or x
 }
 
 // setGOMAXPROCS sets GOMAXPROCS for the rest of the test.
@@ -157,56 +182,59 @@ func TestMatMulBatchInvariant(t *testing.T) {
 		{7, 9},     // never parallel
 	}
 	const rows = 24
-	for _, dtype := range dtypes {
-		for _, s := range shapes {
-			t.Run(fmt.Sprintf("%v/[%d,%d]", dtype, s.wRows, s.wCols), func(t *testing.T) {
-				rng := rand.New(rand.NewPCG(5, 6))
-				w := newTestMatrix(t, rng, s.wRows, s.wCols, dtype)
-				n, m := s.wCols, s.wRows
-				x := randFloats(rng, rows*n)
-				batched := make([]float32, rows*m)
-				kernel.MatMul(batched, x, rows, &w.m)
-				want := bits(batched)
+	for _, path := range paths() {
+		for _, dtype := range formats {
+			for _, s := range shapes {
+				t.Run(fmt.Sprintf("%v/%v/[%d,%d]", path, dtype, s.wRows, s.wCols), func(t *testing.T) {
+					usePath(t, path)
+					rng := rand.New(rand.NewPCG(5, 6))
+					w := newTestMatrix(t, rng, s.wRows, s.wCols, dtype)
+					n, m := s.wCols, s.wRows
+					x := randFloats(rng, rows*n)
+					batched := make([]float32, rows*m)
+					kernel.MatMul(batched, x, rows, w.m)
+					want := bits(batched)
 
-				// One row at a time.
-				single := make([]float32, rows*m)
-				for r := range rows {
-					kernel.MatMul(single[r*m:(r+1)*m], x[r*n:(r+1)*n], 1, &w.m)
-				}
-				if d := cmp.Diff(want, bits(single)); d != "" {
-					t.Errorf("row by row differs from batched (-batched +single):\n%s", d)
-				}
-
-				// The rows shuffled among themselves, in a smaller batch.
-				perm := rng.Perm(rows)[:rows/2+1]
-				px := make([]float32, 0, len(perm)*n)
-				for _, r := range perm {
-					px = append(px, x[r*n:(r+1)*n]...)
-				}
-				pout := make([]float32, len(perm)*m)
-				kernel.MatMul(pout, px, len(perm), &w.m)
-				for i, r := range perm {
-					if d := cmp.Diff(want[r*m:(r+1)*m], bits(pout[i*m:(i+1)*m])); d != "" {
-						t.Errorf("row %d at place %d of a shuffled batch differs:\n%s", r, i, d)
+					// One row at a time.
+					single := make([]float32, rows*m)
+					for r := range rows {
+						kernel.MatMul(single[r*m:(r+1)*m], x[r*n:(r+1)*n], 1, w.m)
 					}
-				}
-
-				for _, procs := range []int{1, 3, 7, 64} {
-					setGOMAXPROCS(t, procs)
-					got := make([]float32, rows*m)
-					kernel.MatMul(got, x, rows, &w.m)
-					if d := cmp.Diff(want, bits(got)); d != "" {
-						t.Errorf("GOMAXPROCS=%d differs from the default:\n%s", procs, d)
+					if d := cmp.Diff(want, bits(single)); d != "" {
+						t.Errorf("row by row differs from batched (-batched +single):\n%s", d)
 					}
-				}
-			})
+
+					// The rows shuffled among themselves, in a smaller batch.
+					perm := rng.Perm(rows)[:rows/2+1]
+					px := make([]float32, 0, len(perm)*n)
+					for _, r := range perm {
+						px = append(px, x[r*n:(r+1)*n]...)
+					}
+					pout := make([]float32, len(perm)*m)
+					kernel.MatMul(pout, px, len(perm), w.m)
+					for i, r := range perm {
+						if d := cmp.Diff(want[r*m:(r+1)*m], bits(pout[i*m:(i+1)*m])); d != "" {
+							t.Errorf("row %d at place %d of a shuffled batch differs:\n%s", r, i, d)
+						}
+					}
+
+					for _, procs := range []int{1, 3, 7, 64} {
+						setGOMAXPROCS(t, procs)
+						got := make([]float32, rows*m)
+						kernel.MatMul(got, x, rows, w.m)
+						if d := cmp.Diff(want, bits(got)); d != "" {
+							t.Errorf("GOMAXPROCS=%d differs from the default:\n%s", procs, d)
+						}
+					}
+				})
+			}
 		}
 	}
 }
 
 func TestMatrixRow(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 8))
-	for _, dtype := range dtypes {
+	for _, dtype := range formats {
 		w := newTestMatrix(t, rng, 3, 11, dtype)
 		row := make([]float32, 11)
 		for r := range 3 {
@@ -217,31 +245,31 @@ func TestMatrixRow(t *testing.T) {
 				}
 			}
 		}
-		if got, want := w.m.Bytes(), int64(3*11*dtype.Size()); got != want {
+		if got, want := w.m.Bytes(), int64(3*11*formatSize[dtype]); got != want {
 			t.Errorf("%v: Bytes = %d, want %d", dtype, got, want)
 		}
 	}
 }
 
+var formatSize = map[kernel.Format]int{kernel.F32: 4, kernel.BF16: 2, kernel.F16: 2}
+
 func TestNewMatrixErrors(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
+		format     kernel.Format
 		rows, cols int
-		dtype      kernel.DType
-		f32        []float32
-		half       []uint16
+		bytes      int
 		want       string
 	}{
-		{"zero rows", 0, 2, kernel.F32, nil, nil, "shape"},
-		{"negative cols", 2, -1, kernel.F32, nil, nil, "shape"},
-		{"short F32", 2, 2, kernel.F32, make([]float32, 3), nil, "3 elements, want 4"},
-		{"F32 in Half", 2, 2, kernel.F32, nil, make([]uint16, 4), "0 elements, want 4"},
-		{"long BF16", 2, 2, kernel.BF16, nil, make([]uint16, 5), "5 elements, want 4"},
-		{"F16 in F32", 1, 2, kernel.F16, make([]float32, 2), nil, "0 elements, want 2"},
-		{"I32", 1, 1, safetensors.I32, nil, nil, "unsupported dtype"},
+		{"zero rows", kernel.F32, 0, 2, 0, "shape"},
+		{"negative cols", kernel.F32, 2, -1, 0, "shape"},
+		{"short F32", kernel.F32, 2, 2, 12, "needs 16 bytes, got 12"},
+		{"long BF16", kernel.BF16, 2, 2, 10, "needs 8 bytes, got 10"},
+		{"overflow", kernel.F32, 1 << 40, 1 << 40, 0, "overflows"},
+		{"I32", kernel.Format("I32"), 1, 1, 4, "unsupported format"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := kernel.NewMatrix(tc.rows, tc.cols, tc.dtype, tc.f32, tc.half)
+			_, err := kernel.NewMatrix(tc.format, tc.rows, tc.cols, make([]byte, tc.bytes))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("NewMatrix error = %v, want one containing %q", err, tc.want)
 			}
@@ -387,4 +415,84 @@ func TestAddAndAddScaled(t *testing.T) {
 	if want := []float32{12, 24, 36}; !slices.Equal(dst, want) {
 		t.Errorf("got %v, want %v", dst, want)
 	}
+}
+
+// TestPathsAgree checks that the SIMD paths compute every element in the
+// same order (bit for bit), and that the portable path is within float32
+// rounding of them, on shapes around the tile and lane sizes.
+func TestPathsAgree(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	for _, dtype := range formats {
+		for _, s := range []struct{ rows, wRows, wCols int }{
+			{1, 1, 16}, {1, 4, 17}, {2, 5, 31}, {3, 6, 32}, {4, 7, 33}, {5, 9, 48},
+			{7, 13, 100}, {9, 4, 256}, {16, 33, 1024}, {33, 8, 130},
+		} {
+			w := newTestMatrix(t, rng, s.wRows, s.wCols, dtype)
+			x := randFloats(rng, s.rows*s.wCols)
+			results := map[kernel.Path][]float32{}
+			for _, p := range paths() {
+				restore, err := kernel.UsePath(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				out := make([]float32, s.rows*s.wRows)
+				kernel.MatMul(out, x, s.rows, w.m)
+				restore()
+				results[p] = out
+			}
+			name := fmt.Sprintf("%v/%dx[%d,%d]", dtype, s.rows, s.wRows, s.wCols)
+			if a, b := results[kernel.PathAVX512], results[kernel.PathAVX2]; a != nil && b != nil {
+				if d := cmp.Diff(bits(a), bits(b)); d != "" {
+					t.Errorf("%s: avx512 and avx2 differ:\n%s", name, d)
+				}
+			}
+			ref := results[kernel.PathPortable]
+			for p, got := range results {
+				for i := range got {
+					if d := math.Abs(float64(got[i] - ref[i])); d > 1e-5*(1+math.Abs(float64(ref[i]))) {
+						t.Errorf("%s: %v out[%d] = %v, portable %v", name, p, i, got[i], ref[i])
+					}
+				}
+			}
+		}
+	}
+}
+
+// FuzzMatMulPaths compares every path with the portable one and the SIMD
+// paths with each other on shapes and values the fuzzer picks.
+func FuzzMatMulPaths(f *testing.F) {
+	f.Add(uint8(1), uint8(4), uint8(16), uint64(1), uint8(0))
+	f.Add(uint8(5), uint8(7), uint8(33), uint64(2), uint8(1))
+	f.Add(uint8(3), uint8(1), uint8(200), uint64(3), uint8(2))
+	f.Fuzz(func(t *testing.T, rows, wRows, wCols uint8, seed uint64, format uint8) {
+		if rows == 0 || wRows == 0 || wCols == 0 {
+			return
+		}
+		dtype := formats[int(format)%len(formats)]
+		rng := rand.New(rand.NewPCG(seed, 1))
+		w := newTestMatrix(t, rng, int(wRows), int(wCols), dtype)
+		x := randFloats(rng, int(rows)*int(wCols))
+		usePath(t, kernel.PathPortable)
+		ref := make([]float32, int(rows)*int(wRows))
+		kernel.MatMul(ref, x, int(rows), w.m)
+		var first []uint32
+		for _, p := range paths() {
+			if p == kernel.PathPortable {
+				continue
+			}
+			usePath(t, p)
+			out := make([]float32, int(rows)*int(wRows))
+			kernel.MatMul(out, x, int(rows), w.m)
+			for i := range out {
+				if d := math.Abs(float64(out[i] - ref[i])); d > 1e-5*(1+math.Abs(float64(ref[i]))) {
+					t.Fatalf("%v out[%d] = %v, portable %v", p, i, out[i], ref[i])
+				}
+			}
+			if first == nil {
+				first = bits(out)
+			} else if d := cmp.Diff(first, bits(out)); d != "" {
+				t.Fatalf("%v differs from the first SIMD path:\n%s", p, d)
+			}
+		}
+	})
 }

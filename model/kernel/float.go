@@ -1,0 +1,176 @@
+package kernel
+
+import (
+	"math"
+
+	"github.com/moegrid/moegrid/model/safetensors"
+)
+
+// The float formats multiply in tiles of up to tileRows input rows by
+// tileCols weight rows, so that each weight vector loaded serves several
+// input rows and each input vector several weight rows. Whatever the tile
+// and however few of its rows are real, every output element is computed
+// the same way: a 16-lane float32 accumulator per element, fused
+// multiply-adds over the leading multiple of 16 columns in order, a fixed
+// reduction tree over the lanes (lane i + lane i+8, then i + i+4, then
+// i + i+2, then 0 + 1), then the remaining columns added one by one. The
+// AVX-512 and AVX2 kernels implement that order exactly, so they agree bit
+// for bit; the portable kernel follows the same tree with separate multiply
+// and add.
+const (
+	tileRows = 4
+	tileCols = 4
+	lanes    = 16
+)
+
+// tileFunc computes acc[i·tileCols + j] = Σ_{c<k} x[i·xStride + c] · w_j[c]
+// for i < nx ≤ tileRows and j < tileCols with the lane order above, k a
+// multiple of lanes. W is the weight element type; w holds pointers to the
+// first element of each of the tileCols weight rows.
+type tileFunc[W any] func(acc *[tileRows * tileCols]float32, x []float32, xStride, nx int, w *[tileCols]*W, k int)
+
+// mulTiled is MulRows for any format whose rows are arrays of W: tile runs
+// the vector part and widen turns one element into float32 for the columns
+// past the last full 16.
+func mulTiled[W any](data []W, rows, cols int, tile tileFunc[W], widen func(W) float32, out, x []float32, n, lo, hi int) {
+	k := cols &^ (lanes - 1)
+	var acc [tileRows * tileCols]float32
+	var w [tileCols]*W
+	for r := lo; r < hi; r += tileCols {
+		nw := min(tileCols, hi-r)
+		for j := range tileCols {
+			// Short tiles repeat their last row: the extra sums are
+			// computed and dropped.
+			w[j] = &data[min(r+j, hi-1)*cols]
+		}
+		for t := 0; t < n; t += tileRows {
+			nx := min(tileRows, n-t)
+			if k > 0 {
+				tile(&acc, x[t*cols:], cols, nx, &w, k)
+			} else {
+				clear(acc[:])
+			}
+			for i := range nx {
+				xr := x[(t+i)*cols : (t+i+1)*cols]
+				o := out[(t+i)*rows:]
+				for j := range nw {
+					s := acc[i*tileCols+j]
+					if k < cols {
+						wr := data[(r+j)*cols : (r+j+1)*cols]
+						for c := k; c < cols; c++ {
+							s += xr[c] * widen(wr[c])
+						}
+					}
+					o[r+j] = s
+				}
+			}
+		}
+	}
+}
+
+// tileGo is the portable tile kernel for any weight element type.
+func tileGo[W any](widen func(W) float32) tileFunc[W] {
+	return func(acc *[tileRows * tileCols]float32, x []float32, xStride, nx int, w *[tileCols]*W, k int) {
+		clear(acc[:])
+		for j := range tileCols {
+			wr := unsafeSlice(w[j], k)
+			for i := range nx {
+				xr := x[i*xStride : i*xStride+k]
+				var l [lanes]float32
+				for c := 0; c < k; c += lanes {
+					for q := range lanes {
+						l[q] = float32(xr[c+q]*widen(wr[c+q])) + l[q]
+					}
+				}
+				acc[i*tileCols+j] = reduceLanes(&l)
+			}
+		}
+	}
+}
+
+// reduceLanes adds 16 lanes in the kernels' fixed tree.
+func reduceLanes(l *[lanes]float32) float32 {
+	var h [8]float32
+	for i := range 8 {
+		h[i] = l[i] + l[i+8]
+	}
+	for i := range 4 {
+		h[i] += h[i+4]
+	}
+	for i := range 2 {
+		h[i] += h[i+2]
+	}
+	return h[0] + h[1]
+}
+
+func widenF32(v float32) float32 { return v }
+
+// widenBF16 widens bfloat16 bits exactly: they are the high half of a
+// float32.
+func widenBF16(v uint16) float32 { return math.Float32frombits(uint32(v) << 16) }
+
+func widenF16(v uint16) float32 { return safetensors.F16ToFloat32(v) }
+
+// f32Matrix, bf16Matrix and f16Matrix are the float formats.
+type (
+	f32Matrix struct {
+		shape
+		data []float32
+	}
+	bf16Matrix struct {
+		shape
+		data []uint16
+	}
+	f16Matrix struct {
+		shape
+		data []uint16
+	}
+)
+
+func newF32Matrix(rows, cols int, data []byte) Matrix {
+	return &f32Matrix{shape{rows, cols}, view[float32](data)}
+}
+
+func newBF16Matrix(rows, cols int, data []byte) Matrix {
+	return &bf16Matrix{shape{rows, cols}, view[uint16](data)}
+}
+
+func newF16Matrix(rows, cols int, data []byte) Matrix {
+	return &f16Matrix{shape{rows, cols}, view[uint16](data)}
+}
+
+func (m *f32Matrix) Format() Format  { return F32 }
+func (m *bf16Matrix) Format() Format { return BF16 }
+func (m *f16Matrix) Format() Format  { return F16 }
+
+func (m *f32Matrix) Bytes() int64  { return int64(len(m.data)) * 4 }
+func (m *bf16Matrix) Bytes() int64 { return int64(len(m.data)) * 2 }
+func (m *f16Matrix) Bytes() int64  { return int64(len(m.data)) * 2 }
+
+func (m *f32Matrix) Row(dst []float32, r int) {
+	copy(dst[:m.cols], m.data[r*m.cols:(r+1)*m.cols])
+}
+
+func (m *bf16Matrix) Row(dst []float32, r int) {
+	for i, v := range m.data[r*m.cols : (r+1)*m.cols] {
+		dst[i] = widenBF16(v)
+	}
+}
+
+func (m *f16Matrix) Row(dst []float32, r int) {
+	for i, v := range m.data[r*m.cols : (r+1)*m.cols] {
+		dst[i] = widenF16(v)
+	}
+}
+
+func (m *f32Matrix) MulRows(out, x []float32, n, lo, hi int) {
+	mulTiled(m.data, m.rows, m.cols, kernels.f32, widenF32, out, x, n, lo, hi)
+}
+
+func (m *bf16Matrix) MulRows(out, x []float32, n, lo, hi int) {
+	mulTiled(m.data, m.rows, m.cols, kernels.bf16, widenBF16, out, x, n, lo, hi)
+}
+
+func (m *f16Matrix) MulRows(out, x []float32, n, lo, hi int) {
+	mulTiled(m.data, m.rows, m.cols, kernels.f16, widenF16, out, x, n, lo, hi)
+}

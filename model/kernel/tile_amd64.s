@@ -1,0 +1,716 @@
+#include "textflag.h"
+
+// Tile kernels: acc[i*4+j] = Σ_{c<k} x_i[c]·w_j[c] for i < nx ≤ 4 input rows
+// (x_i = x + i·xstride floats) and j < 4 weight rows (w_j = w[j]), k a
+// positive multiple of 16. Every output has a 16-lane accumulator (one Z
+// register, or two Y registers on AVX2: lanes 0-7 and 8-15) updated with
+// fused multiply-adds over the columns in order, then reduced in a fixed
+// tree: lane i + lane i+8, then i + i+4, then i + i+2, then 0 + 1. The tree
+// and the lanes are the same for every tile shape and on both paths, which
+// is what makes the results batch-invariant and equal across AVX-512 and
+// AVX2. float.go's tileGo documents the same order.
+//
+// func tileXXX(acc *[16]float32, x *float32, xstride, nx int, w *[4]*T, k int)
+
+// Argument loading shared by every kernel: DI acc, SI x_0, R13 x_1, BX x_2,
+// DX x_3, R8 the x row stride in bytes, R9-R12 the weight rows, CX k, AX
+// the column index (from 0), R14 nx.
+#define ARGS \
+	MOVQ acc+0(FP), DI \
+	MOVQ x+8(FP), SI \
+	MOVQ xstride+16(FP), R8 \
+	SHLQ $2, R8 \
+	MOVQ nx+24(FP), R14 \
+	MOVQ w+32(FP), AX \
+	MOVQ 0(AX), R9 \
+	MOVQ 8(AX), R10 \
+	MOVQ 16(AX), R11 \
+	MOVQ 24(AX), R12 \
+	MOVQ k+40(FP), CX \
+	LEAQ (SI)(R8*1), R13 \
+	LEAQ (R13)(R8*1), BX \
+	LEAQ (BX)(R8*1), DX \
+	XORQ AX, AX
+
+// REDUCE_Z reduces the 16 lanes of Z register zn (whose lower halves are
+// yn, xn) into the float32 at off(DI), with Z24-Z25 as scratch.
+#define REDUCE_Z(zn, yn, off) \
+	VEXTRACTF64X4 $1, zn, Y24 \
+	VADDPS        Y24, yn, Y24 \
+	VEXTRACTF32X4 $1, Y24, X25 \
+	VADDPS        X25, X24, X24 \
+	VMOVHLPS      X24, X24, X25 \
+	VADDPS        X25, X24, X24 \
+	VMOVSHDUP     X24, X25 \
+	VADDSS        X25, X24, X24 \
+	VMOVSS        X24, off(DI)
+
+// FMA4_Z adds the products of x register xz with the four weight registers
+// Z16-Z19 into the accumulators a0-a3.
+#define FMA4_Z(xz, a0, a1, a2, a3) \
+	VFMADD231PS Z16, xz, a0 \
+	VFMADD231PS Z17, xz, a1 \
+	VFMADD231PS Z18, xz, a2 \
+	VFMADD231PS Z19, xz, a3
+
+#define LOADX_Z(base, xz) VMOVUPS (base)(AX*4), xz
+
+// func tileF32AVX512(acc *[16]float32, x *float32, xstride, nx int, w *[4]*float32, k int)
+// float32 weights.
+TEXT ·tileF32AVX512(SB), NOSPLIT, $0-48
+	ARGS
+	CMPQ R14, $4
+	JEQ  four
+	CMPQ R14, $3
+	JEQ  three
+	CMPQ R14, $2
+	JEQ  two
+
+one:
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+oneloop:
+	VMOVUPS (R9)(AX*4), Z16
+	VMOVUPS (R10)(AX*4), Z17
+	VMOVUPS (R11)(AX*4), Z18
+	VMOVUPS (R12)(AX*4), Z19
+	LOADX_Z(SI, Z20)
+	FMA4_Z(Z20, Z0, Z1, Z2, Z3)
+	ADDQ $16, AX
+	CMPQ AX, CX
+	JLT  oneloop
+	REDUCE_Z(Z0, Y0, 0)
+	REDUCE_Z(Z1, Y1, 4)
+	REDUCE_Z(Z2, Y2, 8)
+	REDUCE_Z(Z3, Y3, 12)
+	VZEROUPPER
+	RET
+
+two:
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+twoloop:
+	VMOVUPS (R9)(AX*4), Z16
+	VMOVUPS (R10)(AX*4), Z17
+	VMOVUPS (R11)(AX*4), Z18
+	VMOVUPS (R12)(AX*4), Z19
+	LOADX_Z(SI, Z20)
+	LOADX_Z(R13, Z21)
+	FMA4_Z(Z20, Z0, Z1, Z2, Z3)
+	FMA4_Z(Z21, Z4, Z5, Z6, Z7)
+	ADDQ $16, AX
+	CMPQ AX, CX
+	JLT  twoloop
+	REDUCE_Z(Z0, Y0, 0)
+	REDUCE_Z(Z1, Y1, 4)
+	REDUCE_Z(Z2, Y2, 8)
+	REDUCE_Z(Z3, Y3, 12)
+	REDUCE_Z(Z4, Y4, 16)
+	REDUCE_Z(Z5, Y5, 20)
+	REDUCE_Z(Z6, Y6, 24)
+	REDUCE_Z(Z7, Y7, 28)
+	VZEROUPPER
+	RET
+
+three:
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	VPXORD Z10, Z10, Z10
+	VPXORD Z11, Z11, Z11
+threeloop:
+	VMOVUPS (R9)(AX*4), Z16
+	VMOVUPS (R10)(AX*4), Z17
+	VMOVUPS (R11)(AX*4), Z18
+	VMOVUPS (R12)(AX*4), Z19
+	LOADX_Z(SI, Z20)
+	LOADX_Z(R13, Z21)
+	LOADX_Z(BX, Z22)
+	FMA4_Z(Z20, Z0, Z1, Z2, Z3)
+	FMA4_Z(Z21, Z4, Z5, Z6, Z7)
+	FMA4_Z(Z22, Z8, Z9, Z10, Z11)
+	ADDQ $16, AX
+	CMPQ AX, CX
+	JLT  threeloop
+	REDUCE_Z(Z0, Y0, 0)
+	REDUCE_Z(Z1, Y1, 4)
+	REDUCE_Z(Z2, Y2, 8)
+	REDUCE_Z(Z3, Y3, 12)
+	REDUCE_Z(Z4, Y4, 16)
+	REDUCE_Z(Z5, Y5, 20)
+	REDUCE_Z(Z6, Y6, 24)
+	REDUCE_Z(Z7, Y7, 28)
+	REDUCE_Z(Z8, Y8, 32)
+	REDUCE_Z(Z9, Y9, 36)
+	REDUCE_Z(Z10, Y10, 40)
+	REDUCE_Z(Z11, Y11, 44)
+	VZEROUPPER
+	RET
+
+four:
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	VPXORD Z10, Z10, Z10
+	VPXORD Z11, Z11, Z11
+	VPXORD Z12, Z12, Z12
+	VPXORD Z13, Z13, Z13
+	VPXORD Z14, Z14, Z14
+	VPXORD Z15, Z15, Z15
+fourloop:
+	VMOVUPS (R9)(AX*4), Z16
+	VMOVUPS (R10)(AX*4), Z17
+	VMOVUPS (R11)(AX*4), Z18
+	VMOVUPS (R12)(AX*4), Z19
+	LOADX_Z(SI, Z20)
+	LOADX_Z(R13, Z21)
+	LOADX_Z(BX, Z22)
+	LOADX_Z(DX, Z23)
+	FMA4_Z(Z20, Z0, Z1, Z2, Z3)
+	FMA4_Z(Z21, Z4, Z5, Z6, Z7)
+	FMA4_Z(Z22, Z8, Z9, Z10, Z11)
+	FMA4_Z(Z23, Z12, Z13, Z14, Z15)
+	ADDQ $16, AX
+	CMPQ AX, CX
+	JLT  fourloop
+	REDUCE_Z(Z0, Y0, 0)
+	REDUCE_Z(Z1, Y1, 4)
+	REDUCE_Z(Z2, Y2, 8)
+	REDUCE_Z(Z3, Y3, 12)
+	REDUCE_Z(Z4, Y4, 16)
+	REDUCE_Z(Z5, Y5, 20)
+	REDUCE_Z(Z6, Y6, 24)
+	REDUCE_Z(Z7, Y7, 28)
+	REDUCE_Z(Z8, Y8, 32)
+	REDUCE_Z(Z9, Y9, 36)
+	REDUCE_Z(Z10, Y10, 40)
+	REDUCE_Z(Z11, Y11, 44)
+	REDUCE_Z(Z12, Y12, 48)
+	REDUCE_Z(Z13, Y13, 52)
+	REDUCE_Z(Z14, Y14, 56)
+	REDUCE_Z(Z15, Y15, 60)
+	VZEROUPPER
+	RET
+
+// func tileBF16AVX512(acc *[16]float32, x *float32, xstride, nx int, w *[4]*uint16, k int)
+// bfloat16 weights, widened exactly by a 16-bit shift.
+TEXT ·tileBF16AVX512(SB), NOSPLIT, $0-48
+	ARGS
+	CMPQ R14, $4
+	JEQ  four
+	CMPQ R14, $3
+	JEQ  three
+	CMPQ R14, $2
+	JEQ  two
+
+one:
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+oneloop:
+	VPMOVZXWD (R9)(AX*2), Z16
+	VPSLLD $16, Z16, Z16
+	VPMOVZXWD (R10)(AX*2), Z17
+	VPSLLD $16, Z17, Z17
+	VPMOVZXWD (R11)(AX*2), Z18
+	VPSLLD $16, Z18, Z18
+	VPMOVZXWD (R12)(AX*2), Z19
+	VPSLLD $16, Z19, Z19
+	LOADX_Z(SI, Z20)
+	FMA4_Z(Z20, Z0, Z1, Z2, Z3)
+	ADDQ $16, AX
+	CMPQ AX, CX
+	JLT  oneloop
+	REDUCE_Z(Z0, Y0, 0)
+	REDUCE_Z(Z1, Y1, 4)
+	REDUCE_Z(Z2, Y2, 8)
+	REDUCE_Z(Z3, Y3, 12)
+	VZEROUPPER
+	RET
+
+two:
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+twoloop:
+	VPMOVZXWD (R9)(AX*2), Z16
+	VPSLLD $16, Z16, Z16
+	VPMOVZXWD (R10)(AX*2), Z17
+	VPSLLD $16, Z17, Z17
+	VPMOVZXWD (R11)(AX*2), Z18
+	VPSLLD $16, Z18, Z18
+	VPMOVZXWD (R12)(AX*2), Z19
+	VPSLLD $16, Z19, Z19
+	LOADX_Z(SI, Z20)
+	LOADX_Z(R13, Z21)
+	FMA4_Z(Z20, Z0, Z1, Z2, Z3)
+	FMA4_Z(Z21, Z4, Z5, Z6, Z7)
+	ADDQ $16, AX
+	CMPQ AX, CX
+	JLT  twoloop
+	REDUCE_Z(Z0, Y0, 0)
+	REDUCE_Z(Z1, Y1, 4)
+	REDUCE_Z(Z2, Y2, 8)
+	REDUCE_Z(Z3, Y3, 12)
+	REDUCE_Z(Z4, Y4, 16)
+	REDUCE_Z(Z5, Y5, 20)
+	REDUCE_Z(Z6, Y6, 24)
+	REDUCE_Z(Z7, Y7, 28)
+	VZEROUPPER
+	RET
+
+three:
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	VPXORD Z10, Z10, Z10
+	VPXORD Z11, Z11, Z11
+threeloop:
+	VPMOVZXWD (R9)(AX*2), Z16
+	VPSLLD $16, Z16, Z16
+	VPMOVZXWD (R10)(AX*2), Z17
+	VPSLLD $16, Z17, Z17
+	VPMOVZXWD (R11)(AX*2), Z18
+	VPSLLD $16, Z18, Z18
+	VPMOVZXWD (R12)(AX*2), Z19
+	VPSLLD $16, Z19, Z19
+	LOADX_Z(SI, Z20)
+	LOADX_Z(R13, Z21)
+	LOADX_Z(BX, Z22)
+	FMA4_Z(Z20, Z0, Z1, Z2, Z3)
+	FMA4_Z(Z21, Z4, Z5, Z6, Z7)
+	FMA4_Z(Z22, Z8, Z9, Z10, Z11)
+	ADDQ $16, AX
+	CMPQ AX, CX
+	JLT  threeloop
+	REDUCE_Z(Z0, Y0, 0)
+	REDUCE_Z(Z1, Y1, 4)
+	REDUCE_Z(Z2, Y2, 8)
+	REDUCE_Z(Z3, Y3, 12)
+	REDUCE_Z(Z4, Y4, 16)
+	REDUCE_Z(Z5, Y5, 20)
+	REDUCE_Z(Z6, Y6, 24)
+	REDUCE_Z(Z7, Y7, 28)
+	REDUCE_Z(Z8, Y8, 32)
+	REDUCE_Z(Z9, Y9, 36)
+	REDUCE_Z(Z10, Y10, 40)
+	REDUCE_Z(Z11, Y11, 44)
+	VZEROUPPER
+	RET
+
+four:
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	VPXORD Z10, Z10, Z10
+	VPXORD Z11, Z11, Z11
+	VPXORD Z12, Z12, Z12
+	VPXORD Z13, Z13, Z13
+	VPXORD Z14, Z14, Z14
+	VPXORD Z15, Z15, Z15
+fourloop:
+	VPMOVZXWD (R9)(AX*2), Z16
+	VPSLLD $16, Z16, Z16
+	VPMOVZXWD (R10)(AX*2), Z17
+	VPSLLD $16, Z17, Z17
+	VPMOVZXWD (R11)(AX*2), Z18
+	VPSLLD $16, Z18, Z18
+	VPMOVZXWD (R12)(AX*2), Z19
+	VPSLLD $16, Z19, Z19
+	LOADX_Z(SI, Z20)
+	LOADX_Z(R13, Z21)
+	LOADX_Z(BX, Z22)
+	LOADX_Z(DX, Z23)
+	FMA4_Z(Z20, Z0, Z1, Z2, Z3)
+	FMA4_Z(Z21, Z4, Z5, Z6, Z7)
+	FMA4_Z(Z22, Z8, Z9, Z10, Z11)
+	FMA4_Z(Z23, Z12, Z13, Z14, Z15)
+	ADDQ $16, AX
+	CMPQ AX, CX
+	JLT  fourloop
+	REDUCE_Z(Z0, Y0, 0)
+	REDUCE_Z(Z1, Y1, 4)
+	REDUCE_Z(Z2, Y2, 8)
+	REDUCE_Z(Z3, Y3, 12)
+	REDUCE_Z(Z4, Y4, 16)
+	REDUCE_Z(Z5, Y5, 20)
+	REDUCE_Z(Z6, Y6, 24)
+	REDUCE_Z(Z7, Y7, 28)
+	REDUCE_Z(Z8, Y8, 32)
+	REDUCE_Z(Z9, Y9, 36)
+	REDUCE_Z(Z10, Y10, 40)
+	REDUCE_Z(Z11, Y11, 44)
+	REDUCE_Z(Z12, Y12, 48)
+	REDUCE_Z(Z13, Y13, 52)
+	REDUCE_Z(Z14, Y14, 56)
+	REDUCE_Z(Z15, Y15, 60)
+	VZEROUPPER
+	RET
+
+// func tileF16AVX512(acc *[16]float32, x *float32, xstride, nx int, w *[4]*uint16, k int)
+// IEEE half weights, converted exactly.
+TEXT ·tileF16AVX512(SB), NOSPLIT, $0-48
+	ARGS
+	CMPQ R14, $4
+	JEQ  four
+	CMPQ R14, $3
+	JEQ  three
+	CMPQ R14, $2
+	JEQ  two
+
+one:
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+oneloop:
+	VCVTPH2PS (R9)(AX*2), Z16
+	VCVTPH2PS (R10)(AX*2), Z17
+	VCVTPH2PS (R11)(AX*2), Z18
+	VCVTPH2PS (R12)(AX*2), Z19
+	LOADX_Z(SI, Z20)
+	FMA4_Z(Z20, Z0, Z1, Z2, Z3)
+	ADDQ $16, AX
+	CMPQ AX, CX
+	JLT  oneloop
+	REDUCE_Z(Z0, Y0, 0)
+	REDUCE_Z(Z1, Y1, 4)
+	REDUCE_Z(Z2, Y2, 8)
+	REDUCE_Z(Z3, Y3, 12)
+	VZEROUPPER
+	RET
+
+two:
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+twoloop:
+	VCVTPH2PS (R9)(AX*2), Z16
+	VCVTPH2PS (R10)(AX*2), Z17
+	VCVTPH2PS (R11)(AX*2), Z18
+	VCVTPH2PS (R12)(AX*2), Z19
+	LOADX_Z(SI, Z20)
+	LOADX_Z(R13, Z21)
+	FMA4_Z(Z20, Z0, Z1, Z2, Z3)
+	FMA4_Z(Z21, Z4, Z5, Z6, Z7)
+	ADDQ $16, AX
+	CMPQ AX, CX
+	JLT  twoloop
+	REDUCE_Z(Z0, Y0, 0)
+	REDUCE_Z(Z1, Y1, 4)
+	REDUCE_Z(Z2, Y2, 8)
+	REDUCE_Z(Z3, Y3, 12)
+	REDUCE_Z(Z4, Y4, 16)
+	REDUCE_Z(Z5, Y5, 20)
+	REDUCE_Z(Z6, Y6, 24)
+	REDUCE_Z(Z7, Y7, 28)
+	VZEROUPPER
+	RET
+
+three:
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	VPXORD Z10, Z10, Z10
+	VPXORD Z11, Z11, Z11
+threeloop:
+	VCVTPH2PS (R9)(AX*2), Z16
+	VCVTPH2PS (R10)(AX*2), Z17
+	VCVTPH2PS (R11)(AX*2), Z18
+	VCVTPH2PS (R12)(AX*2), Z19
+	LOADX_Z(SI, Z20)
+	LOADX_Z(R13, Z21)
+	LOADX_Z(BX, Z22)
+	FMA4_Z(Z20, Z0, Z1, Z2, Z3)
+	FMA4_Z(Z21, Z4, Z5, Z6, Z7)
+	FMA4_Z(Z22, Z8, Z9, Z10, Z11)
+	ADDQ $16, AX
+	CMPQ AX, CX
+	JLT  threeloop
+	REDUCE_Z(Z0, Y0, 0)
+	REDUCE_Z(Z1, Y1, 4)
+	REDUCE_Z(Z2, Y2, 8)
+	REDUCE_Z(Z3, Y3, 12)
+	REDUCE_Z(Z4, Y4, 16)
+	REDUCE_Z(Z5, Y5, 20)
+	REDUCE_Z(Z6, Y6, 24)
+	REDUCE_Z(Z7, Y7, 28)
+	REDUCE_Z(Z8, Y8, 32)
+	REDUCE_Z(Z9, Y9, 36)
+	REDUCE_Z(Z10, Y10, 40)
+	REDUCE_Z(Z11, Y11, 44)
+	VZEROUPPER
+	RET
+
+four:
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	VPXORD Z10, Z10, Z10
+	VPXORD Z11, Z11, Z11
+	VPXORD Z12, Z12, Z12
+	VPXORD Z13, Z13, Z13
+	VPXORD Z14, Z14, Z14
+	VPXORD Z15, Z15, Z15
+fourloop:
+	VCVTPH2PS (R9)(AX*2), Z16
+	VCVTPH2PS (R10)(AX*2), Z17
+	VCVTPH2PS (R11)(AX*2), Z18
+	VCVTPH2PS (R12)(AX*2), Z19
+	LOADX_Z(SI, Z20)
+	LOADX_Z(R13, Z21)
+	LOADX_Z(BX, Z22)
+	LOADX_Z(DX, Z23)
+	FMA4_Z(Z20, Z0, Z1, Z2, Z3)
+	FMA4_Z(Z21, Z4, Z5, Z6, Z7)
+	FMA4_Z(Z22, Z8, Z9, Z10, Z11)
+	FMA4_Z(Z23, Z12, Z13, Z14, Z15)
+	ADDQ $16, AX
+	CMPQ AX, CX
+	JLT  fourloop
+	REDUCE_Z(Z0, Y0, 0)
+	REDUCE_Z(Z1, Y1, 4)
+	REDUCE_Z(Z2, Y2, 8)
+	REDUCE_Z(Z3, Y3, 12)
+	REDUCE_Z(Z4, Y4, 16)
+	REDUCE_Z(Z5, Y5, 20)
+	REDUCE_Z(Z6, Y6, 24)
+	REDUCE_Z(Z7, Y7, 28)
+	REDUCE_Z(Z8, Y8, 32)
+	REDUCE_Z(Z9, Y9, 36)
+	REDUCE_Z(Z10, Y10, 40)
+	REDUCE_Z(Z11, Y11, 44)
+	REDUCE_Z(Z12, Y12, 48)
+	REDUCE_Z(Z13, Y13, 52)
+	REDUCE_Z(Z14, Y14, 56)
+	REDUCE_Z(Z15, Y15, 60)
+	VZEROUPPER
+	RET
+
+// REDUCE_Y reduces the 16 lanes held in Y registers lo (lanes 0-7) and hi
+// (8-15) into the float32 at off(DI), with Y14-Y15 as scratch.
+#define REDUCE_Y(lo, hi, off) \
+	VADDPS       hi, lo, Y14 \
+	VEXTRACTF128 $1, Y14, X15 \
+	VADDPS       X15, X14, X14 \
+	VMOVHLPS     X14, X14, X15 \
+	VADDPS       X15, X14, X14 \
+	VMOVSHDUP    X14, X15 \
+	VADDSS       X15, X14, X14 \
+	VMOVSS       X14, off(DI)
+
+// func tileF32AVX2(acc *[16]float32, x *float32, xstride, nx int, w *[4]*float32, k int)
+TEXT ·tileF32AVX2(SB), NOSPLIT, $0-48
+	ARGS
+row:
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+loop:
+	VMOVUPS (SI)(AX*4), Y8
+	VMOVUPS 32(SI)(AX*4), Y9
+	VMOVUPS 0(R9)(AX*4), Y10
+	VMOVUPS 32(R9)(AX*4), Y11
+	VFMADD231PS Y10, Y8, Y0
+	VFMADD231PS Y11, Y9, Y1
+	VMOVUPS 0(R10)(AX*4), Y10
+	VMOVUPS 32(R10)(AX*4), Y11
+	VFMADD231PS Y10, Y8, Y2
+	VFMADD231PS Y11, Y9, Y3
+	VMOVUPS 0(R11)(AX*4), Y10
+	VMOVUPS 32(R11)(AX*4), Y11
+	VFMADD231PS Y10, Y8, Y4
+	VFMADD231PS Y11, Y9, Y5
+	VMOVUPS 0(R12)(AX*4), Y10
+	VMOVUPS 32(R12)(AX*4), Y11
+	VFMADD231PS Y10, Y8, Y6
+	VFMADD231PS Y11, Y9, Y7
+	ADDQ $16, AX
+	CMPQ AX, CX
+	JLT  loop
+	REDUCE_Y(Y0, Y1, 0)
+	REDUCE_Y(Y2, Y3, 4)
+	REDUCE_Y(Y4, Y5, 8)
+	REDUCE_Y(Y6, Y7, 12)
+	// Next x row: the accumulators' outputs move on by 4 floats.
+	DECQ R14
+	JZ   done
+	ADDQ R8, SI
+	ADDQ $16, DI
+	XORQ AX, AX
+	JMP  row
+done:
+	VZEROUPPER
+	RET
+
+// func tileBF16AVX2(acc *[16]float32, x *float32, xstride, nx int, w *[4]*uint16, k int)
+TEXT ·tileBF16AVX2(SB), NOSPLIT, $0-48
+	ARGS
+row:
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+loop:
+	VMOVUPS (SI)(AX*4), Y8
+	VMOVUPS 32(SI)(AX*4), Y9
+	VPMOVZXWD 0(R9)(AX*2), Y10
+	VPSLLD $16, Y10, Y10
+	VPMOVZXWD 16(R9)(AX*2), Y11
+	VPSLLD $16, Y11, Y11
+	VFMADD231PS Y10, Y8, Y0
+	VFMADD231PS Y11, Y9, Y1
+	VPMOVZXWD 0(R10)(AX*2), Y10
+	VPSLLD $16, Y10, Y10
+	VPMOVZXWD 16(R10)(AX*2), Y11
+	VPSLLD $16, Y11, Y11
+	VFMADD231PS Y10, Y8, Y2
+	VFMADD231PS Y11, Y9, Y3
+	VPMOVZXWD 0(R11)(AX*2), Y10
+	VPSLLD $16, Y10, Y10
+	VPMOVZXWD 16(R11)(AX*2), Y11
+	VPSLLD $16, Y11, Y11
+	VFMADD231PS Y10, Y8, Y4
+	VFMADD231PS Y11, Y9, Y5
+	VPMOVZXWD 0(R12)(AX*2), Y10
+	VPSLLD $16, Y10, Y10
+	VPMOVZXWD 16(R12)(AX*2), Y11
+	VPSLLD $16, Y11, Y11
+	VFMADD231PS Y10, Y8, Y6
+	VFMADD231PS Y11, Y9, Y7
+	ADDQ $16, AX
+	CMPQ AX, CX
+	JLT  loop
+	REDUCE_Y(Y0, Y1, 0)
+	REDUCE_Y(Y2, Y3, 4)
+	REDUCE_Y(Y4, Y5, 8)
+	REDUCE_Y(Y6, Y7, 12)
+	// Next x row: the accumulators' outputs move on by 4 floats.
+	DECQ R14
+	JZ   done
+	ADDQ R8, SI
+	ADDQ $16, DI
+	XORQ AX, AX
+	JMP  row
+done:
+	VZEROUPPER
+	RET
+
+// func tileF16AVX2(acc *[16]float32, x *float32, xstride, nx int, w *[4]*uint16, k int)
+TEXT ·tileF16AVX2(SB), NOSPLIT, $0-48
+	ARGS
+row:
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+loop:
+	VMOVUPS (SI)(AX*4), Y8
+	VMOVUPS 32(SI)(AX*4), Y9
+	VCVTPH2PS 0(R9)(AX*2), Y10
+	VCVTPH2PS 16(R9)(AX*2), Y11
+	VFMADD231PS Y10, Y8, Y0
+	VFMADD231PS Y11, Y9, Y1
+	VCVTPH2PS 0(R10)(AX*2), Y10
+	VCVTPH2PS 16(R10)(AX*2), Y11
+	VFMADD231PS Y10, Y8, Y2
+	VFMADD231PS Y11, Y9, Y3
+	VCVTPH2PS 0(R11)(AX*2), Y10
+	VCVTPH2PS 16(R11)(AX*2), Y11
+	VFMADD231PS Y10, Y8, Y4
+	VFMADD231PS Y11, Y9, Y5
+	VCVTPH2PS 0(R12)(AX*2), Y10
+	VCVTPH2PS 16(R12)(AX*2), Y11
+	VFMADD231PS Y10, Y8, Y6
+	VFMADD231PS Y11, Y9, Y7
+	ADDQ $16, AX
+	CMPQ AX, CX
+	JLT  loop
+	REDUCE_Y(Y0, Y1, 0)
+	REDUCE_Y(Y2, Y3, 4)
+	REDUCE_Y(Y4, Y5, 8)
+	REDUCE_Y(Y6, Y7, 12)
+	// Next x row: the accumulators' outputs move on by 4 floats.
+	DECQ R14
+	JZ   done
+	ADDQ R8, SI
+	ADDQ $16, DI
+	XORQ AX, AX
+	JMP  row
+done:
+	VZEROUPPER
+	RET

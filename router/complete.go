@@ -29,12 +29,21 @@ type completion struct {
 	sampling  sample.Params
 	stop      []string
 	ignoreEOS bool
+	// logprobs and promptLogprobs are Request's Logprobs and PromptLogprobs.
+	logprobs       int
+	promptLogprobs bool
 }
 
 // chunk is one piece of a completion's stream.
 type chunk struct {
 	tokens []int
 	text   string
+	// logprobs has one entry per token when the completion asked for
+	// log-probabilities.
+	logprobs []TokenLogprob
+	// promptLogprobs, on the first chunk of a completion that asked for
+	// them, has one entry per prompt token (see Event.PromptLogprobs).
+	promptLogprobs []TokenLogprob
 }
 
 // usage counts a completion's tokens.
@@ -54,6 +63,10 @@ type completionParams struct {
 	seed        *uint64
 	stop        []string
 	ignoreEOS   bool
+	// logprobs is the number of alternatives with each token's
+	// log-probability (0: none); promptLogprobs asks for the prompt's.
+	logprobs       int
+	promptLogprobs bool
 }
 
 // validate turns params into a completion, tokenizing a text prompt with BOS.
@@ -103,6 +116,8 @@ func (r *Router) validate(p completionParams) (completion, error) {
 		return bad("top_p %v must be in [0, 1]", p.topP)
 	case p.topK < 0:
 		return bad("top_k %d must not be negative", p.topK)
+	case p.logprobs < 0 || p.logprobs > MaxLogprobs:
+		return bad("logprobs %d must be in [0, %d]", p.logprobs, MaxLogprobs)
 	case len(p.stop) > maxStopStrings:
 		return bad("stop: %d strings, at most %d", len(p.stop), maxStopStrings)
 	}
@@ -116,11 +131,13 @@ func (r *Router) validate(p completionParams) (completion, error) {
 		seed = *p.seed
 	}
 	return completion{
-		prompt:    prompt,
-		maxTokens: maxTokens,
-		sampling:  sample.Params{Temperature: p.temperature, TopK: p.topK, TopP: p.topP, Seed: seed},
-		stop:      p.stop,
-		ignoreEOS: p.ignoreEOS,
+		prompt:         prompt,
+		maxTokens:      maxTokens,
+		sampling:       sample.Params{Temperature: p.temperature, TopK: p.topK, TopP: p.topP, Seed: seed},
+		stop:           p.stop,
+		ignoreEOS:      p.ignoreEOS,
+		logprobs:       p.logprobs,
+		promptLogprobs: p.promptLogprobs,
 	}, nil
 }
 
@@ -140,7 +157,10 @@ func (r *Router) complete(ctx context.Context, c completion, emit func(chunk) er
 	if err != nil {
 		return 0, usage{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	events, err := r.sched.Submit(ctx, Request{Prompt: c.prompt, MaxTokens: c.maxTokens, IgnoreEOS: c.ignoreEOS, Sampler: sampler})
+	events, err := r.sched.Submit(ctx, Request{
+		Prompt: c.prompt, MaxTokens: c.maxTokens, IgnoreEOS: c.ignoreEOS, Sampler: sampler,
+		Logprobs: c.logprobs, PromptLogprobs: c.promptLogprobs,
+	})
 	if err != nil {
 		return 0, usage{}, err
 	}
@@ -153,21 +173,36 @@ func (r *Router) complete(ctx context.Context, c completion, emit func(chunk) er
 		case ev.Finish != 0:
 			if text := st.flush(); text != "" {
 				if err := emit(chunk{text: text}); err != nil {
-					return 0, u, err
+					return 0, u, clientGone(ctx, err)
 				}
 			}
 			return ev.Finish, u, nil
 		}
 		u.completion++
 		text, stopped := st.next(ev.Token)
-		if err := emit(chunk{tokens: []int{ev.Token}, text: text}); err != nil {
-			return 0, u, err
+		ch := chunk{tokens: []int{ev.Token}, text: text, promptLogprobs: ev.PromptLogprobs}
+		if ev.Logprob != nil {
+			ch.logprobs = []TokenLogprob{*ev.Logprob}
+		}
+		if err := emit(ch); err != nil {
+			return 0, u, clientGone(ctx, err)
 		}
 		if stopped {
 			return FinishStop, u, nil
 		}
 	}
 	return 0, u, ErrStopped
+}
+
+// clientGone returns the context's error for an emit that failed because
+// the client cancelled or its deadline passed (a write to a gone client
+// fails with a transport error that would read as the server's fault), else
+// err.
+func clientGone(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
 }
 
 // stopper decodes a token stream into text and cuts it at the first stop

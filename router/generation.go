@@ -35,6 +35,10 @@ func (g *generationService) generate(req *moegridv1.GenerateRequest, stream moeg
 		seed:        req.Seed,
 		stop:        req.Stop,
 		ignoreEOS:   req.IgnoreEos,
+		// Past MaxLogprobs validate names the field; the conversion keeps
+		// a huge uint32 from wrapping to a small int.
+		logprobs:       int(min(req.Logprobs, MaxLogprobs+1)),
+		promptLogprobs: req.PromptLogprobs,
 	}
 	switch pr := req.Prompt.(type) {
 	case *moegridv1.GenerateRequest_Text:
@@ -54,6 +58,12 @@ func (g *generationService) generate(req *moegridv1.GenerateRequest, stream moeg
 		for _, id := range ch.tokens {
 			msg.TokenIds = append(msg.TokenIds, uint32(id))
 		}
+		for _, lp := range ch.logprobs {
+			msg.Logprobs = append(msg.Logprobs, tokenLogprobPB(lp, true))
+		}
+		for i, lp := range ch.promptLogprobs {
+			msg.PromptLogprobs = append(msg.PromptLogprobs, tokenLogprobPB(lp, i > 0))
+		}
 		return stream.Send(msg)
 	})
 	if err != nil {
@@ -67,6 +77,19 @@ func (g *generationService) generate(req *moegridv1.GenerateRequest, stream moeg
 		FinishReason: fr,
 		Usage:        &moegridv1.Usage{PromptTokens: uint32(u.prompt), CompletionTokens: uint32(u.completion)},
 	})
+}
+
+// tokenLogprobPB converts a log-probability; without has, the token's
+// logprob is absent (the first prompt token).
+func tokenLogprobPB(lp TokenLogprob, has bool) *moegridv1.TokenLogprob {
+	pb := &moegridv1.TokenLogprob{TokenId: uint32(lp.Token)}
+	if has {
+		pb.Logprob = &lp.Logprob
+	}
+	for _, t := range lp.Top {
+		pb.Top = append(pb.Top, &moegridv1.TopLogprob{TokenId: uint32(t.Token), Logprob: t.Logprob})
+	}
+	return pb
 }
 
 // toStatus is the router's one gRPC error boundary: domain errors become

@@ -238,6 +238,8 @@ func TestGenerateInvalid(t *testing.T) {
 		{"top_p NaN", &moegridv1.GenerateRequest{Prompt: ok, TopP: f32(math.NaN())}, "top_p"},
 		{"too many stop strings", &moegridv1.GenerateRequest{Prompt: ok, Stop: make([]string, maxStopStrings+1)}, "stop"},
 		{"empty stop string", &moegridv1.GenerateRequest{Prompt: ok, Stop: []string{"x", ""}}, "stop[1]"},
+		{"logprobs over 20", &moegridv1.GenerateRequest{Prompt: ok, Logprobs: MaxLogprobs + 1}, "logprobs"},
+		{"logprobs at uint32 max", &moegridv1.GenerateRequest{Prompt: ok, Logprobs: math.MaxUint32}, "logprobs"},
 		{"stop string too long", &moegridv1.GenerateRequest{Prompt: ok, Stop: []string{strings.Repeat("x", maxStopBytes+1)}}, "stop[0]"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -44,7 +44,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "router tests: fixture:", err)
 		os.Exit(1)
 	}
-	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
+	// The kernel's worker pool lives as long as the process, by design.
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/moegrid/moegrid/model/kernel.startPool.func1"), goleak.Cleanup(func(code int) {
 		fx.experts.Close()
 		fx.model.Close()
 		os.RemoveAll(fx.dir)

@@ -54,14 +54,30 @@ type Request struct {
 	MaxTokens int
 	IgnoreEOS bool
 	Sampler   *sample.Sampler
+	// Logprobs 0 asks for no log-probabilities; n in [1, MaxLogprobs] for
+	// each generated token's log-probability and the n most likely tokens
+	// at its position.
+	Logprobs int
+	// PromptLogprobs asks for the log-probability of every prompt token
+	// (with Logprobs alternatives each), as the OpenAI API's echo reports
+	// them. It costs the logits of every prompt position.
+	PromptLogprobs bool
 }
 
 // Event is one message of a sequence's stream: a token, or the end (Finish
 // set, or Err).
 type Event struct {
-	Token  int
-	Finish FinishReason
-	Err    error
+	Token int
+	// Logprob is the token's log-probability when the request asked for
+	// Logprobs or PromptLogprobs.
+	Logprob *TokenLogprob
+	// PromptLogprobs, on the first token's event of a request that asked
+	// for them, has one entry per prompt token in order. The first prompt
+	// token has nothing before it to predict it: its entry has only Token
+	// set.
+	PromptLogprobs []TokenLogprob
+	Finish         FinishReason
+	Err            error
 }
 
 // sequence is a request being served; owned by the scheduler goroutine.
@@ -73,6 +89,9 @@ type sequence struct {
 	generated int
 	last      int // last sampled token, the next step's input
 	events    chan Event
+	// promptLogprobs gathers the prompt's log-probabilities chunk by chunk
+	// until the first token's event carries them.
+	promptLogprobs []TokenLogprob
 }
 
 // Scheduler runs continuous batching: every step computes one token of each
@@ -121,6 +140,9 @@ func NewScheduler(cfg SchedulerConfig, m *model.Model, experts model.Experts, lo
 // is closed after the last one. Cancelling ctx ends the sequence and frees
 // its cache at the next step boundary.
 func (s *Scheduler) Submit(ctx context.Context, req Request) (<-chan Event, error) {
+	if req.Logprobs < 0 || req.Logprobs > MaxLogprobs {
+		return nil, fmt.Errorf("%w: logprobs %d must be in [0, %d]", ErrInvalid, req.Logprobs, MaxLogprobs)
+	}
 	seq := &sequence{ctx: ctx, req: req, events: make(chan Event, req.MaxTokens+1)}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -237,7 +259,7 @@ func (s *Scheduler) step(ctx context.Context, running []*sequence) []*sequence {
 	for _, q := range running {
 		if rest := len(q.req.Prompt) - q.prefilled; rest > 0 && budget > 0 {
 			n := min(rest, s.cfg.PrefillChunk, budget)
-			inputs = append(inputs, model.Input{Cache: q.cache, Tokens: q.req.Prompt[q.prefilled : q.prefilled+n]})
+			inputs = append(inputs, model.Input{Cache: q.cache, Tokens: q.req.Prompt[q.prefilled : q.prefilled+n], AllLogits: q.req.PromptLogprobs})
 			members = append(members, q)
 			budget -= n
 		}
@@ -269,18 +291,33 @@ func (s *Scheduler) step(ctx context.Context, running []*sequence) []*sequence {
 	s.metrics.stepTokens.Observe(float64(s.cfg.MaxBatchTokens - budget))
 	done := map[*sequence]bool{}
 	for i, q := range members {
-		in := inputs[i]
+		logits := res.Logits[i]
 		if q.prefilled < len(q.req.Prompt) {
-			q.prefilled += len(in.Tokens)
+			n := len(inputs[i].Tokens)
+			if q.req.PromptLogprobs {
+				q.gatherPromptLogprobs(logits, n, s.model.Config.VocabSize)
+			}
+			q.prefilled += n
 			if q.prefilled < len(q.req.Prompt) {
 				continue
 			}
+			if q.req.PromptLogprobs {
+				logits = logits[(n-1)*s.model.Config.VocabSize:]
+			}
 		}
-		tok := q.req.Sampler.Next(res.Logits[i])
+		tok := q.req.Sampler.Next(logits)
 		q.last = tok
 		q.generated++
 		s.metrics.tokens.Inc()
-		q.events <- Event{Token: tok}
+		ev := Event{Token: tok}
+		if q.req.Logprobs > 0 || q.req.PromptLogprobs {
+			lp := logprobOf(logits, tok, q.req.Logprobs)
+			ev.Logprob = &lp
+		}
+		if q.req.PromptLogprobs && q.generated == 1 {
+			ev.PromptLogprobs, q.promptLogprobs = q.promptLogprobs, nil
+		}
+		q.events <- ev
 		switch {
 		case tok == s.model.Config.EOSTokenID && !q.req.IgnoreEOS:
 			s.end(q, Event{Finish: FinishStop})
@@ -299,4 +336,21 @@ func (s *Scheduler) step(ctx context.Context, running []*sequence) []*sequence {
 		}
 	}
 	return kept
+}
+
+// gatherPromptLogprobs adds the log-probabilities that a prefill chunk's
+// logits [n, vocab] give: the logits after prompt position p predict the
+// token at p+1, and those after the last prompt token the first generated
+// one, which the caller samples.
+func (q *sequence) gatherPromptLogprobs(logits []float32, n, vocab int) {
+	if q.prefilled == 0 {
+		q.promptLogprobs = append(q.promptLogprobs, TokenLogprob{Token: q.req.Prompt[0]})
+	}
+	for r := range n {
+		next := q.prefilled + r + 1
+		if next == len(q.req.Prompt) {
+			break
+		}
+		q.promptLogprobs = append(q.promptLogprobs, logprobOf(logits[r*vocab:(r+1)*vocab], q.req.Prompt[next], q.req.Logprobs))
+	}
 }

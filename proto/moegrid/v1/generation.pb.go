@@ -96,9 +96,17 @@ type GenerateRequest struct {
 	// strings; the stop string itself is not returned.
 	Stop []string `protobuf:"bytes,8,rep,name=stop,proto3" json:"stop,omitempty"`
 	// ignore_eos keeps generating past the end-of-sequence token.
-	IgnoreEos     bool `protobuf:"varint,9,opt,name=ignore_eos,json=ignoreEos,proto3" json:"ignore_eos,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	IgnoreEos bool `protobuf:"varint,9,opt,name=ignore_eos,json=ignoreEos,proto3" json:"ignore_eos,omitempty"`
+	// logprobs in [1, 20] returns each generated token's log-probability and
+	// the logprobs most likely tokens at its position; 0 returns none.
+	// Log-probabilities are of the model's distribution: log-softmax of the
+	// raw logits, before temperature and filtering.
+	Logprobs uint32 `protobuf:"varint,10,opt,name=logprobs,proto3" json:"logprobs,omitempty"`
+	// prompt_logprobs returns the log-probability of every prompt token (with
+	// logprobs alternatives each) on the first message.
+	PromptLogprobs bool `protobuf:"varint,11,opt,name=prompt_logprobs,json=promptLogprobs,proto3" json:"prompt_logprobs,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *GenerateRequest) Reset() {
@@ -205,6 +213,20 @@ func (x *GenerateRequest) GetIgnoreEos() bool {
 	return false
 }
 
+func (x *GenerateRequest) GetLogprobs() uint32 {
+	if x != nil {
+		return x.Logprobs
+	}
+	return 0
+}
+
+func (x *GenerateRequest) GetPromptLogprobs() bool {
+	if x != nil {
+		return x.PromptLogprobs
+	}
+	return false
+}
+
 type isGenerateRequest_Prompt interface {
 	isGenerateRequest_Prompt()
 }
@@ -274,9 +296,15 @@ type GenerateResponse struct {
 	// finish_reason is set on the last message only.
 	FinishReason FinishReason `protobuf:"varint,3,opt,name=finish_reason,json=finishReason,proto3,enum=moegrid.v1.FinishReason" json:"finish_reason,omitempty"`
 	// usage is set on the last message only.
-	Usage         *Usage `protobuf:"bytes,4,opt,name=usage,proto3" json:"usage,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Usage *Usage `protobuf:"bytes,4,opt,name=usage,proto3" json:"usage,omitempty"`
+	// logprobs has one entry per token_ids entry when the request asked for
+	// logprobs or prompt_logprobs.
+	Logprobs []*TokenLogprob `protobuf:"bytes,5,rep,name=logprobs,proto3" json:"logprobs,omitempty"`
+	// prompt_logprobs, on the first message of a request that asked for
+	// them, has one entry per prompt token; the first has no logprob.
+	PromptLogprobs []*TokenLogprob `protobuf:"bytes,6,rep,name=prompt_logprobs,json=promptLogprobs,proto3" json:"prompt_logprobs,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *GenerateResponse) Reset() {
@@ -337,6 +365,135 @@ func (x *GenerateResponse) GetUsage() *Usage {
 	return nil
 }
 
+func (x *GenerateResponse) GetLogprobs() []*TokenLogprob {
+	if x != nil {
+		return x.Logprobs
+	}
+	return nil
+}
+
+func (x *GenerateResponse) GetPromptLogprobs() []*TokenLogprob {
+	if x != nil {
+		return x.PromptLogprobs
+	}
+	return nil
+}
+
+// TokenLogprob is a token's log-probability at its position and the most
+// likely tokens there, most likely first.
+type TokenLogprob struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	TokenId uint32                 `protobuf:"varint,1,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	// logprob is absent for the first prompt token, which nothing predicts.
+	Logprob       *float32      `protobuf:"fixed32,2,opt,name=logprob,proto3,oneof" json:"logprob,omitempty"`
+	Top           []*TopLogprob `protobuf:"bytes,3,rep,name=top,proto3" json:"top,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenLogprob) Reset() {
+	*x = TokenLogprob{}
+	mi := &file_proto_moegrid_v1_generation_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenLogprob) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenLogprob) ProtoMessage() {}
+
+func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_moegrid_v1_generation_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenLogprob.ProtoReflect.Descriptor instead.
+func (*TokenLogprob) Descriptor() ([]byte, []int) {
+	return file_proto_moegrid_v1_generation_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *TokenLogprob) GetTokenId() uint32 {
+	if x != nil {
+		return x.TokenId
+	}
+	return 0
+}
+
+func (x *TokenLogprob) GetLogprob() float32 {
+	if x != nil && x.Logprob != nil {
+		return *x.Logprob
+	}
+	return 0
+}
+
+func (x *TokenLogprob) GetTop() []*TopLogprob {
+	if x != nil {
+		return x.Top
+	}
+	return nil
+}
+
+type TopLogprob struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TokenId       uint32                 `protobuf:"varint,1,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	Logprob       float32                `protobuf:"fixed32,2,opt,name=logprob,proto3" json:"logprob,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TopLogprob) Reset() {
+	*x = TopLogprob{}
+	mi := &file_proto_moegrid_v1_generation_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TopLogprob) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TopLogprob) ProtoMessage() {}
+
+func (x *TopLogprob) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_moegrid_v1_generation_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TopLogprob.ProtoReflect.Descriptor instead.
+func (*TopLogprob) Descriptor() ([]byte, []int) {
+	return file_proto_moegrid_v1_generation_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *TopLogprob) GetTokenId() uint32 {
+	if x != nil {
+		return x.TokenId
+	}
+	return 0
+}
+
+func (x *TopLogprob) GetLogprob() float32 {
+	if x != nil {
+		return x.Logprob
+	}
+	return 0
+}
+
 type Usage struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	PromptTokens     uint32                 `protobuf:"varint,1,opt,name=prompt_tokens,json=promptTokens,proto3" json:"prompt_tokens,omitempty"`
@@ -347,7 +504,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_proto_moegrid_v1_generation_proto_msgTypes[3]
+	mi := &file_proto_moegrid_v1_generation_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -359,7 +516,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_moegrid_v1_generation_proto_msgTypes[3]
+	mi := &file_proto_moegrid_v1_generation_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -372,7 +529,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_proto_moegrid_v1_generation_proto_rawDescGZIP(), []int{3}
+	return file_proto_moegrid_v1_generation_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Usage) GetPromptTokens() uint32 {
@@ -394,7 +551,7 @@ var File_proto_moegrid_v1_generation_proto protoreflect.FileDescriptor
 const file_proto_moegrid_v1_generation_proto_rawDesc = "" +
 	"\n" +
 	"!proto/moegrid/v1/generation.proto\x12\n" +
-	"moegrid.v1\"\x9b\x02\n" +
+	"moegrid.v1\"\xe0\x02\n" +
 	"\x0fGenerateRequest\x12\x14\n" +
 	"\x04text\x18\x01 \x01(\tH\x00R\x04text\x12(\n" +
 	"\x03ids\x18\x02 \x01(\v2\x14.moegrid.v1.TokenIDsH\x00R\x03ids\x12\x1d\n" +
@@ -406,16 +563,31 @@ const file_proto_moegrid_v1_generation_proto_rawDesc = "" +
 	"\x04seed\x18\a \x01(\x04H\x01R\x04seed\x88\x01\x01\x12\x12\n" +
 	"\x04stop\x18\b \x03(\tR\x04stop\x12\x1d\n" +
 	"\n" +
-	"ignore_eos\x18\t \x01(\bR\tignoreEosB\b\n" +
+	"ignore_eos\x18\t \x01(\bR\tignoreEos\x12\x1a\n" +
+	"\blogprobs\x18\n" +
+	" \x01(\rR\blogprobs\x12'\n" +
+	"\x0fprompt_logprobs\x18\v \x01(\bR\x0epromptLogprobsB\b\n" +
 	"\x06promptB\a\n" +
 	"\x05_seed\"\x1c\n" +
 	"\bTokenIDs\x12\x10\n" +
-	"\x03ids\x18\x01 \x03(\rR\x03ids\"\xab\x01\n" +
+	"\x03ids\x18\x01 \x03(\rR\x03ids\"\xa4\x02\n" +
 	"\x10GenerateResponse\x12\x1b\n" +
 	"\ttoken_ids\x18\x01 \x03(\rR\btokenIds\x12\x12\n" +
 	"\x04text\x18\x02 \x01(\tR\x04text\x12=\n" +
 	"\rfinish_reason\x18\x03 \x01(\x0e2\x18.moegrid.v1.FinishReasonR\ffinishReason\x12'\n" +
-	"\x05usage\x18\x04 \x01(\v2\x11.moegrid.v1.UsageR\x05usage\"Y\n" +
+	"\x05usage\x18\x04 \x01(\v2\x11.moegrid.v1.UsageR\x05usage\x124\n" +
+	"\blogprobs\x18\x05 \x03(\v2\x18.moegrid.v1.TokenLogprobR\blogprobs\x12A\n" +
+	"\x0fprompt_logprobs\x18\x06 \x03(\v2\x18.moegrid.v1.TokenLogprobR\x0epromptLogprobs\"~\n" +
+	"\fTokenLogprob\x12\x19\n" +
+	"\btoken_id\x18\x01 \x01(\rR\atokenId\x12\x1d\n" +
+	"\alogprob\x18\x02 \x01(\x02H\x00R\alogprob\x88\x01\x01\x12(\n" +
+	"\x03top\x18\x03 \x03(\v2\x16.moegrid.v1.TopLogprobR\x03topB\n" +
+	"\n" +
+	"\b_logprob\"A\n" +
+	"\n" +
+	"TopLogprob\x12\x19\n" +
+	"\btoken_id\x18\x01 \x01(\rR\atokenId\x12\x18\n" +
+	"\alogprob\x18\x02 \x01(\x02R\alogprob\"Y\n" +
 	"\x05Usage\x12#\n" +
 	"\rprompt_tokens\x18\x01 \x01(\rR\fpromptTokens\x12+\n" +
 	"\x11completion_tokens\x18\x02 \x01(\rR\x10completionTokens*_\n" +
@@ -440,25 +612,30 @@ func file_proto_moegrid_v1_generation_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_moegrid_v1_generation_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_proto_moegrid_v1_generation_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_proto_moegrid_v1_generation_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_proto_moegrid_v1_generation_proto_goTypes = []any{
 	(FinishReason)(0),        // 0: moegrid.v1.FinishReason
 	(*GenerateRequest)(nil),  // 1: moegrid.v1.GenerateRequest
 	(*TokenIDs)(nil),         // 2: moegrid.v1.TokenIDs
 	(*GenerateResponse)(nil), // 3: moegrid.v1.GenerateResponse
-	(*Usage)(nil),            // 4: moegrid.v1.Usage
+	(*TokenLogprob)(nil),     // 4: moegrid.v1.TokenLogprob
+	(*TopLogprob)(nil),       // 5: moegrid.v1.TopLogprob
+	(*Usage)(nil),            // 6: moegrid.v1.Usage
 }
 var file_proto_moegrid_v1_generation_proto_depIdxs = []int32{
 	2, // 0: moegrid.v1.GenerateRequest.ids:type_name -> moegrid.v1.TokenIDs
 	0, // 1: moegrid.v1.GenerateResponse.finish_reason:type_name -> moegrid.v1.FinishReason
-	4, // 2: moegrid.v1.GenerateResponse.usage:type_name -> moegrid.v1.Usage
-	1, // 3: moegrid.v1.Generation.Generate:input_type -> moegrid.v1.GenerateRequest
-	3, // 4: moegrid.v1.Generation.Generate:output_type -> moegrid.v1.GenerateResponse
-	4, // [4:5] is the sub-list for method output_type
-	3, // [3:4] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	6, // 2: moegrid.v1.GenerateResponse.usage:type_name -> moegrid.v1.Usage
+	4, // 3: moegrid.v1.GenerateResponse.logprobs:type_name -> moegrid.v1.TokenLogprob
+	4, // 4: moegrid.v1.GenerateResponse.prompt_logprobs:type_name -> moegrid.v1.TokenLogprob
+	5, // 5: moegrid.v1.TokenLogprob.top:type_name -> moegrid.v1.TopLogprob
+	1, // 6: moegrid.v1.Generation.Generate:input_type -> moegrid.v1.GenerateRequest
+	3, // 7: moegrid.v1.Generation.Generate:output_type -> moegrid.v1.GenerateResponse
+	7, // [7:8] is the sub-list for method output_type
+	6, // [6:7] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_proto_moegrid_v1_generation_proto_init() }
@@ -470,13 +647,14 @@ func file_proto_moegrid_v1_generation_proto_init() {
 		(*GenerateRequest_Text)(nil),
 		(*GenerateRequest_Ids)(nil),
 	}
+	file_proto_moegrid_v1_generation_proto_msgTypes[3].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_moegrid_v1_generation_proto_rawDesc), len(file_proto_moegrid_v1_generation_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   4,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

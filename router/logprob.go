@@ -1,0 +1,68 @@
+package router
+
+import (
+	"math"
+)
+
+// MaxLogprobs is the most alternatives a request may ask for with each
+// token's log-probability, as in the OpenAI API.
+const MaxLogprobs = 20
+
+// TokenLogprob is the log-probability of one token under the model's
+// distribution at its position, and the most likely tokens there.
+type TokenLogprob struct {
+	Token   int
+	Logprob float32
+	// Top are the most likely tokens at the position, most likely first
+	// (the lower id first on ties); as many as the request asked for.
+	Top []TopLogprob
+}
+
+// TopLogprob is one of the most likely tokens at a position.
+type TopLogprob struct {
+	Token   int
+	Logprob float32
+}
+
+// logprobOf returns the log-probability of tok under logits [vocab] and the
+// top most likely tokens. The distribution is the model's own: log-softmax of
+// the raw logits in float64, before temperature or any filter, which is what
+// the OpenAI API and vLLM report.
+func logprobOf(logits []float32, tok, top int) TokenLogprob {
+	hi := float64(logits[0])
+	for _, v := range logits {
+		hi = max(hi, float64(v))
+	}
+	var sum float64
+	for _, v := range logits {
+		sum += math.Exp(float64(v) - hi)
+	}
+	logZ := hi + math.Log(sum)
+	tl := TokenLogprob{Token: tok, Logprob: float32(float64(logits[tok]) - logZ)}
+	if top == 0 {
+		return tl
+	}
+	// Insertion into a short sorted list: top is at most MaxLogprobs, and
+	// past the first few logits almost every one is rejected by one
+	// comparison with the smallest kept.
+	best := make([]int, 0, top)
+	for id, v := range logits {
+		if len(best) == top && v <= logits[best[top-1]] {
+			continue
+		}
+		i := len(best)
+		for i > 0 && v > logits[best[i-1]] {
+			i--
+		}
+		if len(best) < top {
+			best = append(best, 0)
+		}
+		copy(best[i+1:], best[i:len(best)-1])
+		best[i] = id
+	}
+	tl.Top = make([]TopLogprob, len(best))
+	for i, id := range best {
+		tl.Top[i] = TopLogprob{Token: id, Logprob: float32(float64(logits[id]) - logZ)}
+	}
+	return tl
+}

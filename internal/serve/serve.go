@@ -3,25 +3,36 @@
 // metrics, and an HTTP server with /metrics, /healthz and /readyz beside
 // whatever the component adds. Every moegrid server (coordinator, expert
 // node, router) is built on it, so they all answer the same probes.
+//
+// Both servers defend themselves against clients that hold connections
+// without using them: a bounded number of connections (more wait in the
+// kernel's accept queue), deadlines on a request's headers and body and on
+// a gRPC handshake, idle connections closed, and gRPC keepalive pings that
+// find dead peers and refuse clients that ping too often. Responses have no
+// write deadline, since generation streams run as long as they run.
 package serve
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 )
 
@@ -43,6 +54,54 @@ type Config struct {
 	// ReadyCheck, if set, must also pass for /readyz to answer 200, e.g. a
 	// dependency that must answer.
 	ReadyCheck func(context.Context) error
+
+	// MaxConns bounds the connections each server (gRPC, HTTP) holds at
+	// once; further clients wait in the accept queue until one closes.
+	// 0 means 4096.
+	MaxConns int
+	// HeaderTimeout bounds reading an HTTP request's headers and a gRPC
+	// connection's handshake. 0 means 10s.
+	HeaderTimeout time.Duration
+	// BodyTimeout bounds reading an HTTP request's body, counted from the
+	// end of its headers. 0 means 1m.
+	BodyTimeout time.Duration
+	// IdleTimeout closes an HTTP keep-alive connection with no request,
+	// and a gRPC connection with no call, for this long. 0 means 5m.
+	IdleTimeout time.Duration
+	// MaxHeaderBytes bounds an HTTP request's headers. 0 means 64 KiB.
+	MaxHeaderBytes int
+}
+
+// The gRPC keepalive settings. The server pings a connection quiet for
+// pingInterval and drops it when the ping is not answered within
+// pingTimeout: a client that vanished (host gone, no FIN) frees its streams
+// in under a minute. Clients may ping every minClientPing at most, also
+// with no call running; one that pings more often is disconnected.
+const (
+	pingInterval  = 30 * time.Second
+	pingTimeout   = 10 * time.Second
+	minClientPing = 10 * time.Second
+)
+
+func (c *Config) setDefaults() {
+	if c.StopTimeout == 0 {
+		c.StopTimeout = 10 * time.Second
+	}
+	if c.MaxConns == 0 {
+		c.MaxConns = 4096
+	}
+	if c.HeaderTimeout == 0 {
+		c.HeaderTimeout = 10 * time.Second
+	}
+	if c.BodyTimeout == 0 {
+		c.BodyTimeout = time.Minute
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = 5 * time.Minute
+	}
+	if c.MaxHeaderBytes == 0 {
+		c.MaxHeaderBytes = 64 << 10
+	}
 }
 
 // Servers are a component's listeners. Register services on GRPC and
@@ -67,8 +126,9 @@ func Listen(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Servers, 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if cfg.StopTimeout == 0 {
-		cfg.StopTimeout = 10 * time.Second
+	cfg.setDefaults()
+	if cfg.MaxConns < 0 || cfg.HeaderTimeout < 0 || cfg.BodyTimeout < 0 || cfg.IdleTimeout < 0 || cfg.MaxHeaderBytes < 0 {
+		return nil, fmt.Errorf("serve: negative limit in %+v", cfg)
 	}
 	gl, err := net.Listen("tcp", cfg.GRPCAddr)
 	if err != nil {
@@ -90,6 +150,13 @@ func Listen(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Servers, 
 		return nil, fmt.Errorf("serve: grpc metrics: %w", err)
 	}
 	opts := []grpc.ServerOption{
+		grpc.ConnectionTimeout(cfg.HeaderTimeout),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionIdle: cfg.IdleTimeout,
+			Time:              pingInterval,
+			Timeout:           pingTimeout,
+		}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: minClientPing, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(append([]grpc.UnaryServerInterceptor{rpcMetrics.UnaryServerInterceptor()}, cfg.UnaryInterceptors...)...),
 		grpc.ChainStreamInterceptor(rpcMetrics.StreamServerInterceptor()),
 	}
@@ -102,8 +169,11 @@ func Listen(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Servers, 
 		cfg:     cfg,
 		log:     log,
 		health:  health.NewServer(),
-		grpcLis: gl,
+		grpcLis: netutil.LimitListener(gl, cfg.MaxConns),
 		httpLis: hl,
+	}
+	if hl != nil {
+		s.httpLis = netutil.LimitListener(hl, cfg.MaxConns)
 	}
 	healthpb.RegisterHealthServer(s.GRPC, s.health)
 	reflection.Register(s.GRPC)
@@ -164,7 +234,13 @@ func (s *Servers) SetReady(ready bool, services ...string) {
 // Run serves until ctx is done, then turns NOT_SERVING, stops taking new
 // calls, lets running ones finish within StopTimeout, and returns.
 func (s *Servers) Run(ctx context.Context) error {
-	httpSrv := &http.Server{Handler: s.Mux, ReadHeaderTimeout: 10 * time.Second}
+	httpSrv := &http.Server{
+		Handler:           bodyDeadline(s.Mux, s.cfg.BodyTimeout, s.log),
+		ReadHeaderTimeout: s.cfg.HeaderTimeout,
+		IdleTimeout:       s.cfg.IdleTimeout,
+		MaxHeaderBytes:    s.cfg.MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		if err := s.GRPC.Serve(s.grpcLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
@@ -184,6 +260,18 @@ func (s *Servers) Run(ctx context.Context) error {
 		<-gctx.Done()
 		s.stopping.Store(true)
 		s.health.Shutdown()
+		// Both servers drain at once: an HTTP stream and a gRPC stream get
+		// the same StopTimeout.
+		httpDone := make(chan error, 1)
+		go func() {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.StopTimeout)
+			defer cancel()
+			err := httpSrv.Shutdown(sctx)
+			if err != nil {
+				httpSrv.Close()
+			}
+			httpDone <- err
+		}()
 		done := make(chan struct{})
 		go func() {
 			s.GRPC.GracefulStop()
@@ -198,11 +286,52 @@ func (s *Servers) Run(ctx context.Context) error {
 			s.GRPC.Stop()
 			<-done
 		}
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.StopTimeout)
-		defer cancel()
-		return httpSrv.Shutdown(sctx)
+		if err := <-httpDone; err != nil {
+			s.log.Warn("graceful HTTP stop timed out; cutting off requests", "timeout", s.cfg.StopTimeout)
+		}
+		return nil
 	})
 	return g.Wait()
+}
+
+// bodyDeadline bounds reading a request's body to timeout. It is not
+// http.Server.ReadTimeout because that deadline stays on the connection
+// after the body is read, and when it passes net/http cancels the request's
+// context: every SSE stream longer than it would be cut off. Here the
+// deadline ends when the body has been read.
+func bodyDeadline(h http.Handler, timeout time.Duration, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body == nil || r.Body == http.NoBody {
+			h.ServeHTTP(w, r)
+			return
+		}
+		rc := http.NewResponseController(w)
+		if err := rc.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+			log.Debug("no read deadline on this connection", "err", err)
+			h.ServeHTTP(w, r)
+			return
+		}
+		r.Body = &deadlineBody{ReadCloser: r.Body, clear: func() { rc.SetReadDeadline(time.Time{}) }}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// deadlineBody clears the connection's read deadline once the body has
+// been read to its end. After any other error the deadline stays: the
+// server discards an unread body before it reuses the connection, and that
+// must not wait on a trickling client either.
+type deadlineBody struct {
+	io.ReadCloser
+	clear func()
+	once  sync.Once
+}
+
+func (b *deadlineBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.once.Do(b.clear)
+	}
+	return n, err
 }
 
 // Close releases the listeners of servers that will not Run.

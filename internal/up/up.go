@@ -1,14 +1,18 @@
 // Package up runs a whole moegrid cluster on one machine: an embedded etcd
-// in this process, and a coordinator, expert nodes and a router as child
+// in this process, and coordinators, expert nodes and a router as child
 // processes of the moegrid binary on loopback. It is what `moegrid up` does.
 //
 // Children are started with PDEATHSIG so they die with this process even if
-// it is killed; on a normal stop they get SIGTERM, time to drain, then
-// SIGKILL, and Run returns only once every one of them has exited.
+// it is killed. Once the cluster is ready, a child that dies is started
+// again after a delay that doubles with each quick death (see Backoff); a
+// child that dies before the cluster is ready fails the start instead, since
+// that is a configuration error more often than a crash. On a normal stop
+// the router gets SIGTERM first and time to finish its streams, then the
+// rest; whatever outlives StopTimeout is killed, and Run returns only once
+// every child has exited.
 package up
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,12 +20,11 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -46,30 +49,67 @@ type Config struct {
 	StateDir string
 	// Nodes is the number of expert nodes.
 	Nodes int
+	// Coordinators is the number of coordinator replicas; one leads, the
+	// others take over when it dies. 0 means 2.
+	Coordinators int
 	// MinReplicas is the coordinator's minimum replica count per expert.
 	MinReplicas int
 	// RouterGRPC, RouterHTTP and CoordinatorGRPC are listen addresses;
-	// port 0 picks a free port.
+	// port 0 picks a free port. CoordinatorGRPC is the first coordinator's;
+	// the others listen on free ports.
 	RouterGRPC, RouterHTTP, CoordinatorGRPC string
-	// LeaseTTL is the nodes' etcd lease time to live.
+	// LeaseTTL is the etcd lease time to live of the nodes and of the
+	// coordinators' election.
 	LeaseTTL time.Duration
 	// ReadyTimeout bounds the wait for the router to be ready.
 	ReadyTimeout time.Duration
 	// StopTimeout bounds each child's graceful stop.
 	StopTimeout time.Duration
+	// Restart is how soon a child that died is started again.
+	Restart Backoff
+	// EtcdCompaction is how much history the embedded etcd keeps: it
+	// compacts away revisions older than this, every EtcdCompaction (etcd's
+	// periodic auto-compaction). 0 means 5 minutes.
+	EtcdCompaction time.Duration
 	// LogLevel is passed to the children.
 	LogLevel string
+}
+
+// Backoff is the delay before a dead child is started again: Min after the
+// first death, doubling with each death that follows a short run, up to
+// Max. A child that ran for Reset before dying counts as healthy: its next
+// restart waits Min again. Zero fields take the defaults 500ms, 30s and 1m;
+// a Max below Min is Min.
+type Backoff struct {
+	Min, Max time.Duration
+	Reset    time.Duration
+}
+
+func (b *Backoff) setDefaults() {
+	if b.Min <= 0 {
+		b.Min = 500 * time.Millisecond
+	}
+	if b.Max <= 0 {
+		b.Max = 30 * time.Second
+	}
+	b.Max = max(b.Max, b.Min)
+	if b.Reset <= 0 {
+		b.Reset = time.Minute
+	}
 }
 
 // State is what a running local cluster writes to StateDir/up.json for the
 // other commands (`moegrid generate` with no --addr) to find it.
 type State struct {
-	PID             int      `json:"pid"`
-	ModelDir        string   `json:"model_dir"`
-	Etcd            []string `json:"etcd_endpoints"`
-	RouterGRPC      string   `json:"router_grpc"`
-	RouterHTTP      string   `json:"router_http"`
+	PID        int      `json:"pid"`
+	ModelDir   string   `json:"model_dir"`
+	Etcd       []string `json:"etcd_endpoints"`
+	RouterGRPC string   `json:"router_grpc"`
+	RouterHTTP string   `json:"router_http"`
+	// CoordinatorGRPC is the first coordinator; Coordinators lists every
+	// replica's gRPC address, the first one included.
 	CoordinatorGRPC string   `json:"coordinator_grpc"`
+	Coordinators    []string `json:"coordinators"`
 	Logs            string   `json:"logs"`
 }
 
@@ -90,7 +130,8 @@ func ReadState(stateDir string) (State, error) {
 }
 
 // Run starts the cluster, reports it on out once the router is ready, and
-// runs until ctx is done; then it stops every child and etcd.
+// runs until ctx is done, restarting children that die and saying so on
+// out; then it stops every child and etcd.
 func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -98,6 +139,19 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 	if cfg.Nodes < 1 {
 		return fmt.Errorf("up: --nodes %d must be at least 1", cfg.Nodes)
 	}
+	if cfg.Coordinators == 0 {
+		cfg.Coordinators = 2
+	}
+	if cfg.Coordinators < 1 {
+		return fmt.Errorf("up: --coordinators %d must be at least 1", cfg.Coordinators)
+	}
+	if cfg.EtcdCompaction == 0 {
+		cfg.EtcdCompaction = 5 * time.Minute
+	}
+	if cfg.EtcdCompaction < time.Second {
+		return fmt.Errorf("up: --etcd-compaction %v must be at least 1s", cfg.EtcdCompaction)
+	}
+	out = &syncWriter{w: out}
 	modelDir, err := ensureModel(cfg, out)
 	if err != nil {
 		return err
@@ -110,13 +164,19 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		return fmt.Errorf("up: a local cluster (pid %d) already runs with state in %s", old.PID, cfg.StateDir)
 	}
 
-	addrs := []*string{&cfg.RouterGRPC, &cfg.RouterHTTP, &cfg.CoordinatorGRPC}
+	coordinators := make([]string, cfg.Coordinators)
+	coordinators[0] = cfg.CoordinatorGRPC
+	addrs := []*string{&cfg.RouterGRPC, &cfg.RouterHTTP}
+	for i := range coordinators {
+		addrs = append(addrs, &coordinators[i])
+	}
 	for _, a := range addrs {
 		if *a, err = concreteAddr(*a); err != nil {
 			return err
 		}
 	}
-	etcd, endpoint, err := startEtcd(filepath.Join(cfg.StateDir, "etcd"))
+	cfg.CoordinatorGRPC = coordinators[0]
+	etcd, endpoint, err := startEtcd(filepath.Join(cfg.StateDir, "etcd"), cfg.EtcdCompaction)
 	if err != nil {
 		return err
 	}
@@ -125,23 +185,26 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		<-etcd.Err()
 	}()
 
-	sup := &supervisor{exe: cfg.Executable, logs: logs, log: log, stopTimeout: cfg.StopTimeout, exits: make(chan *child, cfg.Nodes+2)}
+	sup := newSupervisor(cfg.Executable, logs, cfg.StopTimeout, cfg.Restart, out, log)
 	defer sup.stopAll()
 	common := []string{"--etcd-endpoints", endpoint, "--log-level", cfg.LogLevel}
 	ttl := cfg.LeaseTTL.String()
-	if err := sup.start("coordinator", append([]string{"coordinator", "--id", "coordinator-0",
-		"--grpc-addr", cfg.CoordinatorGRPC, "--http-addr", "127.0.0.1:0",
-		"--min-replicas", strconv.Itoa(cfg.MinReplicas), "--lease-ttl", ttl}, common...)); err != nil {
-		return err
+	for i, addr := range coordinators {
+		id := fmt.Sprintf("coordinator-%d", i)
+		if err := sup.start(id, false, append([]string{"coordinator", "--id", id,
+			"--grpc-addr", addr, "--http-addr", "127.0.0.1:0",
+			"--min-replicas", strconv.Itoa(cfg.MinReplicas), "--lease-ttl", ttl}, common...)); err != nil {
+			return err
+		}
 	}
 	for i := range cfg.Nodes {
 		id := fmt.Sprintf("expert-%d", i)
-		if err := sup.start(id, append([]string{"expertnode", "--id", id, "--model", modelDir,
+		if err := sup.start(id, false, append([]string{"expertnode", "--id", id, "--model", modelDir,
 			"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--lease-ttl", ttl}, common...)); err != nil {
 			return err
 		}
 	}
-	if err := sup.start("router", append([]string{"router", "--id", "router-0", "--model", modelDir,
+	if err := sup.start("router", true, append([]string{"router", "--id", "router-0", "--model", modelDir,
 		"--grpc-addr", cfg.RouterGRPC, "--http-addr", cfg.RouterHTTP, "--lease-ttl", ttl}, common...)); err != nil {
 		return err
 	}
@@ -149,23 +212,24 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 	if err := waitReady(ctx, "http://"+cfg.RouterHTTP+"/readyz", cfg.ReadyTimeout, sup); err != nil {
 		return fmt.Errorf("up: %w (logs in %s)", err, logs)
 	}
-	if name, err := sup.exited(); name != "" {
+	if name, err := sup.arm(); name != "" {
 		return fmt.Errorf("up: %s exited: %v (logs in %s)", name, err, logs)
 	}
 	st := State{
 		PID: os.Getpid(), ModelDir: modelDir, Etcd: []string{endpoint},
-		RouterGRPC: cfg.RouterGRPC, RouterHTTP: cfg.RouterHTTP, CoordinatorGRPC: cfg.CoordinatorGRPC, Logs: logs,
+		RouterGRPC: cfg.RouterGRPC, RouterHTTP: cfg.RouterHTTP,
+		CoordinatorGRPC: cfg.CoordinatorGRPC, Coordinators: coordinators, Logs: logs,
 	}
 	if err := writeState(cfg.StateDir, st); err != nil {
 		return err
 	}
 	defer os.Remove(StateFile(cfg.StateDir))
 
-	fmt.Fprintf(out, `moegrid is up: %d expert nodes, a coordinator and a router serving %s
+	fmt.Fprintf(out, `moegrid is up: %d expert nodes, %d coordinators and a router serving %s
 
   router gRPC    %s   (moegrid.v1.Generation)
   router HTTP    http://%s   (OpenAI API: /v1/completions, /v1/chat/completions, /v1/models)
-  coordinator    %s   (moegrid.v1.Cluster; moegrid nodes --coordinator %s)
+  coordinators   %s   (moegrid.v1.Cluster; moegrid nodes --coordinator %s)
   etcd           %s
   logs           %s
 
@@ -173,22 +237,28 @@ Try:
   moegrid generate "The capital of France is"
   curl -s http://%s/v1/completions -d '{"prompt": "Hello", "max_tokens": 16}'
 
-Ctrl-C stops everything.
-`, cfg.Nodes, modelDir, cfg.RouterGRPC, cfg.RouterHTTP, cfg.CoordinatorGRPC, cfg.CoordinatorGRPC, endpoint, logs, cfg.RouterHTTP)
+A child that dies is restarted. Ctrl-C stops everything.
+`, cfg.Nodes, cfg.Coordinators, modelDir, cfg.RouterGRPC, cfg.RouterHTTP, strings.Join(coordinators, ", "), cfg.CoordinatorGRPC, endpoint, logs, cfg.RouterHTTP)
 
-	for {
-		select {
-		case <-ctx.Done():
-			fmt.Fprintln(out, "stopping…")
-			return nil
-		case err := <-etcd.Err():
-			return fmt.Errorf("up: etcd stopped: %w", err)
-		case c := <-sup.exits:
-			// Nothing restarts a child here; the cluster carries on
-			// without it (replicas, re-placement) and says so.
-			fmt.Fprintf(out, "%s exited: %v; see %s\n", c.name, c.err, filepath.Join(logs, c.name+".log"))
-		}
+	select {
+	case <-ctx.Done():
+		fmt.Fprintln(out, "stopping…")
+		return nil
+	case err := <-etcd.Err():
+		return fmt.Errorf("up: etcd stopped: %w", err)
 	}
+}
+
+// syncWriter serialises writes from the supervisor's goroutines and Run.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer // protected by mu
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }
 
 // ensureModel returns the checkpoint to serve, synthesising the tiny model
@@ -253,8 +323,11 @@ func concreteAddr(addr string) (string, error) {
 	return l.Addr().String(), nil
 }
 
-// startEtcd starts a single-member etcd on free loopback ports.
-func startEtcd(dir string) (*embed.Etcd, string, error) {
+// startEtcd starts a single-member etcd on free loopback ports that keeps
+// compaction of history: without it, etcd keeps every revision of the
+// records the cluster rewrites all the time (heartbeats, load reports) and
+// its database grows without bound.
+func startEtcd(dir string, compaction time.Duration) (*embed.Etcd, string, error) {
 	if err := os.RemoveAll(dir); err != nil {
 		return nil, "", fmt.Errorf("up: %w", err)
 	}
@@ -274,6 +347,8 @@ func startEtcd(dir string) (*embed.Etcd, string, error) {
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	cfg.AutoCompactionMode = embed.CompactorModePeriodic
+	cfg.AutoCompactionRetention = compaction.String()
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return nil, "", fmt.Errorf("up: etcd: %w", err)
@@ -285,148 +360,4 @@ func startEtcd(dir string) (*embed.Etcd, string, error) {
 		return nil, "", errors.New("up: etcd not ready after 30s")
 	}
 	return e, cu.String(), nil
-}
-
-// waitReady polls url until it answers 200, a child exits, or the timeout.
-func waitReady(ctx context.Context, url string, timeout time.Duration, sup *supervisor) error {
-	deadline := time.Now().Add(timeout)
-	client := &http.Client{Timeout: time.Second}
-	for {
-		if name, err := sup.exited(); name != "" {
-			return fmt.Errorf("%s exited before the cluster was ready: %v", name, err)
-		}
-		resp, err := client.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("router not ready after %v", timeout)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
-// supervisor owns the child processes.
-type supervisor struct {
-	exe         string
-	logs        string
-	log         *slog.Logger
-	stopTimeout time.Duration
-
-	// exits receives each child that exits while the cluster runs.
-	exits chan *child
-
-	mu       sync.Mutex
-	children []*child // protected by mu
-}
-
-type child struct {
-	name string
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error // set before done is closed
-	logf *os.File
-}
-
-func (s *supervisor) start(name string, args []string) error {
-	logf, err := os.Create(filepath.Join(s.logs, name+".log"))
-	if err != nil {
-		return fmt.Errorf("up: %w", err)
-	}
-	cmd := exec.Command(s.exe, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return fmt.Errorf("up: start %s: %w", name, err)
-	}
-	c := &child{name: name, cmd: cmd, done: make(chan struct{}), logf: logf}
-	go func() {
-		c.err = cmd.Wait()
-		logf.Close()
-		close(c.done)
-		select {
-		case s.exits <- c:
-		default:
-		}
-	}()
-	s.mu.Lock()
-	s.children = append(s.children, c)
-	s.mu.Unlock()
-	s.log.Debug("started", "child", name, "pid", cmd.Process.Pid)
-	return nil
-}
-
-// exited returns the name and error of a child that has exited, if any.
-func (s *supervisor) exited() (string, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, c := range s.children {
-		select {
-		case <-c.done:
-			return c.name, fmt.Errorf("%v; last lines: %s", c.err, tail(filepath.Join(s.logs, c.name+".log")))
-		default:
-		}
-	}
-	return "", nil
-}
-
-// stopAll sends SIGTERM to every child (the router first, so it stops taking
-// requests), waits up to stopTimeout, then kills what is left, and waits for
-// every child to be gone.
-func (s *supervisor) stopAll() {
-	s.mu.Lock()
-	children := s.children
-	s.mu.Unlock()
-	for i := len(children) - 1; i >= 0; i-- {
-		children[i].cmd.Process.Signal(syscall.SIGTERM)
-	}
-	timer := time.NewTimer(s.stopTimeout)
-	defer timer.Stop()
-	for _, c := range children {
-		select {
-		case <-c.done:
-			continue
-		case <-timer.C:
-		}
-		// Out of time: kill whatever is still running.
-		for _, k := range children {
-			select {
-			case <-k.done:
-			default:
-				s.log.Warn("child did not stop in time; killing it", "child", k.name)
-				k.cmd.Process.Kill()
-			}
-		}
-		break
-	}
-	for _, c := range children {
-		<-c.done
-	}
-}
-
-// tail returns the last lines of a log file.
-func tail(path string) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	var lines []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		lines = append(lines, sc.Text())
-		if len(lines) > 5 {
-			lines = lines[1:]
-		}
-	}
-	b, _ := json.Marshal(lines)
-	return string(b)
 }

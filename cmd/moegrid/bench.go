@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -9,53 +10,94 @@ import (
 
 	"github.com/moegrid/moegrid/internal/bench"
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
+	"github.com/moegrid/moegrid/router"
 )
 
 func newBenchCmd() *cobra.Command {
 	cfg := bench.Config{Requests: 64, Concurrency: 8, PromptTokens: 32, MaxTokens: 32, Vocab: 32000, Seed: 1, Timeout: 5 * time.Minute}
-	var addr, output string
+	sched := router.DefaultSchedulerConfig()
+	var addr, output, modelDir string
+	var inProcess bool
 	cmd := &cobra.Command{
-		Use:   "bench [--addr HOST:PORT] [--requests 64] [--concurrency 8]",
+		Use:   "bench [--addr HOST:PORT | --in-process --model DIR] [--requests 64] [--concurrency 8]",
 		Short: "Load a router with a bounded number of requests and report throughput and latencies",
 		Long: `Send --requests generation requests, --concurrency at a time, each a
 random --prompt-tokens prompt asking for exactly --max-tokens tokens, to a
 router (the one moegrid up started when --addr is not given), and report
 tokens per second and the percentiles of time to first token, time between
 tokens and request latency. The run is bounded by --requests and stops by
-itself.`,
+itself; --warmup requests run before it unmeasured.
+
+With --in-process the same requests go, without a network, to the router's
+scheduler over the checkpoint in --model with every expert in this process,
+so that a cluster and one process are compared by one pair of commands. Its
+kernels use GOMAXPROCS threads (set it in the environment).
+
+When every request is in flight at once (--requests no more than
+--concurrency) the report splits the run as llama.cpp's batched bench does:
+prefill tokens/s until every request's first token, decode tokens/s after.
+
+The command fails when any request failed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if output != "text" && output != "json" {
 				return fmt.Errorf("--output %q: want text or json", output)
 			}
-			conn, err := dialRouter(addr)
-			if err != nil {
-				return err
-			}
-			defer conn.Close()
-			res, err := bench.Run(cmd.Context(), moegridv1.NewGenerationClient(conn), cfg)
-			if err != nil {
-				return err
+			var res bench.Result
+			switch {
+			case inProcess && addr != "":
+				return errors.New("give --addr or --in-process, not both")
+			case inProcess:
+				if modelDir == "" {
+					return errors.New("--in-process needs --model DIR")
+				}
+				log, err := newLogger(cmd)
+				if err != nil {
+					return err
+				}
+				if res, err = bench.RunInProcess(cmd.Context(), modelDir, sched, cfg, log); err != nil {
+					return err
+				}
+			default:
+				if modelDir != "" {
+					return errors.New("--model is for --in-process; a router serves its own model")
+				}
+				conn, err := dialRouter(addr)
+				if err != nil {
+					return err
+				}
+				defer conn.Close()
+				if res, err = bench.Run(cmd.Context(), moegridv1.NewGenerationClient(conn), cfg); err != nil {
+					return err
+				}
 			}
 			if output == "json" {
-				return json.NewEncoder(cmd.OutOrStdout()).Encode(res)
+				if err := json.NewEncoder(cmd.OutOrStdout()).Encode(res); err != nil {
+					return err
+				}
+			} else {
+				bench.WriteText(cmd.OutOrStdout(), cfg, res)
 			}
-			bench.WriteText(cmd.OutOrStdout(), cfg, res)
-			if res.Failed > 0 {
-				return fmt.Errorf("%d of %d requests failed", res.Failed, res.Requests)
-			}
-			return nil
+			return res.Err()
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&addr, "addr", "", "router gRPC address (default: the router of the running `moegrid up`)")
+	f.BoolVar(&inProcess, "in-process", false, "run the router's scheduler over --model in this process instead of calling a router")
+	f.StringVar(&modelDir, "model", "", "checkpoint directory for --in-process")
 	f.IntVar(&cfg.Requests, "requests", cfg.Requests, "requests to send in all")
 	f.IntVar(&cfg.Concurrency, "concurrency", cfg.Concurrency, "requests in flight at once")
 	f.IntVar(&cfg.PromptTokens, "prompt-tokens", cfg.PromptTokens, "prompt length in tokens (BOS and random ids)")
 	f.IntVar(&cfg.MaxTokens, "max-tokens", cfg.MaxTokens, "tokens generated per request (end-of-sequence ignored)")
+	f.IntVar(&cfg.Warmup, "warmup", cfg.Warmup, "unmeasured requests run first, --concurrency at a time")
+	f.BoolVar(&cfg.SamePrompt, "same-prompt", false, "give every request the same random prompt (identical greedy sequences route alike)")
 	f.IntVar(&cfg.Vocab, "vocab", cfg.Vocab, "vocabulary size the random prompt ids are drawn from")
 	f.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "seed of the random prompts")
 	f.DurationVar(&cfg.Timeout, "timeout", cfg.Timeout, "deadline of each request")
 	f.StringVarP(&output, "output", "o", "text", "text or json")
+	f.IntVar(&sched.MaxBatchTokens, "max-batch-tokens", sched.MaxBatchTokens, "--in-process: tokens per scheduler step, decode and prefill together")
+	f.IntVar(&sched.PrefillChunk, "prefill-chunk", sched.PrefillChunk, "--in-process: most prompt tokens of one sequence per step")
+	f.IntVar(&sched.MaxRunning, "max-running", sched.MaxRunning, "--in-process: sequences decoding at once")
+	f.IntVar(&sched.MaxWaiting, "max-waiting", sched.MaxWaiting, "--in-process: requests queued before they are refused")
 	return cmd
 }

@@ -1,6 +1,9 @@
-// Package bench drives a router's Generation API with a bounded load and
-// measures what users feel: time to first token, time between tokens,
-// request latency and token throughput. It is what `moegrid bench` runs.
+// Package bench drives a generator with a bounded load and measures what
+// users feel: time to first token, time between tokens, request latency and
+// token throughput. The generator is a router's Generation API over gRPC or
+// the router's scheduler over a model in this process (Local), so the cluster
+// and one process are measured by the same code. It is what `moegrid bench`
+// runs.
 package bench
 
 import (
@@ -26,6 +29,14 @@ type Config struct {
 	Concurrency  int
 	PromptTokens int
 	MaxTokens    int
+	// Warmup requests run first, Concurrency at a time, and are not
+	// measured: the first touches the weights and fills the caches.
+	Warmup int
+	// SamePrompt gives every request the same prompt, so that greedy
+	// sequences stay identical and route to the same experts, as in
+	// llama.cpp's batched bench, whose sequences are all one token
+	// repeated.
+	SamePrompt bool
 	// Vocab bounds the random prompt ids; ids 3 and up (past the specials).
 	Vocab int
 	// Seed makes the prompts reproducible.
@@ -40,23 +51,53 @@ func (c Config) validate() error {
 		return fmt.Errorf("bench: requests %d and concurrency %d must be at least 1", c.Requests, c.Concurrency)
 	case c.PromptTokens < 1 || c.MaxTokens < 1:
 		return fmt.Errorf("bench: prompt tokens %d and max tokens %d must be at least 1", c.PromptTokens, c.MaxTokens)
+	case c.Warmup < 0:
+		return fmt.Errorf("bench: warmup %d must not be negative", c.Warmup)
 	case c.Vocab < 4:
 		return fmt.Errorf("bench: vocabulary %d too small", c.Vocab)
 	}
 	return nil
 }
 
+// Generator is what a run loads.
+type Generator interface {
+	// Generate asks for exactly maxTokens tokens after prompt, ignoring
+	// end-of-sequence, and calls tokens with each piece of the stream as it
+	// arrives, from the calling goroutine. It returns when the stream ends.
+	// Generate is called from many goroutines at once.
+	Generate(ctx context.Context, prompt []int, maxTokens int, tokens func(ids []int)) error
+}
+
 // Result summarises a run. Durations are seconds.
 type Result struct {
-	Requests        int            `json:"requests"`
-	Failed          int            `json:"failed"`
+	Requests int `json:"requests"`
+	Failed   int `json:"failed"`
+	// Errors counts the failures by gRPC code, or by message for errors
+	// that carry none; FirstError is one failure's message.
 	Errors          map[string]int `json:"errors,omitempty"`
+	FirstError      string         `json:"first_error,omitempty"`
 	Tokens          int            `json:"tokens"`
 	Seconds         float64        `json:"seconds"`
 	TokensPerSecond float64        `json:"tokens_per_second"`
-	TTFT            Percentiles    `json:"ttft_seconds"`
-	InterToken      Percentiles    `json:"inter_token_seconds"`
-	Latency         Percentiles    `json:"latency_seconds"`
+	// PrefillTokensPerSecond and DecodeTokensPerSecond split the throughput
+	// of a run whose requests were all in flight at once (requests ≤
+	// concurrency, none failed), as llama.cpp's batched bench does: prefill
+	// is the prompt tokens over the time until every request had its first
+	// token; decode the tokens that arrived after that moment over the time
+	// from it to the last token. Zero when the run has no such phases.
+	PrefillTokensPerSecond float64     `json:"prefill_tokens_per_second,omitempty"`
+	DecodeTokensPerSecond  float64     `json:"decode_tokens_per_second,omitempty"`
+	TTFT                   Percentiles `json:"ttft_seconds"`
+	InterToken             Percentiles `json:"inter_token_seconds"`
+	Latency                Percentiles `json:"latency_seconds"`
+}
+
+// Err reports the failed requests as an error, nil when none failed.
+func (r Result) Err() error {
+	if r.Failed == 0 {
+		return nil
+	}
+	return fmt.Errorf("bench: %d of %d requests failed, e.g. %s", r.Failed, r.Requests, r.FirstError)
 }
 
 // Percentiles of a sample.
@@ -76,42 +117,87 @@ func percentiles(xs []float64) Percentiles {
 	return Percentiles{P50: at(0.5), P90: at(0.9), P99: at(0.99), Max: xs[len(xs)-1]}
 }
 
-// sample is what one request measured.
-type sample struct {
-	ttft, latency float64
-	gaps          []float64
-	tokens        int
-	err           error
+// arrival is one piece of a stream: n tokens at seconds since the run began.
+type arrival struct {
+	at float64
+	n  int
 }
 
-// Run sends the requests and waits for all of them.
+// record is what one request measured; times are seconds since the run
+// began.
+type record struct {
+	start, end   float64
+	promptTokens int
+	arrivals     []arrival
+	err          error
+}
+
+func (s *record) tokens() int {
+	n := 0
+	for _, a := range s.arrivals {
+		n += a.n
+	}
+	return n
+}
+
+// Run loads a router's Generation API.
 func Run(ctx context.Context, client moegridv1.GenerationClient, cfg Config) (Result, error) {
+	return RunWith(ctx, GRPC(client), cfg)
+}
+
+// RunWith runs the warm-up requests, then sends the measured ones and waits
+// for all of them. A failed request is counted in the result, not returned
+// as an error (see Result.Err).
+func RunWith(ctx context.Context, g Generator, cfg Config) (Result, error) {
 	if err := cfg.validate(); err != nil {
 		return Result{}, err
 	}
 	rng := rand.New(rand.NewPCG(cfg.Seed, 0x62656e6368))
-	prompts := make([][]uint32, cfg.Requests)
-	for i := range prompts {
-		p := []uint32{1}
-		for len(p) < cfg.PromptTokens {
-			p = append(p, uint32(3+rng.IntN(cfg.Vocab-3)))
+	prompts := func(n int) [][]int {
+		ps := make([][]int, n)
+		for i := range ps {
+			if cfg.SamePrompt && i > 0 {
+				ps[i] = ps[0]
+				continue
+			}
+			p := []int{1}
+			for len(p) < cfg.PromptTokens {
+				p = append(p, 3+rng.IntN(cfg.Vocab-3))
+			}
+			ps[i] = p
 		}
-		prompts[i] = p
+		return ps
 	}
+	warm, measured := prompts(cfg.Warmup), prompts(cfg.Requests)
+	if len(warm) > 0 {
+		load(ctx, g, warm, cfg)
+	}
+	if err := ctx.Err(); err != nil {
+		return Result{}, err
+	}
+	records, elapsed := load(ctx, g, measured, cfg)
+	if err := ctx.Err(); err != nil {
+		return Result{}, err
+	}
+	return summarise(cfg, records, elapsed), nil
+}
 
-	samples := make([]sample, cfg.Requests)
+// load sends prompts, Concurrency at a time, and returns what each measured
+// and how long all took.
+func load(ctx context.Context, g Generator, prompts [][]int, cfg Config) ([]record, float64) {
+	records := make([]record, len(prompts))
 	next := make(chan int)
 	var wg sync.WaitGroup
 	start := time.Now()
-	for range min(cfg.Concurrency, cfg.Requests) {
+	for range min(cfg.Concurrency, len(prompts)) {
 		wg.Go(func() {
 			for i := range next {
-				samples[i] = one(ctx, client, prompts[i], cfg)
+				records[i] = one(ctx, g, prompts[i], start, cfg)
 			}
 		})
 	}
 feed:
-	for i := range cfg.Requests {
+	for i := range prompts {
 		select {
 		case next <- i:
 		case <-ctx.Done():
@@ -120,74 +206,131 @@ feed:
 	}
 	close(next)
 	wg.Wait()
-	elapsed := time.Since(start).Seconds()
-	if err := ctx.Err(); err != nil {
-		return Result{}, err
-	}
-
-	res := Result{Requests: cfg.Requests, Seconds: elapsed}
-	var ttft, gaps, lat []float64
-	for _, s := range samples {
-		if s.err != nil {
-			res.Failed++
-			if res.Errors == nil {
-				res.Errors = map[string]int{}
-			}
-			res.Errors[status.Code(s.err).String()]++
-			continue
-		}
-		res.Tokens += s.tokens
-		ttft = append(ttft, s.ttft)
-		lat = append(lat, s.latency)
-		gaps = append(gaps, s.gaps...)
-	}
-	res.TokensPerSecond = float64(res.Tokens) / elapsed
-	res.TTFT, res.InterToken, res.Latency = percentiles(ttft), percentiles(gaps), percentiles(lat)
-	return res, nil
+	return records, time.Since(start).Seconds()
 }
 
 // one runs a single request.
-func one(ctx context.Context, client moegridv1.GenerationClient, prompt []uint32, cfg Config) sample {
+func one(ctx context.Context, g Generator, prompt []int, runStart time.Time, cfg Config) record {
 	if cfg.Timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, cfg.Timeout)
 		defer cancel()
 	}
-	var s sample
-	start := time.Now()
-	stream, err := client.Generate(ctx, &moegridv1.GenerateRequest{
-		Prompt:    &moegridv1.GenerateRequest_Ids{Ids: &moegridv1.TokenIDs{Ids: prompt}},
-		MaxTokens: uint32(cfg.MaxTokens),
+	s := record{start: time.Since(runStart).Seconds(), promptTokens: len(prompt)}
+	s.err = g.Generate(ctx, prompt, cfg.MaxTokens, func(ids []int) {
+		if len(ids) > 0 {
+			s.arrivals = append(s.arrivals, arrival{at: time.Since(runStart).Seconds(), n: len(ids)})
+		}
+	})
+	s.end = time.Since(runStart).Seconds()
+	return s
+}
+
+// errorKey names an error in Result.Errors.
+func errorKey(err error) string {
+	if st, ok := status.FromError(err); ok {
+		return st.Code().String()
+	}
+	return err.Error()
+}
+
+func summarise(cfg Config, records []record, elapsed float64) Result {
+	res := Result{Requests: len(records), Seconds: elapsed}
+	var ttft, gaps, lat []float64
+	for _, s := range records {
+		if s.err == nil && len(s.arrivals) == 0 {
+			s.err = errors.New("bench: the stream ended without a token")
+		}
+		if s.err != nil {
+			res.Failed++
+			if res.Errors == nil {
+				res.Errors = map[string]int{}
+				res.FirstError = s.err.Error()
+			}
+			res.Errors[errorKey(s.err)]++
+			continue
+		}
+		res.Tokens += s.tokens()
+		ttft = append(ttft, s.arrivals[0].at-s.start)
+		lat = append(lat, s.end-s.start)
+		for i := 1; i < len(s.arrivals); i++ {
+			gaps = append(gaps, s.arrivals[i].at-s.arrivals[i-1].at)
+		}
+	}
+	res.TokensPerSecond = float64(res.Tokens) / elapsed
+	if res.Failed == 0 && len(records) <= cfg.Concurrency {
+		res.PrefillTokensPerSecond, res.DecodeTokensPerSecond = phases(records)
+	}
+	res.TTFT, res.InterToken, res.Latency = percentiles(ttft), percentiles(gaps), percentiles(lat)
+	return res
+}
+
+// phases splits a run of requests that were all in flight at once at the
+// moment every one had its first token: the prompts were prefilled before
+// it, the tokens after it decoded.
+func phases(records []record) (prefill, decode float64) {
+	var firstAll, last float64
+	prompt := 0
+	for _, s := range records {
+		firstAll = max(firstAll, s.arrivals[0].at)
+		last = max(last, s.arrivals[len(s.arrivals)-1].at)
+	}
+	decoded := 0
+	for _, s := range records {
+		prompt += s.promptTokens
+		for _, a := range s.arrivals {
+			if a.at > firstAll {
+				decoded += a.n
+			}
+		}
+	}
+	if firstAll > 0 {
+		prefill = float64(prompt) / firstAll
+	}
+	if decoded > 0 && last > firstAll {
+		decode = float64(decoded) / (last - firstAll)
+	}
+	return prefill, decode
+}
+
+// grpcGenerator is a router's Generation API as a Generator.
+type grpcGenerator struct {
+	client moegridv1.GenerationClient
+}
+
+// GRPC returns a Generator that streams from a router's Generation API.
+func GRPC(client moegridv1.GenerationClient) Generator { return grpcGenerator{client} }
+
+func (g grpcGenerator) Generate(ctx context.Context, prompt []int, maxTokens int, tokens func([]int)) error {
+	ids := make([]uint32, len(prompt))
+	for i, id := range prompt {
+		ids[i] = uint32(id)
+	}
+	stream, err := g.client.Generate(ctx, &moegridv1.GenerateRequest{
+		Prompt:    &moegridv1.GenerateRequest_Ids{Ids: &moegridv1.TokenIDs{Ids: ids}},
+		MaxTokens: uint32(maxTokens),
 		IgnoreEos: true,
 	})
 	if err != nil {
-		s.err = err
-		return s
+		return err
 	}
-	last := start
 	for {
 		msg, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
-			break
+			return nil
 		}
 		if err != nil {
-			s.err = err
-			return s
+			return err
 		}
 		if len(msg.TokenIds) == 0 {
 			continue
 		}
-		now := time.Now()
-		if s.tokens == 0 {
-			s.ttft = now.Sub(start).Seconds()
-		} else {
-			s.gaps = append(s.gaps, now.Sub(last).Seconds())
+		piece := make([]int, len(msg.TokenIds))
+		for i, id := range msg.TokenIds {
+			piece[i] = int(id)
 		}
-		last = now
-		s.tokens += len(msg.TokenIds)
+		tokens(piece)
 	}
-	s.latency = time.Since(start).Seconds()
-	return s
 }
 
 // WriteText prints a result for people.
@@ -200,7 +343,16 @@ func WriteText(w io.Writer, cfg Config, r Result) {
 	for code, n := range r.Errors {
 		fmt.Fprintf(w, "  %d × %s\n", n, code)
 	}
+	if r.FirstError != "" {
+		fmt.Fprintf(w, "  first error: %s\n", r.FirstError)
+	}
 	fmt.Fprintf(w, "throughput      %.1f tokens/s (%d tokens in %.2f s)\n", r.TokensPerSecond, r.Tokens, r.Seconds)
+	if r.PrefillTokensPerSecond > 0 {
+		fmt.Fprintf(w, "prefill         %.1f prompt tokens/s (until every request's first token)\n", r.PrefillTokensPerSecond)
+	}
+	if r.DecodeTokensPerSecond > 0 {
+		fmt.Fprintf(w, "decode          %.1f tokens/s (after every request's first token)\n", r.DecodeTokensPerSecond)
+	}
 	fmt.Fprintf(w, "first token     %s\n", ms(r.TTFT))
 	fmt.Fprintf(w, "between tokens  %s\n", ms(r.InterToken))
 	fmt.Fprintf(w, "request         %s\n", ms(r.Latency))

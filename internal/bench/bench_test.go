@@ -1,9 +1,13 @@
 package bench
 
 import (
+	"context"
+	"fmt"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 func TestPercentiles(t *testing.T) {
@@ -37,6 +41,67 @@ func TestConfigValidate(t *testing.T) {
 		bad(&c)
 		if c.validate() == nil {
 			t.Errorf("%+v validated", c)
+		}
+	}
+}
+
+// TestPhases splits runs whose requests were all in flight at once at the
+// moment every request had its first token.
+func TestPhases(t *testing.T) {
+	at := func(times ...float64) []arrival {
+		as := make([]arrival, len(times))
+		for i, x := range times {
+			as[i] = arrival{at: x, n: 1}
+		}
+		return as
+	}
+	for _, tc := range []struct {
+		name            string
+		records         []record
+		prefill, decode float64
+	}{
+		{
+			name:    "lockstep",
+			records: []record{{promptTokens: 8, arrivals: at(2, 3, 4, 5)}, {promptTokens: 8, arrivals: at(2, 3, 4, 5)}},
+			prefill: 16.0 / 2, decode: 6.0 / 3,
+		},
+		{
+			// The second request joined a step late: its first token is
+			// the moment the decode phase starts; the first request's
+			// second token, before it, is not counted.
+			name:    "staggered",
+			records: []record{{promptTokens: 4, arrivals: at(1, 2, 3, 4)}, {promptTokens: 4, arrivals: at(2, 3, 4, 5)}},
+			prefill: 8.0 / 2, decode: 5.0 / 3,
+		},
+		{
+			name:    "several tokens a message",
+			records: []record{{promptTokens: 10, arrivals: []arrival{{at: 1, n: 1}, {at: 2, n: 3}}}},
+			prefill: 10, decode: 3,
+		},
+		{
+			name:    "one token",
+			records: []record{{promptTokens: 5, arrivals: at(0.5)}},
+			prefill: 10,
+		},
+	} {
+		prefill, decode := phases(tc.records)
+		if prefill != tc.prefill || decode != tc.decode {
+			t.Errorf("%s: phases = %v, %v; want %v, %v", tc.name, prefill, decode, tc.prefill, tc.decode)
+		}
+	}
+}
+
+func TestErrorKey(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{status.Error(codes.Unavailable, "connection refused"), "Unavailable"},
+		{fmt.Errorf("%w: prompt[0]", ErrInvalid), "bench: invalid request: prompt[0]"},
+		{context.DeadlineExceeded, "context deadline exceeded"},
+	} {
+		if got := errorKey(tc.err); got != tc.want {
+			t.Errorf("errorKey(%v) = %q, want %q", tc.err, got, tc.want)
 		}
 	}
 }

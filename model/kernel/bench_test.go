@@ -24,11 +24,22 @@ func BenchmarkMatMul(b *testing.B) {
 		{"small/w1_w3_3584x1024", 3584, 1024}, // small preset gate_proj/up_proj
 		{"small/w2_1024x3584", 1024, 3584},    // small preset down_proj
 	}
-	for _, dtype := range []kernel.Format{kernel.F32, kernel.BF16} {
+	for _, mode := range []struct {
+		format  kernel.Format
+		compute kernel.Compute
+	}{{kernel.F32, kernel.ComputeExact}, {kernel.BF16, kernel.ComputeExact}, {kernel.BF16, kernel.ComputeBF16}} {
+		if err := kernel.SetCompute(mode.compute); err != nil {
+			continue
+		}
+		dtype := mode.format
 		for _, s := range shapes {
 			w := newTestMatrix(b, rand.New(rand.NewPCG(1, 1)), s.rows, s.cols, dtype)
-			for _, rows := range []int{1, 32} {
-				b.Run(fmt.Sprintf("%v/%s/rows=%d", dtype, s.name, rows), func(b *testing.B) {
+			for _, rows := range []int{1, 4, 32} {
+				b.Run(fmt.Sprintf("%v-%v/%s/rows=%d", dtype, mode.compute, s.name, rows), func(b *testing.B) {
+					if err := kernel.SetCompute(mode.compute); err != nil {
+						b.Fatal(err)
+					}
+					defer kernel.SetCompute(kernel.ComputeExact)
 					x := randFloats(rand.New(rand.NewPCG(2, 2)), rows*s.cols)
 					out := make([]float32, rows*s.rows)
 					b.SetBytes(w.m.Bytes())

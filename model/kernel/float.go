@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"math"
+	"sync"
 
 	"github.com/moegrid/moegrid/model/safetensors"
 )
@@ -25,17 +26,28 @@ const (
 
 // tileFunc computes acc[i·tileCols + j] = Σ_{c<k} x[i·xStride + c] · w_j[c]
 // for i < nx ≤ tileRows and j < tileCols with the lane order above, k a
-// multiple of lanes. W is the weight element type; w holds pointers to the
-// first element of each of the tileCols weight rows.
-type tileFunc[W any] func(acc *[tileRows * tileCols]float32, x []float32, xStride, nx int, w *[tileCols]*W, k int)
+// multiple of the kernel's block (lanes, or 2·lanes for the BF16 dot
+// product). X and W are the input and weight element types; w holds
+// pointers to the first element of each of the tileCols weight rows.
+type tileFunc[X, W any] func(acc *[tileRows * tileCols]float32, x []X, xStride, nx int, w *[tileCols + 1]*W, k int)
 
-// mulTiled is MulRows for any format whose rows are arrays of W: tile runs
-// the vector part and widen turns one element into float32 for the columns
-// past the last full 16.
-func mulTiled[W any](data []W, rows, cols int, tile tileFunc[W], widen func(W) float32, out, x []float32, n, lo, hi int) {
-	k := cols &^ (lanes - 1)
+// tiling is one way to multiply: a tile kernel, the number of columns its
+// vector part takes at a time, and the product of one input and one weight
+// element for the columns after that.
+type tiling[X, W any] struct {
+	tile  tileFunc[X, W]
+	block int
+	mul   func(x X, w W) float32
+}
+
+// mulTiled is MulRows for any format whose rows are arrays of W, over
+// weight rows [lo, hi) of data, with input rows of X: the tile kernel
+// takes the leading multiple of its block of columns, the rest are added
+// one by one. Output element (t, r) goes to out[t·oStride + oBase + r - lo].
+func mulTiled[X, W any](data []W, cols int, tl tiling[X, W], out []float32, oStride, oBase int, x []X, n, lo, hi int) {
+	k := cols - cols%tl.block
 	var acc [tileRows * tileCols]float32
-	var w [tileCols]*W
+	var w [tileCols + 1]*W
 	for r := lo; r < hi; r += tileCols {
 		nw := min(tileCols, hi-r)
 		for j := range tileCols {
@@ -43,34 +55,74 @@ func mulTiled[W any](data []W, rows, cols int, tile tileFunc[W], widen func(W) f
 			// computed and dropped.
 			w[j] = &data[min(r+j, hi-1)*cols]
 		}
+		w[tileCols] = &data[min(r+tileCols, len(data)/cols-1)*cols]
 		for t := 0; t < n; t += tileRows {
 			nx := min(tileRows, n-t)
 			if k > 0 {
-				tile(&acc, x[t*cols:], cols, nx, &w, k)
+				tl.tile(&acc, x[t*cols:], cols, nx, &w, k)
 			} else {
 				clear(acc[:])
 			}
 			for i := range nx {
 				xr := x[(t+i)*cols : (t+i+1)*cols]
-				o := out[(t+i)*rows:]
+				o := out[(t+i)*oStride+oBase+r-lo:]
 				for j := range nw {
 					s := acc[i*tileCols+j]
 					if k < cols {
 						wr := data[(r+j)*cols : (r+j+1)*cols]
 						for c := k; c < cols; c++ {
-							s += xr[c] * widen(wr[c])
+							s += tl.mul(xr[c], wr[c])
 						}
 					}
-					o[r+j] = s
+					o[j] = s
 				}
 			}
 		}
 	}
 }
 
-// tileGo is the portable tile kernel for any weight element type.
-func tileGo[W any](widen func(W) float32) tileFunc[W] {
-	return func(acc *[tileRows * tileCols]float32, x []float32, xStride, nx int, w *[tileCols]*W, k int) {
+// mulHalf is MulRows for the 16-bit float formats. A batch of one tile's
+// rows widens each weight vector in registers; a larger batch widens each
+// tile of weight rows once into scratch and multiplies it as F32, so the
+// widening is not repeated for every tile of input rows. Widening is exact,
+// so both give the same bits.
+func mulHalf(data []uint16, rows, cols int, fused tiling[float32, uint16], widenRow func(dst []float32, src []uint16), out, x []float32, n, lo, hi int) {
+	if n <= tileRows {
+		mulTiled(data, cols, fused, out, rows, lo, x, n, lo, hi)
+		return
+	}
+	buf := getScratch(tileCols * cols)
+	defer putScratch(buf)
+	for r := lo; r < hi; r += tileCols {
+		nw := min(tileCols, hi-r)
+		for j := range nw {
+			widenRow((*buf)[j*cols:(j+1)*cols], data[(r+j)*cols:(r+j+1)*cols])
+		}
+		mulTiled(*buf, cols, kernels.f32, out, rows, r, x, n, 0, nw)
+	}
+}
+
+var scratchPool sync.Pool
+
+// getScratch returns a buffer of at least n float32s from the pool.
+func getScratch(n int) *[]float32 {
+	if b, ok := scratchPool.Get().(*[]float32); ok && cap(*b) >= n {
+		*b = (*b)[:n]
+		return b
+	}
+	b := make([]float32, n)
+	return &b
+}
+
+func putScratch(b *[]float32) { scratchPool.Put(b) }
+
+// tileGo is the portable tiling for any weight element type.
+func tileGo[W any](widen func(W) float32) tiling[float32, W] {
+	return tiling[float32, W]{tile: tileGoFunc(widen), block: lanes, mul: func(x float32, w W) float32 { return x * widen(w) }}
+}
+
+func tileGoFunc[W any](widen func(W) float32) tileFunc[float32, W] {
+	return func(acc *[tileRows * tileCols]float32, x []float32, xStride, nx int, w *[tileCols + 1]*W, k int) {
 		clear(acc[:])
 		for j := range tileCols {
 			wr := unsafeSlice(w[j], k)
@@ -164,13 +216,30 @@ func (m *f16Matrix) Row(dst []float32, r int) {
 }
 
 func (m *f32Matrix) MulRows(out, x []float32, n, lo, hi int) {
-	mulTiled(m.data, m.rows, m.cols, kernels.f32, widenF32, out, x, n, lo, hi)
+	mulTiled(m.data, m.cols, kernels.f32, out, m.rows, lo, x, n, lo, hi)
 }
 
 func (m *bf16Matrix) MulRows(out, x []float32, n, lo, hi int) {
-	mulTiled(m.data, m.rows, m.cols, kernels.bf16, widenBF16, out, x, n, lo, hi)
+	mulHalf(m.data, m.rows, m.cols, kernels.bf16, kernels.widenBF16, out, x, n, lo, hi)
 }
 
 func (m *f16Matrix) MulRows(out, x []float32, n, lo, hi int) {
-	mulTiled(m.data, m.rows, m.cols, kernels.f16, widenF16, out, x, n, lo, hi)
+	mulHalf(m.data, m.rows, m.cols, kernels.f16, kernels.widenF16, out, x, n, lo, hi)
+}
+
+// widenRowsGo widens src into dst element by element: the portable row
+// widening, and the tail after a SIMD one.
+func widenRowsGo(widen func(uint16) float32) func(dst []float32, src []uint16) {
+	return func(dst []float32, src []uint16) {
+		dst = dst[:len(src)]
+		for i, v := range src {
+			dst[i] = widen(v)
+		}
+	}
+}
+
+// mulRowsBF16 is MulRows in the BF16 compute mode, over inputs already
+// rounded to bfloat16.
+func (m *bf16Matrix) mulRowsBF16(out []float32, xb []uint16, n, lo, hi int) {
+	mulTiled(m.data, m.cols, bf16DotTiling, out, m.rows, lo, xb, n, lo, hi)
 }

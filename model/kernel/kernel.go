@@ -70,12 +70,29 @@ func MatMuls(x []float32, rows int, ps ...Product) {
 		minChunkWork/max(rows*cols, 1),
 		1)
 	grain = (grain + tileCols - 1) / tileCols * tileCols
+	// In the BF16 compute mode the inputs are rounded once for every
+	// product that takes them so.
+	var xb []uint16
+	if compute == ComputeBF16 {
+		for _, p := range ps {
+			if _, ok := p.W.(bf16Input); ok {
+				b := roundBF16(x[:rows*cols])
+				defer putHalfScratch(b)
+				xb = *b
+				break
+			}
+		}
+	}
 	For(total, grain, func(lo, hi int) {
 		base := 0
 		for _, p := range ps {
 			m := p.W.Rows()
 			if a, b := max(lo-base, 0), min(hi-base, m); a < b {
-				p.W.MulRows(p.Out, x, rows, a, b)
+				if bw, ok := p.W.(bf16Input); ok && xb != nil {
+					bw.mulRowsBF16(p.Out, xb, rows, a, b)
+				} else {
+					p.W.MulRows(p.Out, x, rows, a, b)
+				}
 			}
 			base += m
 		}

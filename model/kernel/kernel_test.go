@@ -496,3 +496,42 @@ func FuzzMatMulPaths(f *testing.F) {
 		}
 	})
 }
+
+// TestComputeBF16 checks the fast BF16 mode: a product equals the float64
+// product of the stored weights and the activations rounded to bfloat16,
+// to within float32 rounding, and stays batch-invariant.
+func TestComputeBF16(t *testing.T) {
+	if err := kernel.SetCompute(kernel.ComputeBF16); err != nil {
+		t.Skipf("this CPU has no BF16 mode: %v", err)
+	}
+	t.Cleanup(func() { kernel.SetCompute(kernel.ComputeExact) })
+	rng := rand.New(rand.NewPCG(13, 14))
+	for _, s := range []struct{ rows, wRows, wCols int }{
+		{1, 4, 32}, {1, 5, 33}, {3, 9, 64}, {4, 8, 100}, {7, 33, 1024}, {24, 17, 96},
+	} {
+		w := newTestMatrix(t, rng, s.wRows, s.wCols, kernel.BF16)
+		x := randFloats(rng, s.rows*s.wCols)
+		out := make([]float32, s.rows*s.wRows)
+		kernel.MatMul(out, x, s.rows, w.m)
+		for ti := range s.rows {
+			for r := range s.wRows {
+				var want, abs float64
+				for c := range s.wCols {
+					p := bf16ToFloat64(safetensors.Float32ToBF16(x[ti*s.wCols+c])) * w.exact[r*s.wCols+c]
+					want += p
+					abs += math.Abs(p)
+				}
+				if got := float64(out[ti*s.wRows+r]); math.Abs(got-want) > 1e-5*abs+1e-30 {
+					t.Fatalf("%v: out[%d,%d] = %v, want %v", s, ti, r, got, want)
+				}
+			}
+		}
+		single := make([]float32, s.rows*s.wRows)
+		for ti := range s.rows {
+			kernel.MatMul(single[ti*s.wRows:(ti+1)*s.wRows], x[ti*s.wCols:(ti+1)*s.wCols], 1, w.m)
+		}
+		if d := cmp.Diff(bits(out), bits(single)); d != "" {
+			t.Errorf("%v: row by row differs from batched:\n%s", s, d)
+		}
+	}
+}

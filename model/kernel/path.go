@@ -23,16 +23,20 @@ const (
 // kernelSet is the tile kernel of each float format on one path.
 type kernelSet struct {
 	path Path
-	f32  tileFunc[float32]
-	bf16 tileFunc[uint16]
-	f16  tileFunc[uint16]
+	f32  tiling[float32, float32]
+	bf16 tiling[float32, uint16]
+	f16  tiling[float32, uint16]
+	// widenBF16 and widenF16 widen a row of 16-bit floats exactly.
+	widenBF16, widenF16 func(dst []float32, src []uint16)
 }
 
 var portableKernels = kernelSet{
-	path: PathPortable,
-	f32:  tileGo(widenF32),
-	bf16: tileGo(widenBF16),
-	f16:  tileGo(widenF16),
+	path:      PathPortable,
+	f32:       tileGo(widenF32),
+	bf16:      tileGo(widenBF16),
+	f16:       tileGo(widenF16),
+	widenBF16: widenRowsGo(widenBF16),
+	widenF16:  widenRowsGo(widenF16),
 }
 
 // kernels is the set in use: the fastest this CPU runs, unless the

@@ -10,7 +10,11 @@
 // is what makes the results batch-invariant and equal across AVX-512 and
 // AVX2. float.go's tileGo documents the same order.
 //
-// func tileXXX(acc *[16]float32, x *float32, xstride, nx int, w *[4]*T, k int)
+// func tileXXX(acc *[16]float32, x *float32, xstride, nx int, w *[5]*T, k int)
+//
+// w[4] points at the weights the next tile reads: the AVX-512 kernels
+// prefetch them as they go, so that a decode step, which reads every weight
+// once, keeps the memory busy while it computes.
 
 // Argument loading shared by every kernel: DI acc, SI x_0, R13 x_1, BX x_2,
 // DX x_3, R8 the x row stride in bytes, R9-R12 the weight rows, CX k, AX
@@ -55,7 +59,7 @@
 
 #define LOADX_Z(base, xz) VMOVUPS (base)(AX*4), xz
 
-// func tileF32AVX512(acc *[16]float32, x *float32, xstride, nx int, w *[4]*float32, k int)
+// func tileF32AVX512(acc *[16]float32, x *float32, xstride, nx int, w *[5]*float32, k int)
 // float32 weights.
 TEXT ·tileF32AVX512(SB), NOSPLIT, $0-48
 	ARGS
@@ -67,11 +71,18 @@ TEXT ·tileF32AVX512(SB), NOSPLIT, $0-48
 	JEQ  two
 
 one:
+	MOVQ w+32(FP), R14
+	MOVQ 32(R14), R14
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
 	VPXORD Z3, Z3, Z3
 oneloop:
+	PREFETCHT0 0(R14)
+	PREFETCHT0 64(R14)
+	PREFETCHT0 128(R14)
+	PREFETCHT0 192(R14)
+	ADDQ $256, R14
 	VMOVUPS (R9)(AX*4), Z16
 	VMOVUPS (R10)(AX*4), Z17
 	VMOVUPS (R11)(AX*4), Z18
@@ -89,6 +100,8 @@ oneloop:
 	RET
 
 two:
+	MOVQ w+32(FP), R14
+	MOVQ 32(R14), R14
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -98,6 +111,11 @@ two:
 	VPXORD Z6, Z6, Z6
 	VPXORD Z7, Z7, Z7
 twoloop:
+	PREFETCHT0 0(R14)
+	PREFETCHT0 64(R14)
+	PREFETCHT0 128(R14)
+	PREFETCHT0 192(R14)
+	ADDQ $256, R14
 	VMOVUPS (R9)(AX*4), Z16
 	VMOVUPS (R10)(AX*4), Z17
 	VMOVUPS (R11)(AX*4), Z18
@@ -121,6 +139,8 @@ twoloop:
 	RET
 
 three:
+	MOVQ w+32(FP), R14
+	MOVQ 32(R14), R14
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -134,6 +154,11 @@ three:
 	VPXORD Z10, Z10, Z10
 	VPXORD Z11, Z11, Z11
 threeloop:
+	PREFETCHT0 0(R14)
+	PREFETCHT0 64(R14)
+	PREFETCHT0 128(R14)
+	PREFETCHT0 192(R14)
+	ADDQ $256, R14
 	VMOVUPS (R9)(AX*4), Z16
 	VMOVUPS (R10)(AX*4), Z17
 	VMOVUPS (R11)(AX*4), Z18
@@ -163,6 +188,8 @@ threeloop:
 	RET
 
 four:
+	MOVQ w+32(FP), R14
+	MOVQ 32(R14), R14
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -180,6 +207,11 @@ four:
 	VPXORD Z14, Z14, Z14
 	VPXORD Z15, Z15, Z15
 fourloop:
+	PREFETCHT0 0(R14)
+	PREFETCHT0 64(R14)
+	PREFETCHT0 128(R14)
+	PREFETCHT0 192(R14)
+	ADDQ $256, R14
 	VMOVUPS (R9)(AX*4), Z16
 	VMOVUPS (R10)(AX*4), Z17
 	VMOVUPS (R11)(AX*4), Z18
@@ -214,7 +246,7 @@ fourloop:
 	VZEROUPPER
 	RET
 
-// func tileBF16AVX512(acc *[16]float32, x *float32, xstride, nx int, w *[4]*uint16, k int)
+// func tileBF16AVX512(acc *[16]float32, x *float32, xstride, nx int, w *[5]*uint16, k int)
 // bfloat16 weights, widened exactly by a 16-bit shift.
 TEXT ·tileBF16AVX512(SB), NOSPLIT, $0-48
 	ARGS
@@ -226,11 +258,16 @@ TEXT ·tileBF16AVX512(SB), NOSPLIT, $0-48
 	JEQ  two
 
 one:
+	MOVQ w+32(FP), R14
+	MOVQ 32(R14), R14
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
 	VPXORD Z3, Z3, Z3
 oneloop:
+	PREFETCHT0 0(R14)
+	PREFETCHT0 64(R14)
+	ADDQ $128, R14
 	VPMOVZXWD (R9)(AX*2), Z16
 	VPSLLD $16, Z16, Z16
 	VPMOVZXWD (R10)(AX*2), Z17
@@ -252,6 +289,8 @@ oneloop:
 	RET
 
 two:
+	MOVQ w+32(FP), R14
+	MOVQ 32(R14), R14
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -261,6 +300,9 @@ two:
 	VPXORD Z6, Z6, Z6
 	VPXORD Z7, Z7, Z7
 twoloop:
+	PREFETCHT0 0(R14)
+	PREFETCHT0 64(R14)
+	ADDQ $128, R14
 	VPMOVZXWD (R9)(AX*2), Z16
 	VPSLLD $16, Z16, Z16
 	VPMOVZXWD (R10)(AX*2), Z17
@@ -288,6 +330,8 @@ twoloop:
 	RET
 
 three:
+	MOVQ w+32(FP), R14
+	MOVQ 32(R14), R14
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -301,6 +345,9 @@ three:
 	VPXORD Z10, Z10, Z10
 	VPXORD Z11, Z11, Z11
 threeloop:
+	PREFETCHT0 0(R14)
+	PREFETCHT0 64(R14)
+	ADDQ $128, R14
 	VPMOVZXWD (R9)(AX*2), Z16
 	VPSLLD $16, Z16, Z16
 	VPMOVZXWD (R10)(AX*2), Z17
@@ -334,6 +381,8 @@ threeloop:
 	RET
 
 four:
+	MOVQ w+32(FP), R14
+	MOVQ 32(R14), R14
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -351,6 +400,9 @@ four:
 	VPXORD Z14, Z14, Z14
 	VPXORD Z15, Z15, Z15
 fourloop:
+	PREFETCHT0 0(R14)
+	PREFETCHT0 64(R14)
+	ADDQ $128, R14
 	VPMOVZXWD (R9)(AX*2), Z16
 	VPSLLD $16, Z16, Z16
 	VPMOVZXWD (R10)(AX*2), Z17
@@ -389,7 +441,7 @@ fourloop:
 	VZEROUPPER
 	RET
 
-// func tileF16AVX512(acc *[16]float32, x *float32, xstride, nx int, w *[4]*uint16, k int)
+// func tileF16AVX512(acc *[16]float32, x *float32, xstride, nx int, w *[5]*uint16, k int)
 // IEEE half weights, converted exactly.
 TEXT ·tileF16AVX512(SB), NOSPLIT, $0-48
 	ARGS
@@ -401,11 +453,16 @@ TEXT ·tileF16AVX512(SB), NOSPLIT, $0-48
 	JEQ  two
 
 one:
+	MOVQ w+32(FP), R14
+	MOVQ 32(R14), R14
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
 	VPXORD Z3, Z3, Z3
 oneloop:
+	PREFETCHT0 0(R14)
+	PREFETCHT0 64(R14)
+	ADDQ $128, R14
 	VCVTPH2PS (R9)(AX*2), Z16
 	VCVTPH2PS (R10)(AX*2), Z17
 	VCVTPH2PS (R11)(AX*2), Z18
@@ -423,6 +480,8 @@ oneloop:
 	RET
 
 two:
+	MOVQ w+32(FP), R14
+	MOVQ 32(R14), R14
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -432,6 +491,9 @@ two:
 	VPXORD Z6, Z6, Z6
 	VPXORD Z7, Z7, Z7
 twoloop:
+	PREFETCHT0 0(R14)
+	PREFETCHT0 64(R14)
+	ADDQ $128, R14
 	VCVTPH2PS (R9)(AX*2), Z16
 	VCVTPH2PS (R10)(AX*2), Z17
 	VCVTPH2PS (R11)(AX*2), Z18
@@ -455,6 +517,8 @@ twoloop:
 	RET
 
 three:
+	MOVQ w+32(FP), R14
+	MOVQ 32(R14), R14
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -468,6 +532,9 @@ three:
 	VPXORD Z10, Z10, Z10
 	VPXORD Z11, Z11, Z11
 threeloop:
+	PREFETCHT0 0(R14)
+	PREFETCHT0 64(R14)
+	ADDQ $128, R14
 	VCVTPH2PS (R9)(AX*2), Z16
 	VCVTPH2PS (R10)(AX*2), Z17
 	VCVTPH2PS (R11)(AX*2), Z18
@@ -497,6 +564,8 @@ threeloop:
 	RET
 
 four:
+	MOVQ w+32(FP), R14
+	MOVQ 32(R14), R14
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -514,6 +583,9 @@ four:
 	VPXORD Z14, Z14, Z14
 	VPXORD Z15, Z15, Z15
 fourloop:
+	PREFETCHT0 0(R14)
+	PREFETCHT0 64(R14)
+	ADDQ $128, R14
 	VCVTPH2PS (R9)(AX*2), Z16
 	VCVTPH2PS (R10)(AX*2), Z17
 	VCVTPH2PS (R11)(AX*2), Z18
@@ -712,5 +784,285 @@ loop:
 	XORQ AX, AX
 	JMP  row
 done:
+	VZEROUPPER
+	RET
+
+// Row widening: dst[i] = float32(src[i]) exactly for i < n, n a positive
+// multiple of 16.
+
+// func widenBF16AVX512(dst *float32, src *uint16, n int)
+TEXT ·widenBF16AVX512(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), CX
+	XORQ AX, AX
+wbf16z:
+	VPMOVZXWD (SI)(AX*2), Z0
+	VPSLLD    $16, Z0, Z0
+	VMOVUPS   Z0, (DI)(AX*4)
+	ADDQ      $16, AX
+	CMPQ      AX, CX
+	JLT       wbf16z
+	VZEROUPPER
+	RET
+
+// func widenF16AVX512(dst *float32, src *uint16, n int)
+TEXT ·widenF16AVX512(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), CX
+	XORQ AX, AX
+wf16z:
+	VCVTPH2PS (SI)(AX*2), Z0
+	VMOVUPS   Z0, (DI)(AX*4)
+	ADDQ      $16, AX
+	CMPQ      AX, CX
+	JLT       wf16z
+	VZEROUPPER
+	RET
+
+// func widenBF16AVX2(dst *float32, src *uint16, n int)
+TEXT ·widenBF16AVX2(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), CX
+	XORQ AX, AX
+wbf16y:
+	VPMOVZXWD (SI)(AX*2), Y0
+	VPMOVZXWD 16(SI)(AX*2), Y1
+	VPSLLD    $16, Y0, Y0
+	VPSLLD    $16, Y1, Y1
+	VMOVUPS   Y0, (DI)(AX*4)
+	VMOVUPS   Y1, 32(DI)(AX*4)
+	ADDQ      $16, AX
+	CMPQ      AX, CX
+	JLT       wbf16y
+	VZEROUPPER
+	RET
+
+// func widenF16AVX2(dst *float32, src *uint16, n int)
+TEXT ·widenF16AVX2(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), CX
+	XORQ AX, AX
+wf16y:
+	VCVTPH2PS (SI)(AX*2), Y0
+	VCVTPH2PS 16(SI)(AX*2), Y1
+	VMOVUPS   Y0, (DI)(AX*4)
+	VMOVUPS   Y1, 32(DI)(AX*4)
+	ADDQ      $16, AX
+	CMPQ      AX, CX
+	JLT       wf16y
+	VZEROUPPER
+	RET
+
+// The fast BF16 compute mode: inputs already rounded to bfloat16, and the
+// AVX-512 BF16 dot product, which adds the products of each pair of
+// adjacent columns into one float32 lane per fused step. Each output has
+// one 16-lane accumulator over blocks of 32 columns, reduced in the same
+// tree as above. The Go assembler does not know VDPBF16PS, so it is
+// spelled out in bytes (EVEX.512.F3.0F38.W0 52 /r, register form); the
+// comment on each line gives the instruction.
+//
+// func tileBF16DotAVX512(acc *[16]float32, x *uint16, xstride, nx int, w *[4]*uint16, k int)
+TEXT ·tileBF16DotAVX512(SB), NOSPLIT, $0-48
+	MOVQ acc+0(FP), DI
+	MOVQ x+8(FP), SI
+	MOVQ xstride+16(FP), R8
+	SHLQ $1, R8
+	MOVQ nx+24(FP), R14
+	MOVQ w+32(FP), AX
+	MOVQ 0(AX), R9
+	MOVQ 8(AX), R10
+	MOVQ 16(AX), R11
+	MOVQ 24(AX), R12
+	MOVQ k+40(FP), CX
+	LEAQ (SI)(R8*1), R13
+	LEAQ (R13)(R8*1), BX
+	LEAQ (BX)(R8*1), DX
+	XORQ AX, AX
+	CMPQ R14, $4
+	JEQ  dfour
+	CMPQ R14, $3
+	JEQ  dthree
+	CMPQ R14, $2
+	JEQ  dtwo
+
+done:
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+doneloop:
+	VMOVUPS (R9)(AX*2), Z16
+	VMOVUPS (R10)(AX*2), Z17
+	VMOVUPS (R11)(AX*2), Z18
+	VMOVUPS (R12)(AX*2), Z19
+	VMOVUPS (SI)(AX*2), Z20
+	BYTE $0x62; BYTE $0xb2; BYTE $0x5e; BYTE $0x40; BYTE $0x52; BYTE $0xc0 // VDPBF16PS Z16, Z20, Z0
+	BYTE $0x62; BYTE $0xb2; BYTE $0x5e; BYTE $0x40; BYTE $0x52; BYTE $0xc9 // VDPBF16PS Z17, Z20, Z1
+	BYTE $0x62; BYTE $0xb2; BYTE $0x5e; BYTE $0x40; BYTE $0x52; BYTE $0xd2 // VDPBF16PS Z18, Z20, Z2
+	BYTE $0x62; BYTE $0xb2; BYTE $0x5e; BYTE $0x40; BYTE $0x52; BYTE $0xdb // VDPBF16PS Z19, Z20, Z3
+	ADDQ $32, AX
+	CMPQ AX, CX
+	JLT  doneloop
+	REDUCE_Z(Z0, Y0, 0)
+	REDUCE_Z(Z1, Y1, 4)
+	REDUCE_Z(Z2, Y2, 8)
+	REDUCE_Z(Z3, Y3, 12)
+	VZEROUPPER
+	RET
+
+dtwo:
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+dtwoloop:
+	VMOVUPS (R9)(AX*2), Z16
+	VMOVUPS (R10)(AX*2), Z17
+	VMOVUPS (R11)(AX*2), Z18
+	VMOVUPS (R12)(AX*2), Z19
+	VMOVUPS (SI)(AX*2), Z20
+	VMOVUPS (R13)(AX*2), Z21
+	BYTE $0x62; BYTE $0xb2; BYTE $0x5e; BYTE $0x40; BYTE $0x52; BYTE $0xc0 // VDPBF16PS Z16, Z20, Z0
+	BYTE $0x62; BYTE $0xb2; BYTE $0x5e; BYTE $0x40; BYTE $0x52; BYTE $0xc9 // VDPBF16PS Z17, Z20, Z1
+	BYTE $0x62; BYTE $0xb2; BYTE $0x5e; BYTE $0x40; BYTE $0x52; BYTE $0xd2 // VDPBF16PS Z18, Z20, Z2
+	BYTE $0x62; BYTE $0xb2; BYTE $0x5e; BYTE $0x40; BYTE $0x52; BYTE $0xdb // VDPBF16PS Z19, Z20, Z3
+	BYTE $0x62; BYTE $0xb2; BYTE $0x56; BYTE $0x40; BYTE $0x52; BYTE $0xe0 // VDPBF16PS Z16, Z21, Z4
+	BYTE $0x62; BYTE $0xb2; BYTE $0x56; BYTE $0x40; BYTE $0x52; BYTE $0xe9 // VDPBF16PS Z17, Z21, Z5
+	BYTE $0x62; BYTE $0xb2; BYTE $0x56; BYTE $0x40; BYTE $0x52; BYTE $0xf2 // VDPBF16PS Z18, Z21, Z6
+	BYTE $0x62; BYTE $0xb2; BYTE $0x56; BYTE $0x40; BYTE $0x52; BYTE $0xfb // VDPBF16PS Z19, Z21, Z7
+	ADDQ $32, AX
+	CMPQ AX, CX
+	JLT  dtwoloop
+	REDUCE_Z(Z0, Y0, 0)
+	REDUCE_Z(Z1, Y1, 4)
+	REDUCE_Z(Z2, Y2, 8)
+	REDUCE_Z(Z3, Y3, 12)
+	REDUCE_Z(Z4, Y4, 16)
+	REDUCE_Z(Z5, Y5, 20)
+	REDUCE_Z(Z6, Y6, 24)
+	REDUCE_Z(Z7, Y7, 28)
+	VZEROUPPER
+	RET
+
+dthree:
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	VPXORD Z10, Z10, Z10
+	VPXORD Z11, Z11, Z11
+dthreeloop:
+	VMOVUPS (R9)(AX*2), Z16
+	VMOVUPS (R10)(AX*2), Z17
+	VMOVUPS (R11)(AX*2), Z18
+	VMOVUPS (R12)(AX*2), Z19
+	VMOVUPS (SI)(AX*2), Z20
+	VMOVUPS (R13)(AX*2), Z21
+	VMOVUPS (BX)(AX*2), Z22
+	BYTE $0x62; BYTE $0xb2; BYTE $0x5e; BYTE $0x40; BYTE $0x52; BYTE $0xc0 // VDPBF16PS Z16, Z20, Z0
+	BYTE $0x62; BYTE $0xb2; BYTE $0x5e; BYTE $0x40; BYTE $0x52; BYTE $0xc9 // VDPBF16PS Z17, Z20, Z1
+	BYTE $0x62; BYTE $0xb2; BYTE $0x5e; BYTE $0x40; BYTE $0x52; BYTE $0xd2 // VDPBF16PS Z18, Z20, Z2
+	BYTE $0x62; BYTE $0xb2; BYTE $0x5e; BYTE $0x40; BYTE $0x52; BYTE $0xdb // VDPBF16PS Z19, Z20, Z3
+	BYTE $0x62; BYTE $0xb2; BYTE $0x56; BYTE $0x40; BYTE $0x52; BYTE $0xe0 // VDPBF16PS Z16, Z21, Z4
+	BYTE $0x62; BYTE $0xb2; BYTE $0x56; BYTE $0x40; BYTE $0x52; BYTE $0xe9 // VDPBF16PS Z17, Z21, Z5
+	BYTE $0x62; BYTE $0xb2; BYTE $0x56; BYTE $0x40; BYTE $0x52; BYTE $0xf2 // VDPBF16PS Z18, Z21, Z6
+	BYTE $0x62; BYTE $0xb2; BYTE $0x56; BYTE $0x40; BYTE $0x52; BYTE $0xfb // VDPBF16PS Z19, Z21, Z7
+	BYTE $0x62; BYTE $0x32; BYTE $0x4e; BYTE $0x40; BYTE $0x52; BYTE $0xc0 // VDPBF16PS Z16, Z22, Z8
+	BYTE $0x62; BYTE $0x32; BYTE $0x4e; BYTE $0x40; BYTE $0x52; BYTE $0xc9 // VDPBF16PS Z17, Z22, Z9
+	BYTE $0x62; BYTE $0x32; BYTE $0x4e; BYTE $0x40; BYTE $0x52; BYTE $0xd2 // VDPBF16PS Z18, Z22, Z10
+	BYTE $0x62; BYTE $0x32; BYTE $0x4e; BYTE $0x40; BYTE $0x52; BYTE $0xdb // VDPBF16PS Z19, Z22, Z11
+	ADDQ $32, AX
+	CMPQ AX, CX
+	JLT  dthreeloop
+	REDUCE_Z(Z0, Y0, 0)
+	REDUCE_Z(Z1, Y1, 4)
+	REDUCE_Z(Z2, Y2, 8)
+	REDUCE_Z(Z3, Y3, 12)
+	REDUCE_Z(Z4, Y4, 16)
+	REDUCE_Z(Z5, Y5, 20)
+	REDUCE_Z(Z6, Y6, 24)
+	REDUCE_Z(Z7, Y7, 28)
+	REDUCE_Z(Z8, Y8, 32)
+	REDUCE_Z(Z9, Y9, 36)
+	REDUCE_Z(Z10, Y10, 40)
+	REDUCE_Z(Z11, Y11, 44)
+	VZEROUPPER
+	RET
+
+dfour:
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	VPXORD Z10, Z10, Z10
+	VPXORD Z11, Z11, Z11
+	VPXORD Z12, Z12, Z12
+	VPXORD Z13, Z13, Z13
+	VPXORD Z14, Z14, Z14
+	VPXORD Z15, Z15, Z15
+dfourloop:
+	VMOVUPS (R9)(AX*2), Z16
+	VMOVUPS (R10)(AX*2), Z17
+	VMOVUPS (R11)(AX*2), Z18
+	VMOVUPS (R12)(AX*2), Z19
+	VMOVUPS (SI)(AX*2), Z20
+	VMOVUPS (R13)(AX*2), Z21
+	VMOVUPS (BX)(AX*2), Z22
+	VMOVUPS (DX)(AX*2), Z23
+	BYTE $0x62; BYTE $0xb2; BYTE $0x5e; BYTE $0x40; BYTE $0x52; BYTE $0xc0 // VDPBF16PS Z16, Z20, Z0
+	BYTE $0x62; BYTE $0xb2; BYTE $0x5e; BYTE $0x40; BYTE $0x52; BYTE $0xc9 // VDPBF16PS Z17, Z20, Z1
+	BYTE $0x62; BYTE $0xb2; BYTE $0x5e; BYTE $0x40; BYTE $0x52; BYTE $0xd2 // VDPBF16PS Z18, Z20, Z2
+	BYTE $0x62; BYTE $0xb2; BYTE $0x5e; BYTE $0x40; BYTE $0x52; BYTE $0xdb // VDPBF16PS Z19, Z20, Z3
+	BYTE $0x62; BYTE $0xb2; BYTE $0x56; BYTE $0x40; BYTE $0x52; BYTE $0xe0 // VDPBF16PS Z16, Z21, Z4
+	BYTE $0x62; BYTE $0xb2; BYTE $0x56; BYTE $0x40; BYTE $0x52; BYTE $0xe9 // VDPBF16PS Z17, Z21, Z5
+	BYTE $0x62; BYTE $0xb2; BYTE $0x56; BYTE $0x40; BYTE $0x52; BYTE $0xf2 // VDPBF16PS Z18, Z21, Z6
+	BYTE $0x62; BYTE $0xb2; BYTE $0x56; BYTE $0x40; BYTE $0x52; BYTE $0xfb // VDPBF16PS Z19, Z21, Z7
+	BYTE $0x62; BYTE $0x32; BYTE $0x4e; BYTE $0x40; BYTE $0x52; BYTE $0xc0 // VDPBF16PS Z16, Z22, Z8
+	BYTE $0x62; BYTE $0x32; BYTE $0x4e; BYTE $0x40; BYTE $0x52; BYTE $0xc9 // VDPBF16PS Z17, Z22, Z9
+	BYTE $0x62; BYTE $0x32; BYTE $0x4e; BYTE $0x40; BYTE $0x52; BYTE $0xd2 // VDPBF16PS Z18, Z22, Z10
+	BYTE $0x62; BYTE $0x32; BYTE $0x4e; BYTE $0x40; BYTE $0x52; BYTE $0xdb // VDPBF16PS Z19, Z22, Z11
+	BYTE $0x62; BYTE $0x32; BYTE $0x46; BYTE $0x40; BYTE $0x52; BYTE $0xe0 // VDPBF16PS Z16, Z23, Z12
+	BYTE $0x62; BYTE $0x32; BYTE $0x46; BYTE $0x40; BYTE $0x52; BYTE $0xe9 // VDPBF16PS Z17, Z23, Z13
+	BYTE $0x62; BYTE $0x32; BYTE $0x46; BYTE $0x40; BYTE $0x52; BYTE $0xf2 // VDPBF16PS Z18, Z23, Z14
+	BYTE $0x62; BYTE $0x32; BYTE $0x46; BYTE $0x40; BYTE $0x52; BYTE $0xfb // VDPBF16PS Z19, Z23, Z15
+	ADDQ $32, AX
+	CMPQ AX, CX
+	JLT  dfourloop
+	REDUCE_Z(Z0, Y0, 0)
+	REDUCE_Z(Z1, Y1, 4)
+	REDUCE_Z(Z2, Y2, 8)
+	REDUCE_Z(Z3, Y3, 12)
+	REDUCE_Z(Z4, Y4, 16)
+	REDUCE_Z(Z5, Y5, 20)
+	REDUCE_Z(Z6, Y6, 24)
+	REDUCE_Z(Z7, Y7, 28)
+	REDUCE_Z(Z8, Y8, 32)
+	REDUCE_Z(Z9, Y9, 36)
+	REDUCE_Z(Z10, Y10, 40)
+	REDUCE_Z(Z11, Y11, 44)
+	REDUCE_Z(Z12, Y12, 48)
+	REDUCE_Z(Z13, Y13, 52)
+	REDUCE_Z(Z14, Y14, 56)
+	REDUCE_Z(Z15, Y15, 60)
 	VZEROUPPER
 	RET

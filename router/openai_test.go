@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/grpc/codes"
 
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
 )
@@ -74,9 +76,10 @@ type completionResponse struct {
 }
 
 type apiError struct {
-	Message string `json:"message"`
-	Type    string `json:"type"`
-	Code    string `json:"code"`
+	Message string  `json:"message"`
+	Type    string  `json:"type"`
+	Param   *string `json:"param"`
+	Code    string  `json:"code"`
 }
 
 // text is the choice's text, message content or delta content.
@@ -132,24 +135,45 @@ func events(t *testing.T, body []byte) []*completionResponse {
 
 func TestHTTPModels(t *testing.T) {
 	tr := newTestRouter(t, routerOptions{})
-	resp, err := http.Get(tr.httpURL + "/v1/models")
-	if err != nil {
-		t.Fatal(err)
+	type modelJSON struct {
+		ID            string `json:"id"`
+		Object        string `json:"object"`
+		Created       int64  `json:"created"`
+		OwnedBy       string `json:"owned_by"`
+		MaxModelLen   int    `json:"max_model_len"`
+		ContextLength int    `json:"context_length"`
 	}
-	defer resp.Body.Close()
-	var got struct {
-		Object string `json:"object"`
-		Data   []struct {
-			ID      string `json:"id"`
-			Object  string `json:"object"`
-			OwnedBy string `json:"owned_by"`
-		} `json:"data"`
+	want := modelJSON{ID: "tiny", Object: "model", Created: tr.r.started.Unix(), OwnedBy: "moegrid",
+		MaxModelLen: fx.model.Config.MaxPositionEmbeddings, ContextLength: fx.model.Config.MaxPositionEmbeddings}
+	get := func(path string, v any) int {
+		t.Helper()
+		resp, err := http.Get(tr.httpURL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
-		t.Fatal(err)
+	var list struct {
+		Object string      `json:"object"`
+		Data   []modelJSON `json:"data"`
 	}
-	if resp.StatusCode != http.StatusOK || got.Object != "list" || len(got.Data) != 1 || got.Data[0].ID != "tiny" || got.Data[0].Object != "model" {
-		t.Errorf("status %d, body %+v", resp.StatusCode, got)
+	if code := get("/v1/models", &list); code != http.StatusOK || list.Object != "list" {
+		t.Errorf("status %d, object %q", code, list.Object)
+	}
+	if diff := cmp.Diff([]modelJSON{want}, list.Data); diff != "" {
+		t.Errorf("/v1/models (-want +got):\n%s", diff)
+	}
+	var one modelJSON
+	if code := get("/v1/models/tiny", &one); code != http.StatusOK || one != want {
+		t.Errorf("/v1/models/tiny: status %d, %+v", code, one)
+	}
+	var missing struct{ Error *apiError }
+	if code := get("/v1/models/other", &missing); code != http.StatusNotFound || missing.Error == nil || missing.Error.Code != "model_not_found" {
+		t.Errorf("/v1/models/other: status %d, %+v", code, missing.Error)
 	}
 }
 
@@ -203,8 +227,8 @@ func TestHTTPCompletions(t *testing.T) {
 				if f := ev.Choices[0].FinishReason; (f != nil) != last || (last && *f != "length") {
 					t.Errorf("event %d: finish_reason %v", i, f)
 				}
-				if (ev.Usage != nil) != last {
-					t.Errorf("event %d: usage %+v", i, ev.Usage)
+				if ev.Usage != nil {
+					t.Errorf("event %d: usage %+v without stream_options.include_usage", i, ev.Usage)
 				}
 				if ev.Object != "text_completion" || ev.ID != evs[0].ID {
 					t.Errorf("event %d: envelope %+v", i, ev)
@@ -285,27 +309,65 @@ func TestHTTPChat(t *testing.T) {
 func TestHTTPErrors(t *testing.T) {
 	tr := newTestRouter(t, routerOptions{})
 	user := map[string]string{"role": "user", "content": "hi"}
+	chat := func(extra map[string]any) map[string]any {
+		body := map[string]any{"messages": []any{user}}
+		maps.Copy(body, extra)
+		return body
+	}
+	cmpl := func(extra map[string]any) map[string]any {
+		body := map[string]any{"prompt": "hi"}
+		maps.Copy(body, extra)
+		return body
+	}
 	for _, tc := range []struct {
 		name    string
 		path    string
 		body    any
 		message string // in the error message
+		param   string // the error's param; "" for null
 	}{
-		{"bad JSON", "/v1/completions", `{"prompt": "hi",`, "invalid JSON"},
-		{"wrong type", "/v1/completions", `{"prompt": "hi", "max_tokens": "many"}`, "invalid JSON"},
-		{"no prompt", "/v1/completions", map[string]any{}, "prompt"},
-		{"empty id array", "/v1/completions", map[string]any{"prompt": []int{}}, "prompt"},
-		{"prompt of another type", "/v1/completions", map[string]any{"prompt": 7}, "prompt"},
-		{"n=2", "/v1/completions", map[string]any{"prompt": "hi", "n": 2}, "n 2"},
-		{"max_tokens 0", "/v1/completions", map[string]any{"prompt": "hi", "max_tokens": 0}, "max_tokens"},
-		{"top_p", "/v1/completions", map[string]any{"prompt": "hi", "top_p": 3}, "top_p"},
-		{"stop of a bad type", "/v1/completions", `{"prompt": "hi", "stop": 3}`, "invalid JSON"},
-		{"chat n=2", "/v1/chat/completions", map[string]any{"messages": []any{user}, "n": 2}, "n 2"},
-		{"no messages", "/v1/chat/completions", map[string]any{"messages": []any{}}, "messages"},
-		{"only a system message", "/v1/chat/completions", map[string]any{"messages": []any{map[string]string{"role": "system", "content": "x"}}}, "messages"},
-		{"assistant first", "/v1/chat/completions", map[string]any{"messages": []any{map[string]string{"role": "assistant", "content": "x"}}}, "messages[0].role"},
-		{"two users, after a system message", "/v1/chat/completions", map[string]any{"messages": []any{map[string]string{"role": "system", "content": "x"}, user, user}}, "messages[2].role"},
-		{"last from the assistant", "/v1/chat/completions", map[string]any{"messages": []any{user, map[string]string{"role": "assistant", "content": "x"}}}, "last message"},
+		{"bad JSON", "/v1/completions", `{"prompt": "hi",`, "invalid JSON body at byte 16", ""},
+		{"trailing data", "/v1/completions", `{"prompt": "hi"} x`, "invalid JSON body", ""},
+		{"empty body", "/v1/completions", ``, "body is empty", ""},
+		{"not an object", "/v1/completions", `[1, 2]`, "JSON array; want an object", ""},
+		{"wrong type", "/v1/completions", `{"prompt": "hi", "max_tokens": "many"}`, "max_tokens: got string, want an integer", "max_tokens"},
+		{"fraction for an integer", "/v1/completions", `{"prompt": "hi", "max_tokens": 1.5}`, "max_tokens: got number 1.5, want an integer", "max_tokens"},
+		{"nested wrong type", "/v1/chat/completions", `{"messages": [], "stream": true, "stream_options": {"include_usage": "yes"}}`, "stream_options.include_usage: got string, want a boolean", "stream_options.include_usage"},
+		{"stream of a bad type", "/v1/completions", `{"prompt": "hi", "stream": 1}`, "stream: got number, want a boolean", "stream"},
+		{"no prompt", "/v1/completions", map[string]any{}, "prompt", "prompt"},
+		{"empty id array", "/v1/completions", map[string]any{"prompt": []int{}}, "prompt", "prompt"},
+		{"prompt of another type", "/v1/completions", map[string]any{"prompt": 7}, "prompt", "prompt"},
+		{"two prompts", "/v1/completions", map[string]any{"prompt": []string{"a", "b"}}, "2 prompts", "prompt"},
+		{"n=2", "/v1/completions", cmpl(map[string]any{"n": 2}), "n 2", "n"},
+		{"best_of", "/v1/completions", cmpl(map[string]any{"best_of": 3}), "best_of 3", "best_of"},
+		{"suffix", "/v1/completions", cmpl(map[string]any{"suffix": "x"}), "suffix", "suffix"},
+		{"max_tokens 0 without echo", "/v1/completions", cmpl(map[string]any{"max_tokens": 0}), "max_tokens 0", "max_tokens"},
+		{"negative max_tokens", "/v1/completions", cmpl(map[string]any{"max_tokens": -1, "echo": true}), "max_tokens -1", "max_tokens"},
+		{"top_p", "/v1/completions", cmpl(map[string]any{"top_p": 3}), "top_p", ""},
+		{"stop of a bad type", "/v1/completions", `{"prompt": "hi", "stop": 3}`, "stop: want a string or an array of strings", "stop"},
+		{"presence_penalty", "/v1/completions", cmpl(map[string]any{"presence_penalty": 0.5}), "presence_penalty 0.5", "presence_penalty"},
+		{"frequency_penalty", "/v1/chat/completions", chat(map[string]any{"frequency_penalty": -1}), "frequency_penalty -1", "frequency_penalty"},
+		{"logit_bias", "/v1/completions", cmpl(map[string]any{"logit_bias": map[string]int{"5": -100}}), `logit_bias["5"] -100`, "logit_bias"},
+		{"logprobs past the limit", "/v1/completions", cmpl(map[string]any{"logprobs": 21}), "logprobs 21", "logprobs"},
+		{"top_logprobs without logprobs", "/v1/chat/completions", chat(map[string]any{"top_logprobs": 2}), "top_logprobs needs logprobs", "top_logprobs"},
+		{"top_logprobs past the limit", "/v1/chat/completions", chat(map[string]any{"logprobs": true, "top_logprobs": 21}), "top_logprobs 21", "top_logprobs"},
+		{"stream_options without stream", "/v1/chat/completions", `{"messages": [{"role": "user", "content": "hi"}], "stream_options": {"include_usage": true}}`, "stream_options", "stream_options"},
+		{"long user", "/v1/completions", cmpl(map[string]any{"user": strings.Repeat("u", 257)}), "user: 257 bytes", "user"},
+		{"top_k", "/v1/completions", cmpl(map[string]any{"top_k": -2}), "top_k -2", "top_k"},
+		{"tools", "/v1/chat/completions", chat(map[string]any{"tools": []any{map[string]any{"type": "function"}}}), "tools", "tools"},
+		{"JSON mode", "/v1/chat/completions", chat(map[string]any{"response_format": map[string]any{"type": "json_object"}}), `response_format "json_object"`, "response_format"},
+		{"chat max_tokens 0", "/v1/chat/completions", chat(map[string]any{"max_completion_tokens": 0}), "max_completion_tokens 0", "max_completion_tokens"},
+		{"chat n=2", "/v1/chat/completions", chat(map[string]any{"n": 2}), "n 2", "n"},
+		{"messages of a bad type", "/v1/chat/completions", `{"messages": "hi"}`, "messages: got string, want an array", "messages"},
+		{"no messages", "/v1/chat/completions", map[string]any{"messages": []any{}}, "messages", "messages"},
+		{"a message that is no object", "/v1/chat/completions", `{"messages": [3]}`, "messages[0]: want an object", "messages[0]"},
+		{"role of a bad type", "/v1/chat/completions", `{"messages": [{"role": 1, "content": "x"}]}`, "messages[0].role: want a string", "messages[0].role"},
+		{"content of a bad type", "/v1/chat/completions", `{"messages": [{"role": "user", "content": 5}]}`, "messages[0].content: want a string or an array of text parts", "messages[0].content"},
+		{"image content", "/v1/chat/completions", `{"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url"}]}]}`, `messages[0].content[1].type "image_url"`, "messages[0].content[1].type"},
+		{"only a system message", "/v1/chat/completions", map[string]any{"messages": []any{map[string]string{"role": "system", "content": "x"}}}, "messages", "messages"},
+		{"assistant first", "/v1/chat/completions", map[string]any{"messages": []any{map[string]string{"role": "assistant", "content": "x"}}}, "messages[0].role", "messages[0].role"},
+		{"two users, after a system message", "/v1/chat/completions", map[string]any{"messages": []any{map[string]string{"role": "system", "content": "x"}, user, user}}, "messages[2].role", "messages[2].role"},
+		{"last from the assistant", "/v1/chat/completions", map[string]any{"messages": []any{user, map[string]string{"role": "assistant", "content": "x"}}}, "last message", "messages"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, stream := range []bool{false, true} {
@@ -321,12 +383,67 @@ func TestHTTPErrors(t *testing.T) {
 					t.Fatalf("stream=%v: status %d, body %q: %v", stream, code, b, err)
 				}
 				if code != http.StatusBadRequest || ctype != "application/json" || got.Error == nil ||
-					got.Error.Type != "invalid_request_error" || !strings.Contains(got.Error.Message, tc.message) {
+					got.Error.Type != "invalid_request_error" || got.Error.Code != "InvalidArgument" || !strings.Contains(got.Error.Message, tc.message) {
 					t.Errorf("stream=%v: status %d %s, body %s; want 400 with an invalid_request_error naming %q", stream, code, ctype, b, tc.message)
+				}
+				if param := got.Error.Param; (param == nil) != (tc.param == "") || (param != nil && *param != tc.param) {
+					t.Errorf("stream=%v: body %s: want param %q", stream, b, tc.param)
 				}
 			}
 		})
 	}
+	if n := counterValue(t, tr.r.metrics, "http", codes.InvalidArgument); n == 0 {
+		t.Errorf("%v bad requests counted", n)
+	}
+}
+
+// A body over the limit is refused with 413 whether its length is declared
+// or not, and whatever its size.
+func TestHTTPBodyTooLarge(t *testing.T) {
+	tr := newTestRouter(t, routerOptions{})
+	for _, tc := range []struct {
+		name    string
+		size    int
+		chunked bool // no Content-Length: the limit is found while reading
+	}{
+		{"just over", maxRequestBody + 1, false},
+		{"50 MB", 50 << 20, false},
+		{"chunked", maxRequestBody + 1, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			prefix := `{"prompt": "`
+			body := io.MultiReader(strings.NewReader(prefix), io.LimitReader(repeatReader('a'), int64(tc.size-len(prefix)-2)), strings.NewReader(`"}`))
+			req, err := http.NewRequestWithContext(testContext(t), http.MethodPost, tr.httpURL+"/v1/completions", body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tc.chunked {
+				req.ContentLength = int64(tc.size)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var got struct{ Error *apiError }
+			if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != http.StatusRequestEntityTooLarge || got.Error == nil || got.Error.Code != "request_too_large" || !strings.Contains(got.Error.Message, "4 MiB") {
+				t.Errorf("status %d, error %+v; want 413 naming the limit", resp.StatusCode, got.Error)
+			}
+		})
+	}
+}
+
+// repeatReader reads as an endless run of one byte.
+type repeatReader byte
+
+func (r repeatReader) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = byte(r)
+	}
+	return len(p), nil
 }
 
 // Errors found before the first event are HTTP errors, for streams too.

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/moegrid/moegrid/model"
+	"github.com/moegrid/moegrid/model/kernel"
 	"github.com/moegrid/moegrid/model/safetensors"
 	"github.com/moegrid/moegrid/model/sample"
 	"github.com/moegrid/moegrid/model/synth"
@@ -168,5 +169,58 @@ func TestReference(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestReferenceComputeBF16 measures the opt-in BF16 compute mode against
+// the reference on the BF16 checkpoint: its logits differ by the rounding
+// of the activations (BENCHMARKS.md quotes the figures this logs), within
+// a bound that a wrong kernel would break by orders of magnitude.
+func TestReferenceComputeBF16(t *testing.T) {
+	if err := kernel.SetCompute(kernel.ComputeBF16); err != nil {
+		t.Skipf("no BF16 compute mode on this CPU: %v", err)
+	}
+	t.Cleanup(func() { kernel.SetCompute(kernel.ComputeExact) })
+	ref := loadReference(t, "tiny-seed1-bf16.json")
+	lm := loadLocal(t, checkpoint(t, ref.Checkpoint.Preset, ref.Checkpoint.Seed, safetensors.BF16, 1))
+	vocab := lm.Config.VocabSize
+	var worst float64
+	var routes, sameRoutes, greedy, sameGreedy int
+	for _, p := range ref.Prompts {
+		res, err := lm.Forward(t.Context(), lm.experts, []model.Input{{Cache: lm.NewCache(), Tokens: p.IDs, AllLogits: true}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		T := len(p.IDs)
+		for pos := range T {
+			for j, id := range p.Top10IDs[pos] {
+				worst = max(worst, math.Abs(float64(res.Logits[0][pos*vocab+id])-p.Top10Logits[pos][j]))
+			}
+		}
+		for id, want := range p.LastLogits {
+			worst = max(worst, math.Abs(float64(res.Logits[0][(T-1)*vocab+id])-want))
+		}
+		for l := range p.Experts {
+			for pos := range T {
+				routes++
+				if got := res.Routes[l][pos].Experts; slices.Equal(got, p.Experts[l][pos][:2]) {
+					sameRoutes++
+				}
+			}
+		}
+		g, err := lm.Generate(t.Context(), lm.experts, p.IDs, len(p.Greedy), true, sample.Greedy)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range p.Greedy {
+			greedy++
+			if i < len(g) && g[i] == p.Greedy[i] {
+				sameGreedy++
+			}
+		}
+	}
+	t.Logf("compute bf16: max |Δlogit| = %.3g; expert pairs %d/%d identical; greedy tokens %d/%d identical", worst, sameRoutes, routes, sameGreedy, greedy)
+	if worst > 0.5 {
+		t.Errorf("compute bf16: max |Δlogit| = %.3g, want <= 0.5", worst)
 	}
 }

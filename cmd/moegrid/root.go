@@ -8,6 +8,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/moegrid/moegrid/model/kernel"
 )
 
 func newRootCmd() *cobra.Command {
@@ -18,10 +20,15 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			return applyEnv(cmd.Flags())
+			if err := applyEnv(cmd.Flags()); err != nil {
+				return err
+			}
+			return applyCompute(cmd.Flags())
 		},
 	}
 	root.PersistentFlags().String("log-level", "info", "log level: debug, info, warn, error")
+	root.PersistentFlags().String("compute", string(kernel.ComputeExact),
+		"how matrix products treat activations: exact (float32, the reference numerics) or bf16 (BF16 weights times activations rounded to bfloat16, AVX-512 BF16; every process of a cluster must agree)")
 	for _, c := range []*cobra.Command{
 		{
 			Use:   "version",
@@ -68,6 +75,16 @@ func applyEnv(flags *pflag.FlagSet) error {
 		return fmt.Errorf("environment: %s", strings.Join(errs, "; "))
 	}
 	return nil
+}
+
+// applyCompute sets the process's compute mode from --compute and exports
+// it, so that the processes moegrid up starts run the same mode.
+func applyCompute(flags *pflag.FlagSet) error {
+	c, _ := flags.GetString("compute")
+	if err := kernel.SetCompute(kernel.Compute(c)); err != nil {
+		return fmt.Errorf("--compute: %w", err)
+	}
+	return os.Setenv("MOEGRID_COMPUTE", c)
 }
 
 // newLogger builds the process logger from --log-level; logs go to stderr as

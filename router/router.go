@@ -225,9 +225,13 @@ func (r *Router) Run(ctx context.Context) error {
 
 	r.log.Info("router up", "grpc", r.GRPCAddr(), "http", r.HTTPAddr(), "gossip", gossip.Addr(), "model", r.cfg.ModelName, "fingerprint", r.fingerprint)
 	g, gctx := errgroup.WithContext(ctx)
+	// The scheduler outlives ctx until the servers have stopped: their
+	// graceful stop waits for the streams in flight, which need it to
+	// finish (within StopTimeout) instead of failing at once.
+	schedCtx, stopSched := context.WithCancel(context.WithoutCancel(gctx))
 	g.Go(func() error { r.gossipTopo.run(gctx, st); return nil })
-	g.Go(func() error { return r.sched.Run(gctx) })
-	g.Go(func() error { return r.servers.Run(gctx) })
+	g.Go(func() error { return r.sched.Run(schedCtx) })
+	g.Go(func() error { defer stopSched(); return r.servers.Run(gctx) })
 	g.Go(func() error { r.followReadiness(gctx); return nil })
 	g.Go(func() error { r.reportLoad(gctx, loads); return nil })
 	return g.Wait()

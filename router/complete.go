@@ -121,6 +121,9 @@ func (r *Router) validate(p completionParams) (completion, error) {
 	case len(p.stop) > maxStopStrings:
 		return bad("stop: %d strings, at most %d", len(p.stop), maxStopStrings)
 	}
+	if err := r.sched.checkSize(len(prompt), maxTokens); err != nil {
+		return completion{}, err
+	}
 	for i, s := range p.stop {
 		if s == "" || len(s) > maxStopBytes {
 			return bad("stop[%d]: must be 1 to %d bytes", i, maxStopBytes)

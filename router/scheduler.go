@@ -5,7 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/moegrid/moegrid/model"
 	"github.com/moegrid/moegrid/model/sample"
@@ -28,7 +33,7 @@ const (
 	FinishLength
 )
 
-// SchedulerConfig bounds the scheduler's batches and queues.
+// SchedulerConfig bounds the scheduler's batches, queues and memory.
 type SchedulerConfig struct {
 	// MaxBatchTokens is the number of tokens one step computes, decode and
 	// prefill together.
@@ -37,6 +42,18 @@ type SchedulerConfig struct {
 	// longer prompts are prefilled over several steps so that running
 	// sequences keep decoding.
 	PrefillChunk int
+	// PrefillShare bounds the work a step spends on prompts while other
+	// sequences decode, as a multiple of the work of the step's decoding
+	// rows (see Scheduler). 1 lets prompts at most double a step's
+	// compute; more prefills faster at the decoding streams' expense.
+	// 0 means 1.
+	PrefillShare float64
+	// MaxPromptTokens is the longest prompt accepted; 0 means the model's
+	// context.
+	MaxPromptTokens int
+	// KVCacheBytes is the key/value cache memory the running sequences may
+	// reserve together; 0 means DefaultKVCacheBytes.
+	KVCacheBytes int64
 	// MaxRunning is the number of sequences decoding at once.
 	MaxRunning int
 	// MaxWaiting is the number of requests queued for a place.
@@ -45,7 +62,22 @@ type SchedulerConfig struct {
 
 // DefaultSchedulerConfig returns the local defaults.
 func DefaultSchedulerConfig() SchedulerConfig {
-	return SchedulerConfig{MaxBatchTokens: 512, PrefillChunk: 256, MaxRunning: 64, MaxWaiting: 256}
+	return SchedulerConfig{MaxBatchTokens: 512, PrefillChunk: 256, PrefillShare: 1, MaxRunning: 64, MaxWaiting: 256}
+}
+
+// Validate reports the first field out of range, naming it.
+func (c SchedulerConfig) Validate() error {
+	switch {
+	case c.MaxBatchTokens < 1 || c.PrefillChunk < 1 || c.MaxRunning < 1 || c.MaxWaiting < 1:
+		return fmt.Errorf("router: scheduler limits must be at least 1: %+v", c)
+	case math.IsNaN(c.PrefillShare) || math.IsInf(c.PrefillShare, 0) || c.PrefillShare < 0:
+		return fmt.Errorf("router: prefill share %v must be a positive number (0: the default 1)", c.PrefillShare)
+	case c.MaxPromptTokens < 0:
+		return fmt.Errorf("router: max prompt tokens %d must not be negative (0: the model's context)", c.MaxPromptTokens)
+	case c.KVCacheBytes < 0:
+		return fmt.Errorf("router: KV cache bytes %d must not be negative (0: the default)", c.KVCacheBytes)
+	}
+	return nil
 }
 
 // Request is one sequence to generate.
@@ -85,10 +117,14 @@ type sequence struct {
 	ctx       context.Context
 	req       Request
 	cache     *model.Cache
-	prefilled int // prompt tokens in the cache
+	reserve   int64 // KV cache bytes the sequence holds once admitted
+	prefilled int   // prompt tokens in the cache
 	generated int
 	last      int // last sampled token, the next step's input
 	events    chan Event
+	// submitted, admitted and lastToken time the request for the latency
+	// metrics.
+	submitted, admitted, lastToken time.Time
 	// promptLogprobs gathers the prompt's log-probabilities chunk by chunk
 	// until the first token's event carries them.
 	promptLogprobs []TokenLogprob
@@ -97,6 +133,36 @@ type sequence struct {
 // Scheduler runs continuous batching: every step computes one token of each
 // running sequence plus chunks of the prompts being prefilled, so new
 // requests join without waiting for others to finish.
+//
+// Fairness: a step costs what its rows cost, and a prompt token's cost grows
+// with the context it attends to (a chunk of n tokens after c cached ones
+// attends to n·c + n(n+1)/2 positions in every layer). The scheduler counts
+// a step's work in multiply-adds from the model's shapes: per row the
+// attention projections, the gate and the chosen experts; per row with
+// logits the lm_head; per attended position the query·key and weight·value
+// products. Its rule:
+//
+//   - every sequence that is decoding gets one token every step (within
+//     MaxBatchTokens);
+//   - prompts are prefilled in admission order in what the step has left:
+//     at most PrefillChunk tokens each, MaxBatchTokens in all, and, while
+//     any sequence decodes, work of at most PrefillShare times the decoding
+//     rows' work; a long-context chunk shrinks until it fits;
+//   - the oldest prompt gets at least one token a step, so every prompt
+//     progresses;
+//   - with nothing decoding no one waits on the step, and prompts take the
+//     token limits alone.
+//
+// So a prompt arriving at most doubles (by default) the compute of the
+// steps that carry the running streams' tokens, whatever its length; a long
+// prompt spreads over as many steps as that takes.
+//
+// Admission: a request reserves the KV cache bytes of its prompt and
+// max_tokens (model.Config: layers × 2 × kv_dim × 4 bytes a token) when it
+// is admitted, and is admitted in arrival order while the reservations fit
+// in KVCacheBytes and fewer than MaxRunning sequences run; the others wait,
+// up to MaxWaiting. A sequence's bytes return when it ends, is cancelled or
+// fails.
 type Scheduler struct {
 	cfg      SchedulerConfig
 	model    *model.Model
@@ -104,6 +170,13 @@ type Scheduler struct {
 	log      *slog.Logger
 	onRoutes func([][]model.Route)
 	metrics  *metrics
+	cost     workModel
+	// kvPerToken is the KV cache bytes of one token, kvBudget the bytes all
+	// running sequences may reserve; reserved (owned by Run) what they do.
+	kvPerToken, kvBudget, reserved int64
+	// onStep, if not nil, observes every computed step from the scheduler
+	// goroutine.
+	onStep func(stepWork)
 
 	submit chan *sequence
 	// mu serialises Submit against the end of Run, so that no request is
@@ -115,9 +188,21 @@ type Scheduler struct {
 	waiting int  // protected by mu; requests Run took from submit and has not admitted
 }
 
+// stepWork is what one step computed.
+type stepWork struct {
+	decoding      int   // sequences given a token
+	decodeWork    int64 // multiply-adds of the decoding rows
+	prefillTokens int
+	prefillWork   int64 // multiply-adds of the prompt chunks
+	prefillBudget int64 // the bound on prefillWork; math.MaxInt64 with nothing decoding
+	attention     int64 // positions attended per layer, all rows
+	reserved      int64 // KV cache bytes reserved by the running sequences
+}
+
 // NewScheduler returns a scheduler; Run drives it. onRoutes, if not nil, is
 // called from the scheduler goroutine with every step's routes. A nil log
-// discards; nil metrics are kept unregistered.
+// discards; nil metrics are kept unregistered. Zero fields of cfg take
+// their defaults (see SchedulerConfig).
 func NewScheduler(cfg SchedulerConfig, m *model.Model, experts model.Experts, log *slog.Logger, met *metrics, onRoutes func([][]model.Route)) *Scheduler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -125,25 +210,77 @@ func NewScheduler(cfg SchedulerConfig, m *model.Model, experts model.Experts, lo
 	if met == nil {
 		met = newMetrics(nil)
 	}
-	return &Scheduler{
-		cfg:      cfg,
-		model:    m,
-		experts:  experts,
-		log:      log,
-		onRoutes: onRoutes,
-		metrics:  met,
-		submit:   make(chan *sequence, cfg.MaxWaiting),
+	if cfg.PrefillShare == 0 {
+		cfg.PrefillShare = 1
 	}
+	if cfg.MaxPromptTokens == 0 {
+		cfg.MaxPromptTokens = m.Config.MaxPositionEmbeddings
+	}
+	if cfg.KVCacheBytes == 0 {
+		cfg.KVCacheBytes = DefaultKVCacheBytes()
+	}
+	met.kvBudget.Set(float64(cfg.KVCacheBytes))
+	return &Scheduler{
+		cfg:        cfg,
+		model:      m,
+		experts:    experts,
+		log:        log,
+		onRoutes:   onRoutes,
+		metrics:    met,
+		cost:       newWorkModel(&m.Config),
+		kvPerToken: kvBytesPerToken(&m.Config),
+		kvBudget:   cfg.KVCacheBytes,
+		submit:     make(chan *sequence, cfg.MaxWaiting),
+	}
+}
+
+// kvBytesPerToken is the KV cache memory of one token: a float32 key and
+// value of kv_dim for every layer.
+func kvBytesPerToken(c *model.Config) int64 {
+	return int64(c.NumHiddenLayers) * 2 * int64(c.KVDim()) * 4
+}
+
+// kvReserve is the KV cache bytes a request reserves: its prompt and
+// max_tokens, at most the model's context.
+func (s *Scheduler) kvReserve(promptTokens, maxTokens int) int64 {
+	n := min(int64(promptTokens)+int64(max(maxTokens, 0)), int64(s.model.Config.MaxPositionEmbeddings))
+	return n * s.kvPerToken
+}
+
+// checkSize reports, wrapping ErrInvalid, a request that could never be
+// served: a prompt past MaxPromptTokens, or one whose KV cache reservation
+// exceeds the whole budget. Field names are the APIs'.
+func (s *Scheduler) checkSize(promptTokens, maxTokens int) error {
+	if promptTokens > s.cfg.MaxPromptTokens {
+		return fmt.Errorf("%w: prompt: %d tokens, at most %d (max prompt tokens)", ErrInvalid, promptTokens, s.cfg.MaxPromptTokens)
+	}
+	if need := s.kvReserve(promptTokens, maxTokens); need > s.kvBudget {
+		return fmt.Errorf("%w: max_tokens: the %d-token prompt and %d tokens need %d bytes of KV cache, more than the router's whole budget of %d",
+			ErrInvalid, promptTokens, maxTokens, need, s.kvBudget)
+	}
+	return nil
 }
 
 // Submit queues a request. Its events arrive on the returned channel, which
 // is closed after the last one. Cancelling ctx ends the sequence and frees
-// its cache at the next step boundary.
+// its cache at the next step boundary. Errors: ErrInvalid for a request that
+// could never be served (no prompt, logprobs out of range, a prompt past
+// MaxPromptTokens, a KV reservation past the whole budget), ErrQueueFull,
+// ErrStopped.
 func (s *Scheduler) Submit(ctx context.Context, req Request) (<-chan Event, error) {
-	if req.Logprobs < 0 || req.Logprobs > MaxLogprobs {
+	switch {
+	case len(req.Prompt) == 0:
+		return nil, fmt.Errorf("%w: prompt: no tokens", ErrInvalid)
+	case req.Logprobs < 0 || req.Logprobs > MaxLogprobs:
 		return nil, fmt.Errorf("%w: logprobs %d must be in [0, %d]", ErrInvalid, req.Logprobs, MaxLogprobs)
 	}
-	seq := &sequence{ctx: ctx, req: req, events: make(chan Event, req.MaxTokens+1)}
+	if err := s.checkSize(len(req.Prompt), req.MaxTokens); err != nil {
+		return nil, err
+	}
+	seq := &sequence{
+		ctx: ctx, req: req, events: make(chan Event, req.MaxTokens+1),
+		reserve: s.kvReserve(len(req.Prompt), req.MaxTokens), submitted: time.Now(),
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -204,16 +341,22 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		}
 		waiting = s.dropCancelled(waiting)
 		running = s.dropCancelled(running)
-		for len(waiting) > 0 && len(running) < s.cfg.MaxRunning {
+		// In arrival order: a large request at the head waits for room
+		// rather than being overtaken for ever by smaller ones.
+		for len(waiting) > 0 && len(running) < s.cfg.MaxRunning && s.reserved+waiting[0].reserve <= s.kvBudget {
 			q := waiting[0]
 			waiting = waiting[1:]
 			q.cache = s.model.NewCache()
+			s.reserved += q.reserve
+			q.admitted = time.Now()
+			s.metrics.queueTime.Observe(q.admitted.Sub(q.submitted).Seconds())
 			running = append(running, q)
 		}
 		s.waiting = len(waiting)
 		s.mu.Unlock()
 		s.metrics.running.Set(float64(len(running)))
 		s.metrics.waiting.Set(float64(len(waiting)))
+		s.metrics.kvUsed.Set(float64(s.reserved))
 		if len(running) == 0 {
 			continue
 		}
@@ -237,32 +380,72 @@ func (s *Scheduler) dropCancelled(seqs []*sequence) []*sequence {
 	return kept
 }
 
+// end sends a sequence's last event and returns its KV cache bytes.
 func (s *Scheduler) end(q *sequence, ev Event) {
-	q.cache = nil
+	if q.cache != nil {
+		q.cache = nil
+		s.reserved -= q.reserve
+		s.metrics.kvUsed.Set(float64(s.reserved))
+	}
+	s.metrics.duration.Observe(time.Since(q.submitted).Seconds())
 	q.events <- ev
 	close(q.events)
 }
 
 // step computes one batch: a token for every decoding sequence, then prompt
-// chunks within the token budget. It returns the sequences still running.
+// chunks within the step's budgets (see Scheduler). It returns the sequences
+// still running.
 func (s *Scheduler) step(ctx context.Context, running []*sequence) []*sequence {
-	budget := s.cfg.MaxBatchTokens
+	rows := s.cfg.MaxBatchTokens
 	var inputs []model.Input
 	var members []*sequence
+	var w stepWork
 	for _, q := range running {
-		if q.prefilled == len(q.req.Prompt) && budget > 0 {
+		if q.prefilled == len(q.req.Prompt) && rows > 0 {
 			inputs = append(inputs, model.Input{Cache: q.cache, Tokens: []int{q.last}})
 			members = append(members, q)
-			budget--
+			rows--
+			w.decoding++
+			w.decodeWork += s.cost.work(q.cache.Len(), 1, 1)
+			w.attention += s.cost.attended(q.cache.Len(), 1)
 		}
 	}
+	w.prefillBudget = math.MaxInt64
+	if w.decoding > 0 {
+		w.prefillBudget = int64(min(s.cfg.PrefillShare*float64(w.decodeWork), math.MaxInt64/2))
+	}
+	oldest := true
 	for _, q := range running {
-		if rest := len(q.req.Prompt) - q.prefilled; rest > 0 && budget > 0 {
-			n := min(rest, s.cfg.PrefillChunk, budget)
-			inputs = append(inputs, model.Input{Cache: q.cache, Tokens: q.req.Prompt[q.prefilled : q.prefilled+n], AllLogits: q.req.PromptLogprobs})
-			members = append(members, q)
-			budget -= n
+		rest := len(q.req.Prompt) - q.prefilled
+		if rest <= 0 || rows <= 0 {
+			continue
 		}
+		c := q.cache.Len()
+		logitRows := func(n int) int {
+			switch {
+			case q.req.PromptLogprobs:
+				return n
+			case n == rest:
+				return 1
+			}
+			return 0
+		}
+		n := s.cost.fit(min(rest, s.cfg.PrefillChunk, rows), w.prefillBudget-w.prefillWork, func(n int) int64 {
+			return s.cost.work(c, n, logitRows(n))
+		})
+		if n == 0 && oldest {
+			n = 1
+		}
+		oldest = false
+		if n == 0 {
+			continue
+		}
+		inputs = append(inputs, model.Input{Cache: q.cache, Tokens: q.req.Prompt[q.prefilled : q.prefilled+n], AllLogits: q.req.PromptLogprobs})
+		members = append(members, q)
+		rows -= n
+		w.prefillTokens += n
+		w.prefillWork += s.cost.work(c, n, logitRows(n))
+		w.attention += s.cost.attended(c, n)
 	}
 	res, err := s.model.Forward(ctx, s.experts, inputs)
 	if err != nil {
@@ -288,7 +471,14 @@ func (s *Scheduler) step(ctx context.Context, running []*sequence) []*sequence {
 	if s.onRoutes != nil {
 		s.onRoutes(res.Routes)
 	}
-	s.metrics.stepTokens.Observe(float64(s.cfg.MaxBatchTokens - budget))
+	s.metrics.countRoutes(res.Routes)
+	s.metrics.stepTokens.Observe(float64(s.cfg.MaxBatchTokens - rows))
+	s.metrics.promptTokens.Add(float64(w.prefillTokens))
+	if s.onStep != nil {
+		w.reserved = s.reserved
+		s.onStep(w)
+	}
+	now := time.Now()
 	done := map[*sequence]bool{}
 	for i, q := range members {
 		logits := res.Logits[i]
@@ -317,6 +507,13 @@ func (s *Scheduler) step(ctx context.Context, running []*sequence) []*sequence {
 		if q.req.PromptLogprobs && q.generated == 1 {
 			ev.PromptLogprobs, q.promptLogprobs = q.promptLogprobs, nil
 		}
+		if q.generated == 1 {
+			s.metrics.prefillTime.Observe(now.Sub(q.admitted).Seconds())
+			s.metrics.ttft.Observe(now.Sub(q.submitted).Seconds())
+		} else {
+			s.metrics.tpot.Observe(now.Sub(q.lastToken).Seconds())
+		}
+		q.lastToken = now
 		q.events <- ev
 		switch {
 		case tok == s.model.Config.EOSTokenID && !q.req.IgnoreEOS:
@@ -353,4 +550,100 @@ func (q *sequence) gatherPromptLogprobs(logits []float32, n, vocab int) {
 		}
 		q.promptLogprobs = append(q.promptLogprobs, logprobOf(logits[r*vocab:(r+1)*vocab], q.req.Prompt[next], q.req.Logprobs))
 	}
+}
+
+// workModel prices a step's rows in multiply-adds, from the model's shapes:
+// what the scheduler's fairness rule counts.
+type workModel struct {
+	row    int64 // every row: attention projections, gate, the chosen experts, all layers
+	logits int64 // a row with logits: lm_head
+	pair   int64 // one attended position, all layers: q·k and the weighted v of every head
+	window int64 // the sliding window, 0 without one
+}
+
+func newWorkModel(c *model.Config) workModel {
+	H, q, kv := int64(c.HiddenSize), int64(c.QDim()), int64(c.KVDim())
+	layer := H*(q+2*kv) + q*H + H*int64(c.NumLocalExperts) + int64(c.NumExpertsPerTok)*3*H*int64(c.IntermediateSize)
+	w := workModel{
+		row:    int64(c.NumHiddenLayers) * layer,
+		logits: H * int64(c.VocabSize),
+		pair:   int64(c.NumHiddenLayers) * 2 * q,
+	}
+	if c.SlidingWindow != nil {
+		w.window = int64(*c.SlidingWindow)
+	}
+	return w
+}
+
+// attended is the number of positions n tokens after c cached ones attend
+// to in each layer: the token at position p sees p+1 of them, at most the
+// sliding window.
+func (w workModel) attended(c, n int) int64 {
+	a, b := int64(c)+1, int64(c)+int64(n) // the first and last token's counts
+	sum := func(a, b int64) int64 { return (a + b) * (b - a + 1) / 2 }
+	switch {
+	case n <= 0:
+		return 0
+	case w.window == 0 || b <= w.window:
+		return sum(a, b)
+	case a > w.window:
+		return int64(n) * w.window
+	}
+	return sum(a, w.window) + (b-w.window)*w.window
+}
+
+// work is the multiply-adds of n tokens after c cached ones, logitRows of
+// them with logits.
+func (w workModel) work(c, n, logitRows int) int64 {
+	return int64(n)*w.row + int64(logitRows)*w.logits + w.attended(c, n)*w.pair
+}
+
+// fit returns the largest n in [0, most] whose cost(n), increasing in n, is
+// at most budget.
+func (w workModel) fit(most int, budget int64, cost func(n int) int64) int {
+	lo, hi := 0, most // cost(lo) fits; the answer is in [lo, hi]
+	for lo < hi {
+		mid := (lo + hi + 1) / 2
+		if cost(mid) <= budget {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	return lo
+}
+
+// DefaultKVCacheBytes is the KV cache budget of a router that sets none: a
+// quarter of the machine's memory (of the cgroup's limit, if lower, as in a
+// container), leaving the rest to the router's weights and everything
+// else; 4 GiB where neither can be read.
+func DefaultKVCacheBytes() int64 {
+	const fallback = 4 << 30
+	total := memTotal()
+	if total <= 0 {
+		return fallback
+	}
+	return total / 4
+}
+
+// memTotal is the memory this process may use: MemTotal of /proc/meminfo,
+// or the cgroup v2 memory.max when lower; 0 when unknown.
+func memTotal() int64 {
+	var total int64
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for line := range strings.Lines(string(b)) {
+			if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+				if kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64); err == nil {
+					total = kb << 10
+				}
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/sys/fs/cgroup/memory.max"); err == nil {
+		if lim, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil && lim > 0 && (total == 0 || lim < total) {
+			total = lim
+		}
+	}
+	return total
 }

@@ -31,6 +31,9 @@ func newRouterCmd() *cobra.Command {
 			default:
 				return fmt.Errorf("--wire-dtype %q: want f32 or bf16", wire)
 			}
+			if err := cfg.Scheduler.Validate(); err != nil {
+				return err
+			}
 			cfg.EtcdEndpoints, cfg.Prefix = cf.etcd, cf.prefix
 			cfg.GossipAddr, cfg.GossipAdvertise, cfg.Join = cf.gossipAddr, cf.gossipAdvertise, cf.join
 			r, err := router.New(cfg, log, newRegistry())
@@ -52,6 +55,9 @@ func newRouterCmd() *cobra.Command {
 	f.DurationVar(&cfg.Dispatch.WaitForHolder, "wait-for-holder", cfg.Dispatch.WaitForHolder, "how long a step waits for an expert with no live holder before failing UNAVAILABLE")
 	f.IntVar(&cfg.Scheduler.MaxBatchTokens, "max-batch-tokens", cfg.Scheduler.MaxBatchTokens, "tokens per scheduler step, decode and prefill together")
 	f.IntVar(&cfg.Scheduler.PrefillChunk, "prefill-chunk", cfg.Scheduler.PrefillChunk, "most prompt tokens of one sequence per step")
+	f.Float64Var(&cfg.Scheduler.PrefillShare, "prefill-share", cfg.Scheduler.PrefillShare, "work a step may spend on prompts while others decode, as a multiple of the decoding rows' work (1: a prompt at most doubles a step)")
+	f.IntVar(&cfg.Scheduler.MaxPromptTokens, "max-prompt-tokens", cfg.Scheduler.MaxPromptTokens, "longest prompt accepted, in tokens; longer is INVALID_ARGUMENT (0: the model's context)")
+	f.Int64Var(&cfg.Scheduler.KVCacheBytes, "kv-cache-bytes", cfg.Scheduler.KVCacheBytes, "KV cache memory the running sequences may reserve, prompt + max_tokens each (0: a quarter of the machine's or cgroup's memory)")
 	f.IntVar(&cfg.Scheduler.MaxRunning, "max-running", cfg.Scheduler.MaxRunning, "sequences decoding at once")
 	f.IntVar(&cfg.Scheduler.MaxWaiting, "max-waiting", cfg.Scheduler.MaxWaiting, "requests queued before RESOURCE_EXHAUSTED")
 	f.IntVar(&cfg.DefaultMaxTokens, "default-max-tokens", cfg.DefaultMaxTokens, "max_tokens of requests that give none")

@@ -1,0 +1,199 @@
+package router
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/moegrid/moegrid/model"
+)
+
+func TestWorkModelAttended(t *testing.T) {
+	// By the definition: the token at position p attends to p+1 positions,
+	// at most the window.
+	loop := func(window, c, n int) int64 {
+		var sum int64
+		for p := c; p < c+n; p++ {
+			a := int64(p + 1)
+			if window > 0 {
+				a = min(a, int64(window))
+			}
+			sum += a
+		}
+		return sum
+	}
+	for _, window := range []int{0, 1, 7, 64} {
+		cfg := fx.model.Config
+		if window > 0 {
+			cfg.SlidingWindow = &window
+		}
+		w := newWorkModel(&cfg)
+		for _, c := range []int{0, 1, 5, 6, 7, 63, 64, 100, 30000} {
+			for _, n := range []int{0, 1, 2, 8, 57, 256} {
+				if got, want := w.attended(c, n), loop(window, c, n); got != want {
+					t.Errorf("window %d: attended(%d, %d) = %d, want %d", window, c, n, got, want)
+				}
+			}
+		}
+	}
+}
+
+func TestWorkModelFit(t *testing.T) {
+	w := newWorkModel(&fx.model.Config)
+	for _, tc := range []struct {
+		name   string
+		c      int
+		most   int
+		budget int64
+	}{
+		{"nothing fits", 0, 256, w.row - 1},
+		{"one token", 0, 256, w.row + w.pair},
+		{"all fit", 0, 16, 1 << 62},
+		{"long context", 30000, 256, 20 * w.row},
+		{"most 0", 10, 0, 1 << 62},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cost := func(n int) int64 { return w.work(tc.c, n, 0) }
+			n := w.fit(tc.most, tc.budget, cost)
+			if n < 0 || n > tc.most || (n > 0 && cost(n) > tc.budget) {
+				t.Fatalf("fit = %d: outside [0, %d] or over the budget", n, tc.most)
+			}
+			if n < tc.most && cost(n+1) <= tc.budget {
+				t.Errorf("fit = %d, but %d tokens fit too", n, n+1)
+			}
+		})
+	}
+}
+
+// At the scale, a 30 000-token prompt near the end of its prefill
+// beside decoding streams: the chunk the rule gives keeps the step within
+// twice the decoding rows' work where the old fixed 256-token chunk
+// multiplied it by hundreds. One token is the least a prompt can progress
+// by; with the tiny model (whose decode rows are cheap next to its attention
+// at long context) and a single stream, one token already costs more than the
+// share, and the step carries it anyway.
+func TestFairChunkAtLongContext(t *testing.T) {
+	w := newWorkModel(&fx.model.Config)
+	const decodeContext, c = 40, 29000
+	for _, tc := range []struct {
+		decoders int
+		want     int // tokens that fit the share
+	}{
+		{1, 0},
+		{4, 1},
+		{16, 4},
+	} {
+		decodeWork := int64(tc.decoders) * w.work(decodeContext, 1, 1)
+		budget := int64(DefaultSchedulerConfig().PrefillShare * float64(decodeWork))
+		n := w.fit(256, budget, func(n int) int64 { return w.work(c, n, 0) })
+		if n != tc.want {
+			t.Errorf("%d decoders: chunk %d at context %d, want %d", tc.decoders, n, c, tc.want)
+		}
+		step := float64(decodeWork+w.work(c, max(n, 1), 0)) / float64(decodeWork)
+		old := float64(decodeWork+w.work(c, 256, 0)) / float64(decodeWork)
+		t.Logf("%2d decoders at context %d: chunk %d, step work %.2f× the decode-only step (a 256-token chunk: %.0f×)", tc.decoders, c, max(n, 1), step, old)
+		if n > 0 && step > 2 || old < 50 {
+			t.Errorf("%d decoders: step work %.2f× (want ≤ 2), old rule %.0f× (want ≥ 50)", tc.decoders, step, old)
+		}
+	}
+}
+
+// A long prompt arriving beside decoding streams is prefilled over many
+// steps; every one of them gives each stream its token, and none carries
+// prompt work past the budget, so the steps that carry the streams' tokens
+// at most double in work (the default PrefillShare). The prompt's chunks
+// shrink as its context grows.
+func TestSchedulerLongPromptFair(t *testing.T) {
+	ctx := testContext(t)
+	const decoders = 3
+	const long = 1500
+	prompt := make([]int, long)
+	for i := range prompt {
+		prompt[i] = 1 + (i*7919)%(fx.model.Config.VocabSize-1)
+	}
+
+	var phase atomic.Bool // set while the long prompt is being prefilled
+	var mu sync.Mutex
+	var steps []stepWork
+	cfg := DefaultSchedulerConfig()
+	s, met := newScheduler(cfg, fx.model, fx.experts)
+	s.onStep = func(w stepWork) {
+		if phase.Load() {
+			mu.Lock()
+			defer mu.Unlock()
+			steps = append(steps, w)
+		}
+	}
+	runScheduler(t, s)
+
+	streamCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var streams []<-chan Event
+	for i, p := range prompts(decoders) {
+		events, err := s.Submit(streamCtx, Request{Prompt: p, MaxTokens: 20000, IgnoreEOS: true, Sampler: greedy()})
+		if err != nil {
+			t.Fatalf("Submit %d: %v", i, err)
+		}
+		nextToken(t, ctx, events) // decoding
+		streams = append(streams, events)
+	}
+	phase.Store(true)
+	events, err := s.Submit(ctx, Request{Prompt: prompt, MaxTokens: 1, Sampler: greedy()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	toks, end := collect(t, ctx, events)
+	phase.Store(false)
+	if len(toks) != 1 || end.Finish != FinishLength {
+		t.Fatalf("long prompt: %d tokens, end %+v", len(toks), end)
+	}
+	cancel()
+	for _, events := range streams {
+		collect(t, ctx, events)
+	}
+	idle(t, met)
+
+	mu.Lock()
+	defer mu.Unlock()
+	var prefilled int
+	var chunks []int
+	var worst float64
+	for i, w := range steps {
+		if w.decoding != decoders {
+			t.Errorf("step %d gave %d streams a token, want all %d", i, w.decoding, decoders)
+		}
+		if w.prefillTokens == 0 {
+			continue
+		}
+		prefilled += w.prefillTokens
+		chunks = append(chunks, w.prefillTokens)
+		if w.prefillBudget != int64(cfg.PrefillShare*float64(w.decodeWork)) {
+			t.Errorf("step %d: prefill budget %d, want %v × the decode work %d", i, w.prefillBudget, cfg.PrefillShare, w.decodeWork)
+		}
+		// With these sizes one prompt token always fits, so no step needs
+		// the one-token exception.
+		if w.prefillWork > w.prefillBudget {
+			t.Errorf("step %d: %d prompt tokens of work %d, over the budget %d", i, w.prefillTokens, w.prefillWork, w.prefillBudget)
+		}
+		worst = max(worst, float64(w.decodeWork+w.prefillWork)/float64(w.decodeWork))
+	}
+	if prefilled != long {
+		t.Errorf("prefilled %d prompt tokens in the recorded steps, want %d", prefilled, long)
+	}
+	if len(chunks) < 2 || chunks[0] <= chunks[len(chunks)-2] {
+		t.Errorf("chunks %v: want them to shrink as the context grows", chunks)
+	}
+	t.Logf("%d-token prompt over %d steps, chunks %d → %d tokens, worst step %.2f× the decode-only work", long, len(chunks), chunks[0], chunks[len(chunks)-2], worst)
+}
+
+// The scheduler's work model prices what model.Forward computes: a
+// prompt's prefill costs more per token the longer its context.
+func TestWorkModelPrompts(t *testing.T) {
+	w := newWorkModel(&fx.model.Config)
+	var _ model.Config = fx.model.Config
+	short, long := w.work(0, 16, 0), w.work(20000, 16, 0)
+	if long <= 10*short {
+		t.Errorf("16 tokens after 20000 cost %d, after none %d: attention should dominate", long, short)
+	}
+}

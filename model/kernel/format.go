@@ -56,6 +56,11 @@ var formats = map[Format]formatSpec{
 	F32:  {blockSize: 1, blockBytes: 4, new: newF32Matrix},
 	BF16: {blockSize: 1, blockBytes: 2, new: newBF16Matrix},
 	F16:  {blockSize: 1, blockBytes: 2, new: newF16Matrix},
+	Q8_0: q8_0.spec(),
+	Q4_0: q4_0.spec(),
+	Q4_K: q4_K.spec(),
+	Q5_K: q5_K.spec(),
+	Q6_K: q6_K.spec(),
 }
 
 // Formats lists the supported formats.

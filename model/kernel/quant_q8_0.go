@@ -1,0 +1,47 @@
+package kernel
+
+// q8_0 is GGML's block_q8_0: an F16 scale d, then 32 int8 values q;
+// v = q·d.
+var q8_0 = quantFormat{
+	format:     Q8_0,
+	blockSize:  32,
+	blockBytes: 2 + 32,
+	dequantize: dequantizeQ8_0,
+	quantize:   quantizeQ8_0,
+}
+
+func dequantizeQ8_0(dst []float32, b []byte) {
+	d := halfAt(b)
+	q := b[2:34]
+	dst = dst[:32]
+	for i := range dst {
+		dst[i] = float32(int8(q[i])) * d
+	}
+}
+
+// quantizeQ8_0 scales the block's largest magnitude to 127 and rounds
+// half away from zero, as quantize_row_q8_0_ref does.
+func quantizeQ8_0(dst []byte, x []float32) {
+	_, amax := maxAbs(x[:32])
+	d := amax / 127
+	var id float32
+	if d != 0 {
+		id = 1 / d
+	}
+	putHalf(dst, d)
+	for i, v := range x[:32] {
+		dst[2+i] = byte(int8(roundAway(v * id)))
+	}
+}
+
+// roundAway is C's roundf: to nearest, ties away from zero.
+func roundAway(f float32) float32 {
+	t := float32(int32(f)) // truncation; |f| ≤ 128 here
+	if abs32(f-t) >= 0.5 {
+		if f > 0 {
+			return t + 1
+		}
+		return t - 1
+	}
+	return t
+}

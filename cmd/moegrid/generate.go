@@ -10,6 +10,10 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
 )
@@ -26,7 +30,7 @@ func newGenerateCmd() *cobra.Command {
 		timeout           time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   `generate [--addr HOST:PORT] "prompt" | --ids 1,415`,
+		Use:   `generate [--addr HOST:PORT[,HOST:PORT...]] "prompt" | --ids 1,415`,
 		Short: "Stream a completion from a router (the one `moegrid up` started when --addr is not given)",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -59,33 +63,21 @@ func newGenerateCmd() *cobra.Command {
 			if output != "text" && output != "json" {
 				return fmt.Errorf("--output %q: want text or json", output)
 			}
-			conn, err := dialRouter(addr)
+			addrs, err := routerAddrs(addr)
 			if err != nil {
 				return err
 			}
-			defer conn.Close()
 			ctx := cmd.Context()
 			if timeout > 0 {
 				var cancel func()
 				ctx, cancel = context.WithTimeout(ctx, timeout)
 				defer cancel()
 			}
-			stream, err := moegridv1.NewGenerationClient(conn).Generate(ctx, req)
-			if err != nil {
-				return err
-			}
 			out := cmd.OutOrStdout()
 			var got []int
 			var text strings.Builder
 			var last *moegridv1.GenerateResponse
-			for {
-				msg, err := stream.Recv()
-				if errors.Is(err, io.EOF) {
-					break
-				}
-				if err != nil {
-					return err
-				}
+			err = generateFailover(ctx, addrs, req, cmd.ErrOrStderr(), func(msg *moegridv1.GenerateResponse) {
 				for _, id := range msg.TokenIds {
 					got = append(got, int(id))
 				}
@@ -96,6 +88,9 @@ func newGenerateCmd() *cobra.Command {
 				if msg.FinishReason != moegridv1.FinishReason_FINISH_REASON_UNSPECIFIED {
 					last = msg
 				}
+			})
+			if err != nil {
+				return err
 			}
 			if output == "json" {
 				if got == nil {
@@ -117,7 +112,7 @@ func newGenerateCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&addr, "addr", "", "router gRPC address (default: the router of the running `moegrid up`)")
+	f.StringVar(&addr, "addr", "", "router gRPC addresses, comma separated: a request that fails UNAVAILABLE before its first token goes to the next (default: the router of the running `moegrid up`)")
 	f.StringVar(&ids, "ids", "", "prompt as token ids, comma separated, used as given")
 	f.Uint32Var(&maxTokens, "max-tokens", 64, "tokens to generate at most")
 	f.Float32Var(&temperature, "temperature", 0, "sampling temperature; 0 is greedy")
@@ -129,4 +124,52 @@ func newGenerateCmd() *cobra.Command {
 	f.StringVar(&output, "output", "text", "text (stream the text) or json ({\"ids\": [...], \"text\": ...})")
 	f.DurationVar(&timeout, "timeout", 5*time.Minute, "request deadline")
 	return cmd
+}
+
+// generateFailover streams req from the first router in addrs that takes
+// it, calling onMsg for every response. A router that fails the call with
+// UNAVAILABLE before it has sent anything (down, stopping, or unable to
+// reach its experts) has produced nothing, so the request goes to the next
+// one; once a response has arrived, a failure is returned as it is, since a
+// second router would repeat tokens already delivered.
+func generateFailover(ctx context.Context, addrs []string, req *moegridv1.GenerateRequest, warn io.Writer, onMsg func(*moegridv1.GenerateResponse)) error {
+	var err error
+	for i, addr := range addrs {
+		var started bool
+		started, err = generateOnce(ctx, addr, req, onMsg)
+		if err == nil || started || status.Code(err) != codes.Unavailable || ctx.Err() != nil {
+			break
+		}
+		if i+1 < len(addrs) {
+			fmt.Fprintf(warn, "router %s: %v; trying %s\n", addr, status.Convert(err).Message(), addrs[i+1])
+		}
+	}
+	return err
+}
+
+// generateOnce streams req from the router at addr; started reports whether
+// any response arrived.
+func generateOnce(ctx context.Context, addr string, req *moegridv1.GenerateRequest, onMsg func(*moegridv1.GenerateResponse)) (started bool, err error) {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return false, fmt.Errorf("router %s: %w", addr, err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := moegridv1.NewGenerationClient(conn).Generate(ctx, req)
+	if err != nil {
+		return false, err
+	}
+	for {
+		msg, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return started, nil
+		}
+		if err != nil {
+			return started, err
+		}
+		started = true
+		onMsg(msg)
+	}
 }

@@ -102,6 +102,7 @@ func (r Result) Err() error {
 
 // Percentiles of a sample.
 type Percentiles struct {
+	Min float64 `json:"min"`
 	P50 float64 `json:"p50"`
 	P90 float64 `json:"p90"`
 	P99 float64 `json:"p99"`
@@ -114,7 +115,7 @@ func percentiles(xs []float64) Percentiles {
 	}
 	slices.Sort(xs)
 	at := func(q float64) float64 { return xs[min(len(xs)-1, int(q*float64(len(xs))))] }
-	return Percentiles{P50: at(0.5), P90: at(0.9), P99: at(0.99), Max: xs[len(xs)-1]}
+	return Percentiles{Min: xs[0], P50: at(0.5), P90: at(0.9), P99: at(0.99), Max: xs[len(xs)-1]}
 }
 
 // arrival is one piece of a stream: n tokens at seconds since the run began.
@@ -149,6 +150,19 @@ func Run(ctx context.Context, client moegridv1.GenerationClient, cfg Config) (Re
 // for all of them. A failed request is counted in the result, not returned
 // as an error (see Result.Err).
 func RunWith(ctx context.Context, g Generator, cfg Config) (Result, error) {
+	return run(ctx, cfg, func(ctx context.Context, prompts [][]int) ([]record, float64, error) {
+		records, elapsed := load(ctx, g, prompts, cfg)
+		return records, elapsed, nil
+	})
+}
+
+// A phase sends prompts, Concurrency at a time, and returns what each
+// request measured and how long all took.
+type phase func(ctx context.Context, prompts [][]int) ([]record, float64, error)
+
+// run makes the prompts of cfg and runs the warm-up phase, then the
+// measured one.
+func run(ctx context.Context, cfg Config, ph phase) (Result, error) {
 	if err := cfg.validate(); err != nil {
 		return Result{}, err
 	}
@@ -170,12 +184,17 @@ func RunWith(ctx context.Context, g Generator, cfg Config) (Result, error) {
 	}
 	warm, measured := prompts(cfg.Warmup), prompts(cfg.Requests)
 	if len(warm) > 0 {
-		load(ctx, g, warm, cfg)
+		if _, _, err := ph(ctx, warm); err != nil {
+			return Result{}, err
+		}
 	}
 	if err := ctx.Err(); err != nil {
 		return Result{}, err
 	}
-	records, elapsed := load(ctx, g, measured, cfg)
+	records, elapsed, err := ph(ctx, measured)
+	if err != nil {
+		return Result{}, err
+	}
 	if err := ctx.Err(); err != nil {
 		return Result{}, err
 	}
@@ -336,7 +355,7 @@ func (g grpcGenerator) Generate(ctx context.Context, prompt []int, maxTokens int
 // WriteText prints a result for people.
 func WriteText(w io.Writer, cfg Config, r Result) {
 	ms := func(p Percentiles) string {
-		return fmt.Sprintf("p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms", 1e3*p.P50, 1e3*p.P90, 1e3*p.P99, 1e3*p.Max)
+		return fmt.Sprintf("min %.1f ms, p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms", 1e3*p.Min, 1e3*p.P50, 1e3*p.P90, 1e3*p.P99, 1e3*p.Max)
 	}
 	fmt.Fprintf(w, "%d requests (%d at a time), %d-token prompts, %d tokens each: %d failed\n",
 		r.Requests, cfg.Concurrency, cfg.PromptTokens, cfg.MaxTokens, r.Failed)

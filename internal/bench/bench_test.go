@@ -16,8 +16,8 @@ func TestPercentiles(t *testing.T) {
 		want Percentiles
 	}{
 		{nil, Percentiles{}},
-		{[]float64{3}, Percentiles{3, 3, 3, 3}},
-		{[]float64{5, 1, 4, 2, 3, 6, 8, 7, 10, 9}, Percentiles{P50: 6, P90: 10, P99: 10, Max: 10}},
+		{[]float64{3}, Percentiles{3, 3, 3, 3, 3}},
+		{[]float64{5, 1, 4, 2, 3, 6, 8, 7, 10, 9}, Percentiles{Min: 1, P50: 6, P90: 10, P99: 10, Max: 10}},
 	} {
 		if got := percentiles(tc.xs); !cmp.Equal(got, tc.want) {
 			t.Errorf("percentiles(%v) = %+v, want %+v", tc.xs, got, tc.want)

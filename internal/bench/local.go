@@ -5,36 +5,33 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-
-	"golang.org/x/sync/errgroup"
+	"sync"
 
 	"github.com/moegrid/moegrid/model"
 	"github.com/moegrid/moegrid/model/sample"
 	"github.com/moegrid/moegrid/router"
 )
 
-// ErrInvalid is wrapped by the errors about a request Local refuses before
-// it reaches the scheduler.
+// ErrInvalid is wrapped by the errors about a request the in-process
+// generator refuses before it reaches the scheduler.
 var ErrInvalid = errors.New("bench: invalid request")
 
-// Local is a Generator without a network: the router's scheduler, with its
+// Local runs loads without a network: the router's scheduler, with its
 // continuous batching, over a model whose experts are all in this process.
 // Measured against a cluster with the same Config, it shows what the
 // expert hops cost.
 type Local struct {
 	model   *model.Model
 	experts *model.ExpertSet
-	sched   *router.Scheduler
+	sched   router.SchedulerConfig
+	log     *slog.Logger
 }
 
-var _ Generator = (*Local)(nil)
-
-// OpenLocal maps the checkpoint in dir with every expert and builds a
-// scheduler over it with cfg. Run drives the scheduler; Close unmaps the
-// model.
-func OpenLocal(dir string, cfg router.SchedulerConfig, log *slog.Logger) (*Local, error) {
-	if cfg.MaxBatchTokens < 1 || cfg.PrefillChunk < 1 || cfg.MaxRunning < 1 || cfg.MaxWaiting < 1 {
-		return nil, fmt.Errorf("bench: scheduler limits must be at least 1: %+v", cfg)
+// OpenLocal maps the checkpoint in dir with every expert; its runs use
+// schedulers configured by sched. A nil log discards.
+func OpenLocal(dir string, sched router.SchedulerConfig, log *slog.Logger) (*Local, error) {
+	if sched.MaxBatchTokens < 1 || sched.PrefillChunk < 1 || sched.MaxRunning < 1 || sched.MaxWaiting < 1 {
+		return nil, fmt.Errorf("bench: scheduler limits must be at least 1: %+v", sched)
 	}
 	m, err := model.Load(dir)
 	if err != nil {
@@ -45,36 +42,90 @@ func OpenLocal(dir string, cfg router.SchedulerConfig, log *slog.Logger) (*Local
 		m.Close()
 		return nil, err
 	}
-	return &Local{model: m, experts: ex, sched: router.NewScheduler(cfg, m, ex, log, nil, nil)}, nil
+	return &Local{model: m, experts: ex, sched: sched, log: log}, nil
 }
 
-// Run steps the scheduler until ctx is done; requests still held then fail
-// with router.ErrStopped.
-func (l *Local) Run(ctx context.Context) error { return l.sched.Run(ctx) }
-
-// Close unmaps the model. Run must have returned.
+// Close unmaps the model. No run may be in progress.
 func (l *Local) Close() error {
 	return errors.Join(l.experts.Close(), l.model.Close())
 }
 
-// Generate submits a greedy request to the scheduler and streams its tokens.
-// It checks the prompt as the router does, so that a bad request fails
-// alone instead of the scheduler step it would have joined.
-func (l *Local) Generate(ctx context.Context, prompt []int, maxTokens int, tokens func(ids []int)) error {
-	cfg := &l.model.Config
-	for i, id := range prompt {
-		if id < 0 || id >= cfg.VocabSize {
-			return fmt.Errorf("%w: prompt[%d]: token id %d outside the vocabulary [0, %d)", ErrInvalid, i, id, cfg.VocabSize)
-		}
+// Run runs the load of cfg: the same requests and report as RunWith against
+// a cluster. Each phase (warm-up, measured) has a scheduler of its own that
+// starts once the first Concurrency requests are queued, so that they begin
+// in one step as the sequences of llama.cpp's batched bench do; a router
+// serving a cluster instead admits requests as they arrive.
+func (l *Local) Run(ctx context.Context, cfg Config) (Result, error) {
+	return run(ctx, cfg, func(ctx context.Context, prompts [][]int) ([]record, float64, error) {
+		g := l.generator(min(cfg.Concurrency, len(prompts)))
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		done := make(chan error, 1)
+		go func() { done <- g.run(ctx) }()
+		records, elapsed := load(ctx, g, prompts, cfg)
+		cancel()
+		return records, elapsed, <-done
+	})
+}
+
+// RunInProcess opens the checkpoint in dir, runs the load of cfg on it and
+// closes it.
+func RunInProcess(ctx context.Context, dir string, sched router.SchedulerConfig, cfg Config, log *slog.Logger) (Result, error) {
+	if err := cfg.validate(); err != nil {
+		return Result{}, err
 	}
-	if room := cfg.MaxPositionEmbeddings - len(prompt); len(prompt) == 0 || maxTokens < 1 || maxTokens > room {
-		return fmt.Errorf("%w: a %d-token prompt and %d tokens do not fit the model's context of %d", ErrInvalid, len(prompt), maxTokens, cfg.MaxPositionEmbeddings)
-	}
-	greedy, err := sample.New(sample.Params{})
+	l, err := OpenLocal(dir, sched, log)
 	if err != nil {
-		return err
+		return Result{}, err
 	}
-	events, err := l.sched.Submit(ctx, router.Request{Prompt: prompt, MaxTokens: maxTokens, IgnoreEOS: true, Sampler: greedy})
+	defer l.Close()
+	return l.Run(ctx, cfg)
+}
+
+// generator submits to one scheduler; full is closed once wave requests
+// have been submitted.
+type generator struct {
+	sched *router.Scheduler
+	cfg   *model.Config
+	wave  int
+	full  chan struct{}
+
+	mu        sync.Mutex
+	submitted int // protected by mu
+}
+
+var _ Generator = (*generator)(nil)
+
+// generator returns a Generator over a new scheduler, which the caller runs.
+func (l *Local) generator(wave int) *generator {
+	return &generator{
+		sched: router.NewScheduler(l.sched, l.model, l.experts, l.log, nil, nil),
+		cfg:   &l.model.Config,
+		wave:  wave,
+		full:  make(chan struct{}),
+	}
+}
+
+// run waits for the wave, then steps the scheduler until ctx is done.
+func (g *generator) run(ctx context.Context) error {
+	select {
+	case <-g.full:
+	case <-ctx.Done():
+	}
+	// Run returns at once when ctx is done, failing what was queued.
+	return g.sched.Run(ctx)
+}
+
+// Generate submits a greedy request to the scheduler and streams its
+// tokens.
+func (g *generator) Generate(ctx context.Context, prompt []int, maxTokens int, tokens func(ids []int)) error {
+	events, err := g.submit(ctx, prompt, maxTokens)
+	g.mu.Lock()
+	// A refused request counts too: the wave must start without it.
+	if g.submitted++; g.submitted == g.wave {
+		close(g.full)
+	}
+	g.mu.Unlock()
 	if err != nil {
 		return err
 	}
@@ -98,27 +149,20 @@ func (l *Local) Generate(ctx context.Context, prompt []int, maxTokens int, token
 	}
 }
 
-// RunInProcess runs the load of cfg on Local over the checkpoint in dir: the
-// same requests and report as a run against a cluster.
-func RunInProcess(ctx context.Context, dir string, sched router.SchedulerConfig, cfg Config, log *slog.Logger) (Result, error) {
-	if err := cfg.validate(); err != nil {
-		return Result{}, err
+// submit checks a request as the router does, so that a bad one fails alone
+// instead of the scheduler step it would have joined, and queues it.
+func (g *generator) submit(ctx context.Context, prompt []int, maxTokens int) (<-chan router.Event, error) {
+	for i, id := range prompt {
+		if id < 0 || id >= g.cfg.VocabSize {
+			return nil, fmt.Errorf("%w: prompt[%d]: token id %d outside the vocabulary [0, %d)", ErrInvalid, i, id, g.cfg.VocabSize)
+		}
 	}
-	l, err := OpenLocal(dir, sched, log)
+	if room := g.cfg.MaxPositionEmbeddings - len(prompt); len(prompt) == 0 || maxTokens < 1 || maxTokens > room {
+		return nil, fmt.Errorf("%w: a %d-token prompt and %d tokens do not fit the model's context of %d", ErrInvalid, len(prompt), maxTokens, g.cfg.MaxPositionEmbeddings)
+	}
+	greedy, err := sample.New(sample.Params{})
 	if err != nil {
-		return Result{}, err
+		return nil, err
 	}
-	defer l.Close()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var res Result
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return l.Run(gctx) })
-	g.Go(func() error {
-		defer cancel()
-		var err error
-		res, err = RunWith(gctx, l, cfg)
-		return err
-	})
-	return res, g.Wait()
+	return g.sched.Submit(ctx, router.Request{Prompt: prompt, MaxTokens: maxTokens, IgnoreEOS: true, Sampler: greedy})
 }

@@ -51,27 +51,36 @@ func testContext(t *testing.T) context.Context {
 	return ctx
 }
 
-// startLocal opens Local over the tiny model and runs its scheduler until
-// the test ends.
-func startLocal(t *testing.T) *Local {
+// openLocal opens Local over the tiny model until the test ends.
+func openLocal(t *testing.T) *Local {
 	t.Helper()
 	l, err := OpenLocal(tinyDir, router.DefaultSchedulerConfig(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- l.Run(ctx) }()
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
 		if err := l.Close(); err != nil {
 			t.Errorf("Close: %v", err)
 		}
 	})
 	return l
+}
+
+// startGenerator returns a generator over a new scheduler of l whose wave
+// is wave requests, and runs it until the test ends.
+func startGenerator(t *testing.T, l *Local, wave int) *generator {
+	t.Helper()
+	g := l.generator(wave)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- g.run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	})
+	return g
 }
 
 // TestLocalMatchesModel: sequences served together by Local's scheduler get
@@ -87,15 +96,15 @@ func TestLocalMatchesModel(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ex.Close()
-	l := startLocal(t)
 	prompts := [][]int{{1, 415, 5565}, {1, 22, 9000, 17, 4}, {1}, {1, 31999, 3, 3}}
+	g := startGenerator(t, openLocal(t), len(prompts))
 	const n = 7
 	got := make([][]int, len(prompts))
 	errs := make([]error, len(prompts))
 	var wg sync.WaitGroup
 	for i, p := range prompts {
 		wg.Go(func() {
-			errs[i] = l.Generate(testContext(t), p, n, func(ids []int) { got[i] = append(got[i], ids...) })
+			errs[i] = g.Generate(testContext(t), p, n, func(ids []int) { got[i] = append(got[i], ids...) })
 		})
 	}
 	wg.Wait()
@@ -113,7 +122,7 @@ func TestLocalMatchesModel(t *testing.T) {
 // TestLocalRefusesBadRequests: a request the router would refuse fails
 // alone with ErrInvalid, and the scheduler keeps serving.
 func TestLocalRefusesBadRequests(t *testing.T) {
-	l := startLocal(t)
+	g := startGenerator(t, openLocal(t), 1)
 	for _, tc := range []struct {
 		name      string
 		prompt    []int
@@ -127,15 +136,41 @@ func TestLocalRefusesBadRequests(t *testing.T) {
 		{"past the context", []int{1, 2}, 32767, "do not fit the model's context of 32768"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := l.Generate(testContext(t), tc.prompt, tc.maxTokens, func([]int) { t.Error("got a token") })
+			err := g.Generate(testContext(t), tc.prompt, tc.maxTokens, func([]int) { t.Error("got a token") })
 			if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("err = %v, want ErrInvalid with %q", err, tc.want)
 			}
 		})
 	}
 	n := 0
-	if err := l.Generate(testContext(t), []int{1, 5}, 3, func(ids []int) { n += len(ids) }); err != nil || n != 3 {
+	if err := g.Generate(testContext(t), []int{1, 5}, 3, func(ids []int) { n += len(ids) }); err != nil || n != 3 {
 		t.Errorf("after the refusals: %d tokens, err %v; want 3, nil", n, err)
+	}
+}
+
+// TestWave: the scheduler does not step until a wave of requests is queued,
+// then serves them all.
+func TestWave(t *testing.T) {
+	g := startGenerator(t, openLocal(t), 2)
+	first := make(chan int, 4)
+	errc := make(chan error, 2)
+	go func() { errc <- g.Generate(testContext(t), []int{1, 7}, 3, func(ids []int) { first <- len(ids) }) }()
+	select {
+	case <-first:
+		t.Fatal("a token before the wave was queued")
+	case err := <-errc:
+		t.Fatalf("the first request ended alone: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	n := 0
+	go func() { errc <- g.Generate(testContext(t), []int{1, 8}, 3, func(ids []int) { n += len(ids) }) }()
+	for range 2 {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(first) != 3 || n != 3 {
+		t.Errorf("got %d and %d tokens, want 3 each", len(first), n)
 	}
 }
 

@@ -29,7 +29,7 @@ const (
 // multiple of the kernel's block (lanes, or 2·lanes for the BF16 dot
 // product). X and W are the input and weight element types; w holds
 // pointers to the first element of each of the tileCols weight rows.
-type tileFunc[X, W any] func(acc *[tileRows * tileCols]float32, x []X, xStride, nx int, w *[tileCols + 1]*W, k int)
+type tileFunc[X, W any] func(acc *[tileRows * tileCols]float32, x []X, xStride, nx int, w *[tileCols]*W, k int)
 
 // tiling is one way to multiply: a tile kernel, the number of columns its
 // vector part takes at a time, and the product of one input and one weight
@@ -47,15 +47,31 @@ type tiling[X, W any] struct {
 func mulTiled[X, W any](data []W, cols int, tl tiling[X, W], out []float32, oStride, oBase int, x []X, n, lo, hi int) {
 	k := cols - cols%tl.block
 	var acc [tileRows * tileCols]float32
-	var w [tileCols + 1]*W
-	for r := lo; r < hi; r += tileCols {
-		nw := min(tileCols, hi-r)
+	var w [tileCols]*W
+	var rows [tileCols]int
+	// A tile takes its weight rows from the four quarters of [lo, hi), so
+	// that the weights stream from memory as four sequential runs, which
+	// the hardware prefetchers follow, rather than four rows interleaved in
+	// one page, which they do not. Each output is computed on its own, so
+	// the grouping changes no bits.
+	quarter := (hi - lo + tileCols - 1) / tileCols
+	for q := range quarter {
+		nw := 0
 		for j := range tileCols {
-			// Short tiles repeat their last row: the extra sums are
-			// computed and dropped.
-			w[j] = &data[min(r+j, hi-1)*cols]
+			if r := lo + j*quarter + q; r < hi {
+				rows[nw] = r
+				nw++
+			}
 		}
-		w[tileCols] = &data[min(r+tileCols, len(data)/cols-1)*cols]
+		for j := range tileCols {
+			// Short tiles repeat their first row: the extra sums are
+			// computed and dropped.
+			r := rows[0]
+			if j < nw {
+				r = rows[j]
+			}
+			w[j] = &data[r*cols]
+		}
 		for t := 0; t < n; t += tileRows {
 			nx := min(tileRows, n-t)
 			if k > 0 {
@@ -65,16 +81,16 @@ func mulTiled[X, W any](data []W, cols int, tl tiling[X, W], out []float32, oStr
 			}
 			for i := range nx {
 				xr := x[(t+i)*cols : (t+i+1)*cols]
-				o := out[(t+i)*oStride+oBase+r-lo:]
-				for j := range nw {
+				o := out[(t+i)*oStride+oBase-lo:]
+				for j, r := range rows[:nw] {
 					s := acc[i*tileCols+j]
 					if k < cols {
-						wr := data[(r+j)*cols : (r+j+1)*cols]
+						wr := data[r*cols : (r+1)*cols]
 						for c := k; c < cols; c++ {
 							s += tl.mul(xr[c], wr[c])
 						}
 					}
-					o[j] = s
+					o[r] = s
 				}
 			}
 		}
@@ -122,7 +138,7 @@ func tileGo[W any](widen func(W) float32) tiling[float32, W] {
 }
 
 func tileGoFunc[W any](widen func(W) float32) tileFunc[float32, W] {
-	return func(acc *[tileRows * tileCols]float32, x []float32, xStride, nx int, w *[tileCols + 1]*W, k int) {
+	return func(acc *[tileRows * tileCols]float32, x []float32, xStride, nx int, w *[tileCols]*W, k int) {
 		clear(acc[:])
 		for j := range tileCols {
 			wr := unsafeSlice(w[j], k)

@@ -5,22 +5,22 @@ import "golang.org/x/sys/cpu"
 // The SIMD tile kernels of tile_amd64.s; see there for their contract.
 
 //go:noescape
-func tileF32AVX512(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols + 1]*float32, k int)
+func tileF32AVX512(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols]*float32, k int)
 
 //go:noescape
-func tileBF16AVX512(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols + 1]*uint16, k int)
+func tileBF16AVX512(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols]*uint16, k int)
 
 //go:noescape
-func tileF16AVX512(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols + 1]*uint16, k int)
+func tileF16AVX512(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols]*uint16, k int)
 
 //go:noescape
-func tileF32AVX2(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols + 1]*float32, k int)
+func tileF32AVX2(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols]*float32, k int)
 
 //go:noescape
-func tileBF16AVX2(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols + 1]*uint16, k int)
+func tileBF16AVX2(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols]*uint16, k int)
 
 //go:noescape
-func tileF16AVX2(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols + 1]*uint16, k int)
+func tileF16AVX2(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols]*uint16, k int)
 
 //go:noescape
 func widenBF16AVX512(dst *float32, src *uint16, n int)
@@ -51,9 +51,9 @@ func asmWiden(f func(*float32, *uint16, int), widen func(uint16) float32) func(d
 }
 
 // asmTile adapts an assembly tile kernel over float32 inputs to a tiling.
-func asmTile[W any](f func(*[tileRows * tileCols]float32, *float32, int, int, *[tileCols + 1]*W, int), widen func(W) float32) tiling[float32, W] {
+func asmTile[W any](f func(*[tileRows * tileCols]float32, *float32, int, int, *[tileCols]*W, int), widen func(W) float32) tiling[float32, W] {
 	return tiling[float32, W]{
-		tile: func(acc *[tileRows * tileCols]float32, x []float32, xStride, nx int, w *[tileCols + 1]*W, k int) {
+		tile: func(acc *[tileRows * tileCols]float32, x []float32, xStride, nx int, w *[tileCols]*W, k int) {
 			f(acc, &x[0], xStride, nx, w, k)
 		},
 		block: lanes,
@@ -93,7 +93,7 @@ func simdKernels(p Path) (kernelSet, bool) {
 }
 
 //go:noescape
-func tileBF16DotAVX512(acc *[tileRows * tileCols]float32, x *uint16, xstride, nx int, w *[tileCols + 1]*uint16, k int)
+func tileBF16DotAVX512(acc *[tileRows * tileCols]float32, x *uint16, xstride, nx int, w *[tileCols]*uint16, k int)
 
 // hasBF16Dot is what the BF16 compute mode needs.
 var hasBF16Dot = hasAVX512 && cpu.X86.HasAVX512BF16
@@ -102,7 +102,7 @@ var hasBF16Dot = hasAVX512 && cpu.X86.HasAVX512BF16
 // the dot-product instruction, the rest as float32 products of the rounded
 // values.
 var bf16DotTiling = tiling[uint16, uint16]{
-	tile: func(acc *[tileRows * tileCols]float32, x []uint16, xStride, nx int, w *[tileCols + 1]*uint16, k int) {
+	tile: func(acc *[tileRows * tileCols]float32, x []uint16, xStride, nx int, w *[tileCols]*uint16, k int) {
 		tileBF16DotAVX512(acc, &x[0], xStride, nx, w, k)
 	},
 	block: 2 * lanes,

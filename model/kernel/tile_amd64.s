@@ -10,11 +10,7 @@
 // is what makes the results batch-invariant and equal across AVX-512 and
 // AVX2. float.go's tileGo documents the same order.
 //
-// func tileXXX(acc *[16]float32, x *float32, xstride, nx int, w *[5]*T, k int)
-//
-// w[4] points at the weights the next tile reads: the AVX-512 kernels
-// prefetch them as they go, so that a decode step, which reads every weight
-// once, keeps the memory busy while it computes.
+// func tileXXX(acc *[16]float32, x *float32, xstride, nx int, w *[4]*T, k int)
 
 // Argument loading shared by every kernel: DI acc, SI x_0, R13 x_1, BX x_2,
 // DX x_3, R8 the x row stride in bytes, R9-R12 the weight rows, CX k, AX
@@ -59,7 +55,7 @@
 
 #define LOADX_Z(base, xz) VMOVUPS (base)(AX*4), xz
 
-// func tileF32AVX512(acc *[16]float32, x *float32, xstride, nx int, w *[5]*float32, k int)
+// func tileF32AVX512(acc *[16]float32, x *float32, xstride, nx int, w *[4]*float32, k int)
 // float32 weights.
 TEXT ·tileF32AVX512(SB), NOSPLIT, $0-48
 	ARGS
@@ -71,18 +67,11 @@ TEXT ·tileF32AVX512(SB), NOSPLIT, $0-48
 	JEQ  two
 
 one:
-	MOVQ w+32(FP), R14
-	MOVQ 32(R14), R14
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
 	VPXORD Z3, Z3, Z3
 oneloop:
-	PREFETCHT0 0(R14)
-	PREFETCHT0 64(R14)
-	PREFETCHT0 128(R14)
-	PREFETCHT0 192(R14)
-	ADDQ $256, R14
 	VMOVUPS (R9)(AX*4), Z16
 	VMOVUPS (R10)(AX*4), Z17
 	VMOVUPS (R11)(AX*4), Z18
@@ -100,8 +89,6 @@ oneloop:
 	RET
 
 two:
-	MOVQ w+32(FP), R14
-	MOVQ 32(R14), R14
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -111,11 +98,6 @@ two:
 	VPXORD Z6, Z6, Z6
 	VPXORD Z7, Z7, Z7
 twoloop:
-	PREFETCHT0 0(R14)
-	PREFETCHT0 64(R14)
-	PREFETCHT0 128(R14)
-	PREFETCHT0 192(R14)
-	ADDQ $256, R14
 	VMOVUPS (R9)(AX*4), Z16
 	VMOVUPS (R10)(AX*4), Z17
 	VMOVUPS (R11)(AX*4), Z18
@@ -139,8 +121,6 @@ twoloop:
 	RET
 
 three:
-	MOVQ w+32(FP), R14
-	MOVQ 32(R14), R14
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -154,11 +134,6 @@ three:
 	VPXORD Z10, Z10, Z10
 	VPXORD Z11, Z11, Z11
 threeloop:
-	PREFETCHT0 0(R14)
-	PREFETCHT0 64(R14)
-	PREFETCHT0 128(R14)
-	PREFETCHT0 192(R14)
-	ADDQ $256, R14
 	VMOVUPS (R9)(AX*4), Z16
 	VMOVUPS (R10)(AX*4), Z17
 	VMOVUPS (R11)(AX*4), Z18
@@ -188,8 +163,6 @@ threeloop:
 	RET
 
 four:
-	MOVQ w+32(FP), R14
-	MOVQ 32(R14), R14
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -207,11 +180,6 @@ four:
 	VPXORD Z14, Z14, Z14
 	VPXORD Z15, Z15, Z15
 fourloop:
-	PREFETCHT0 0(R14)
-	PREFETCHT0 64(R14)
-	PREFETCHT0 128(R14)
-	PREFETCHT0 192(R14)
-	ADDQ $256, R14
 	VMOVUPS (R9)(AX*4), Z16
 	VMOVUPS (R10)(AX*4), Z17
 	VMOVUPS (R11)(AX*4), Z18
@@ -246,7 +214,7 @@ fourloop:
 	VZEROUPPER
 	RET
 
-// func tileBF16AVX512(acc *[16]float32, x *float32, xstride, nx int, w *[5]*uint16, k int)
+// func tileBF16AVX512(acc *[16]float32, x *float32, xstride, nx int, w *[4]*uint16, k int)
 // bfloat16 weights, widened exactly by a 16-bit shift.
 TEXT ·tileBF16AVX512(SB), NOSPLIT, $0-48
 	ARGS
@@ -258,16 +226,11 @@ TEXT ·tileBF16AVX512(SB), NOSPLIT, $0-48
 	JEQ  two
 
 one:
-	MOVQ w+32(FP), R14
-	MOVQ 32(R14), R14
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
 	VPXORD Z3, Z3, Z3
 oneloop:
-	PREFETCHT0 0(R14)
-	PREFETCHT0 64(R14)
-	ADDQ $128, R14
 	VPMOVZXWD (R9)(AX*2), Z16
 	VPSLLD $16, Z16, Z16
 	VPMOVZXWD (R10)(AX*2), Z17
@@ -289,8 +252,6 @@ oneloop:
 	RET
 
 two:
-	MOVQ w+32(FP), R14
-	MOVQ 32(R14), R14
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -300,9 +261,6 @@ two:
 	VPXORD Z6, Z6, Z6
 	VPXORD Z7, Z7, Z7
 twoloop:
-	PREFETCHT0 0(R14)
-	PREFETCHT0 64(R14)
-	ADDQ $128, R14
 	VPMOVZXWD (R9)(AX*2), Z16
 	VPSLLD $16, Z16, Z16
 	VPMOVZXWD (R10)(AX*2), Z17
@@ -330,8 +288,6 @@ twoloop:
 	RET
 
 three:
-	MOVQ w+32(FP), R14
-	MOVQ 32(R14), R14
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -345,9 +301,6 @@ three:
 	VPXORD Z10, Z10, Z10
 	VPXORD Z11, Z11, Z11
 threeloop:
-	PREFETCHT0 0(R14)
-	PREFETCHT0 64(R14)
-	ADDQ $128, R14
 	VPMOVZXWD (R9)(AX*2), Z16
 	VPSLLD $16, Z16, Z16
 	VPMOVZXWD (R10)(AX*2), Z17
@@ -381,8 +334,6 @@ threeloop:
 	RET
 
 four:
-	MOVQ w+32(FP), R14
-	MOVQ 32(R14), R14
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -400,9 +351,6 @@ four:
 	VPXORD Z14, Z14, Z14
 	VPXORD Z15, Z15, Z15
 fourloop:
-	PREFETCHT0 0(R14)
-	PREFETCHT0 64(R14)
-	ADDQ $128, R14
 	VPMOVZXWD (R9)(AX*2), Z16
 	VPSLLD $16, Z16, Z16
 	VPMOVZXWD (R10)(AX*2), Z17
@@ -441,7 +389,7 @@ fourloop:
 	VZEROUPPER
 	RET
 
-// func tileF16AVX512(acc *[16]float32, x *float32, xstride, nx int, w *[5]*uint16, k int)
+// func tileF16AVX512(acc *[16]float32, x *float32, xstride, nx int, w *[4]*uint16, k int)
 // IEEE half weights, converted exactly.
 TEXT ·tileF16AVX512(SB), NOSPLIT, $0-48
 	ARGS
@@ -453,16 +401,11 @@ TEXT ·tileF16AVX512(SB), NOSPLIT, $0-48
 	JEQ  two
 
 one:
-	MOVQ w+32(FP), R14
-	MOVQ 32(R14), R14
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
 	VPXORD Z3, Z3, Z3
 oneloop:
-	PREFETCHT0 0(R14)
-	PREFETCHT0 64(R14)
-	ADDQ $128, R14
 	VCVTPH2PS (R9)(AX*2), Z16
 	VCVTPH2PS (R10)(AX*2), Z17
 	VCVTPH2PS (R11)(AX*2), Z18
@@ -480,8 +423,6 @@ oneloop:
 	RET
 
 two:
-	MOVQ w+32(FP), R14
-	MOVQ 32(R14), R14
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -491,9 +432,6 @@ two:
 	VPXORD Z6, Z6, Z6
 	VPXORD Z7, Z7, Z7
 twoloop:
-	PREFETCHT0 0(R14)
-	PREFETCHT0 64(R14)
-	ADDQ $128, R14
 	VCVTPH2PS (R9)(AX*2), Z16
 	VCVTPH2PS (R10)(AX*2), Z17
 	VCVTPH2PS (R11)(AX*2), Z18
@@ -517,8 +455,6 @@ twoloop:
 	RET
 
 three:
-	MOVQ w+32(FP), R14
-	MOVQ 32(R14), R14
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -532,9 +468,6 @@ three:
 	VPXORD Z10, Z10, Z10
 	VPXORD Z11, Z11, Z11
 threeloop:
-	PREFETCHT0 0(R14)
-	PREFETCHT0 64(R14)
-	ADDQ $128, R14
 	VCVTPH2PS (R9)(AX*2), Z16
 	VCVTPH2PS (R10)(AX*2), Z17
 	VCVTPH2PS (R11)(AX*2), Z18
@@ -564,8 +497,6 @@ threeloop:
 	RET
 
 four:
-	MOVQ w+32(FP), R14
-	MOVQ 32(R14), R14
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -583,9 +514,6 @@ four:
 	VPXORD Z14, Z14, Z14
 	VPXORD Z15, Z15, Z15
 fourloop:
-	PREFETCHT0 0(R14)
-	PREFETCHT0 64(R14)
-	ADDQ $128, R14
 	VCVTPH2PS (R9)(AX*2), Z16
 	VCVTPH2PS (R10)(AX*2), Z17
 	VCVTPH2PS (R11)(AX*2), Z18

@@ -1,0 +1,50 @@
+package kernel_test
+
+import (
+	"math/rand/v2"
+	"testing"
+
+	"github.com/moegrid/moegrid/model/kernel"
+)
+
+// BenchmarkQuantMulRows multiplies one and 16 input rows by a [1024, 4096]
+// matrix in each format on one goroutine, the shape of a slice of
+// Mixtral's expert projections; the throughput is of weight bytes.
+func BenchmarkQuantMulRows(b *testing.B) {
+	const rows, cols = 1024, 4096
+	rng := rand.New(rand.NewPCG(1, 1))
+	w := make([]float32, rows*cols)
+	for i := range w {
+		w[i] = float32(rng.NormFloat64())
+	}
+	for _, f := range append([]kernel.Format{kernel.F32, kernel.BF16}, quantFormats...) {
+		data, err := kernel.Quantize(f, rows, cols, w)
+		if err != nil {
+			b.Fatal(err)
+		}
+		m, err := kernel.NewMatrix(f, rows, cols, data)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, n := range []int{1, 16} {
+			x := make([]float32, n*cols)
+			for i := range x {
+				x[i] = float32(rng.NormFloat64())
+			}
+			out := make([]float32, n*rows)
+			b.Run(string(f)+"/n="+itoa(n), func(b *testing.B) {
+				b.SetBytes(int64(len(data)))
+				for b.Loop() {
+					m.MulRows(out, x, n, 0, rows)
+				}
+			})
+		}
+	}
+}
+
+func itoa(n int) string {
+	if n < 10 {
+		return string(rune('0' + n))
+	}
+	return itoa(n/10) + string(rune('0'+n%10))
+}

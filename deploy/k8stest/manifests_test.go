@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dustin/go-humanize"
 	corev1 "k8s.io/api/core/v1"
@@ -814,4 +815,119 @@ func TestJobs(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestNoSinglePointOfFailure checks what lets clients and the control plane
+// ride out the loss of one pod: the router and the coordinator run at least
+// two replicas spread over nodes, each under a PDB that lets one go; the
+// router's rollout never takes a serving replica away first; and every
+// moegrid server gets longer to exit than its own --stop-timeout, so that
+// Kubernetes does not SIGKILL streams that are draining.
+func TestNoSinglePointOfFailure(t *testing.T) {
+	forEachTarget(t, func(t *testing.T, o *objects) {
+		roles := map[string]bool{}
+		for _, d := range o.deployments {
+			spec := &d.Spec.Template.Spec
+			for i := range spec.Containers {
+				c := &spec.Containers[i]
+				if !isMoegrid(c.Image) {
+					continue
+				}
+				mc := parseMoegrid(t, o, c)
+				role := strings.Join(mc.path, " ")
+				if role != "router" && role != "coordinator" {
+					continue
+				}
+				roles[role] = true
+				if r := deref(d.Spec.Replicas, 1); r < 2 {
+					t.Errorf("Deployment %s (%s): %d replica, want at least 2", d.Name, role, r)
+				}
+				if !spreadOverHosts(spec, d.Spec.Template.Labels) {
+					t.Errorf("Deployment %s (%s): no anti-affinity or topology spread over kubernetes.io/hostname: both replicas may land on one node", d.Name, role)
+				}
+				if !hasPDB(o, d.Spec.Template.Labels) {
+					t.Errorf("Deployment %s (%s): no PodDisruptionBudget", d.Name, role)
+				}
+				if role == "router" {
+					ru := d.Spec.Strategy.RollingUpdate
+					if ru == nil || ru.MaxUnavailable == nil || ru.MaxUnavailable.IntValue() != 0 {
+						t.Errorf("Deployment %s: a rollout may take a serving router away before its successor is ready (maxUnavailable should be 0)", d.Name)
+					}
+					if !hasService(o, d.Name, false) {
+						t.Errorf("Deployment %s: no Service in front of the routers", d.Name)
+					}
+				}
+			}
+		}
+		for _, role := range []string{"router", "coordinator"} {
+			if !roles[role] {
+				t.Errorf("no Deployment runs moegrid %s", role)
+			}
+		}
+		for _, w := range o.workloads() {
+			if w.kind == "Job" {
+				continue
+			}
+			spec := &w.template.Spec
+			grace := time.Duration(deref(spec.TerminationGracePeriodSeconds, 30)) * time.Second
+			for i := range spec.Containers {
+				c := &spec.Containers[i]
+				if !isMoegrid(c.Image) {
+					continue
+				}
+				v, ok := parseMoegrid(t, o, c).flags["stop-timeout"]
+				if !ok {
+					continue
+				}
+				stop, err := time.ParseDuration(v)
+				if err != nil {
+					t.Errorf("%s %s: --stop-timeout %q: %v", w.kind, w.name, v, err)
+					continue
+				}
+				if grace < stop+5*time.Second {
+					t.Errorf("%s %s: terminationGracePeriodSeconds %v leaves no margin over --stop-timeout %v: draining streams would be killed", w.kind, w.name, grace, stop)
+				}
+			}
+		}
+	})
+}
+
+// spreadOverHosts reports whether a pod spec keeps pods with the given
+// labels off one node, preferred or required.
+func spreadOverHosts(spec *corev1.PodSpec, podLabels map[string]string) bool {
+	selects := func(sel *metav1.LabelSelector) bool {
+		s, err := metav1.LabelSelectorAsSelector(sel)
+		return err == nil && s.Matches(labels.Set(podLabels))
+	}
+	const host = "kubernetes.io/hostname"
+	if a := spec.Affinity; a != nil && a.PodAntiAffinity != nil {
+		for _, term := range a.PodAntiAffinity.RequiredDuringSchedulingIgnoredDuringExecution {
+			if term.TopologyKey == host && selects(term.LabelSelector) {
+				return true
+			}
+		}
+		for _, term := range a.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution {
+			if term.PodAffinityTerm.TopologyKey == host && selects(term.PodAffinityTerm.LabelSelector) {
+				return true
+			}
+		}
+	}
+	for _, c := range spec.TopologySpreadConstraints {
+		if c.TopologyKey == host && selects(c.LabelSelector) {
+			return true
+		}
+	}
+	return false
+}
+
+// hasPDB reports whether a PodDisruptionBudget selects pods with the given
+// labels.
+func hasPDB(o *objects, podLabels map[string]string) bool {
+	for _, pdb := range o.pdbs {
+		s, err := metav1.LabelSelectorAsSelector(pdb.Spec.Selector)
+		if err == nil && s.Matches(labels.Set(podLabels)) {
+			return true
+		}
+	}
+	return false
 }

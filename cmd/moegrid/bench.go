@@ -30,7 +30,8 @@ itself; --warmup requests run before it unmeasured.
 
 With --in-process the same requests go, without a network, to the router's
 scheduler over the checkpoint in --model with every expert in this process,
-so that a cluster and one process are compared by one pair of commands. Its
+so that a cluster and one process are compared by one pair of commands.
+Each wave of --concurrency requests starts there in one scheduler step. Its
 kernels use GOMAXPROCS threads (set it in the environment).
 
 When every request is in flight at once (--requests no more than

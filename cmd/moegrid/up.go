@@ -35,7 +35,16 @@ func readUpState() (up.State, error) {
 	if dir == "" {
 		dir = defaultStateDir()
 	}
-	return up.ReadState(dir)
+	st, err := up.ReadState(dir)
+	if err != nil {
+		return st, err
+	}
+	// A `moegrid up` that was killed leaves its state behind; its
+	// addresses would only give "connection refused".
+	if !st.Running() {
+		return st, fmt.Errorf("the `moegrid up` of %s (pid %d) is not running", up.StateFile(dir), st.PID)
+	}
+	return st, nil
 }
 
 // routerAddrs splits a comma-separated --addr into router addresses, or

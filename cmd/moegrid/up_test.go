@@ -393,3 +393,28 @@ func childrenOf(pid int) []int {
 	}
 	return kids
 }
+
+// TestGenerateStaleUpState: the state a killed `moegrid up` left behind is
+// reported as such, not as a connection refused by its old address.
+func TestGenerateStaleUpState(t *testing.T) {
+	dir := t.TempDir()
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := json.Marshal(up.State{PID: gone.Process.Pid, RouterGRPC: "127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(up.StateFile(dir), st, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("MOEGRID_STATE_DIR", dir)
+	root := newRootCmd()
+	root.SetArgs([]string{"generate", "Hello"})
+	root.SetOut(io.Discard)
+	err = root.ExecuteContext(t.Context())
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("(pid %d) is not running", gone.Process.Pid)) {
+		t.Errorf("generate with a stale state file: %v", err)
+	}
+}

@@ -113,6 +113,9 @@ type State struct {
 	Logs            string   `json:"logs"`
 }
 
+// Running reports whether the process that wrote the state still runs.
+func (st State) Running() bool { return processAlive(st.PID) }
+
 // StateFile is where State lives in a state directory.
 func StateFile(stateDir string) string { return filepath.Join(stateDir, "up.json") }
 

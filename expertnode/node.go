@@ -233,7 +233,7 @@ func (n *Node) Run(ctx context.Context) error {
 
 	// Drain: refuse new work so routers move to replicas, tell the
 	// coordinator, let calls in flight finish, then leave.
-	n.svc.draining.Store(true)
+	n.svc.drain()
 	n.servers.SetReady(false, moegridv1.Expert_ServiceDesc.ServiceName)
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	reg.Update(dctx, func(r *cluster.NodeRecord) { r.State = cluster.StateDraining })

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -40,9 +41,13 @@ type expertService struct {
 	// compute admits calls to the kernels, which already use every core.
 	compute  chan struct{}
 	draining atomic.Bool
-	inflight atomic.Int64
-	calls    atomic.Uint64 // answered successfully
-	rows     atomic.Uint64 // computed
+	// drained is closed by drain: it ends the ForwardStreams, which would
+	// otherwise hold the graceful stop until its timeout.
+	drained   chan struct{}
+	drainOnce sync.Once
+	inflight  atomic.Int64
+	calls     atomic.Uint64 // answered successfully
+	rows      atomic.Uint64 // computed
 }
 
 var _ moegridv1.ExpertServer = (*expertService)(nil)
@@ -55,7 +60,21 @@ func newExpertService(nodeID string, cfg model.Config, store *shardStore, queueD
 		metrics: m,
 		queue:   make(chan struct{}, queueDepth),
 		compute: make(chan struct{}, workers),
+		drained: make(chan struct{}),
 	}
+}
+
+// drain refuses new calls with UNAVAILABLE and ends every ForwardStream
+// once its calls in flight are answered, so routers move to replicas.
+func (s *expertService) drain() {
+	s.draining.Store(true)
+	s.drainOnce.Do(func() { close(s.drained) })
+}
+
+// ForwardStream serves Forward calls on one long-lived stream; each call
+// is admitted, computed, counted and answered as the unary Forward's is.
+func (s *expertService) ForwardStream(stream moegridv1.Expert_ForwardStreamServer) error {
+	return moegridv1.ServeForwardStream(stream, s.drained, s.Forward)
 }
 
 // Forward computes every batch of the request with the expert it names.

@@ -221,3 +221,51 @@ func TestSwapKeepsCallsInFlight(t *testing.T) {
 	release()
 	st.swap(nil)
 }
+
+// TestForwardStream checks that calls on one stream get the unary call's
+// answers, matched by id, errors included, and that draining ends the
+// stream with UNAVAILABLE.
+func TestForwardStream(t *testing.T) {
+	client, svc, cfg := startService(t, []int{2, 5}, 8)
+	H := uint32(cfg.HiddenSize)
+	f32 := moegridv1.DType_DTYPE_F32
+	good := &moegridv1.ForwardRequest{Layer: 1, Dim: H, Dtype: f32, Batches: []*moegridv1.ExpertRows{{Expert: 5, Rows: 2, Data: rows(t, 2, int(H), f32)}}}
+	notHeld := &moegridv1.ForwardRequest{Layer: 1, Dim: H, Dtype: f32, Batches: []*moegridv1.ExpertRows{{Expert: 3, Rows: 1, Data: rows(t, 1, int(H), f32)}}}
+	want, err := client.Forward(t.Context(), good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := client.ForwardStream(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id, req := range map[uint64]*moegridv1.ForwardRequest{1: good, 2: notHeld, 3: good} {
+		if err := stream.Send(&moegridv1.ForwardStreamRequest{Id: id, Request: req, TimeoutMicros: 10e6}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := stream.Send(&moegridv1.ForwardStreamRequest{Id: 4}); err != nil {
+		t.Fatal(err)
+	}
+	codesByID := map[uint64]codes.Code{}
+	for range 4 {
+		r, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		codesByID[r.Id] = codes.Code(r.Code)
+		if r.Code == 0 && !slices.Equal(r.Response.Batches[0].Data, want.Batches[0].Data) {
+			t.Errorf("call %d: the stream's answer differs from the unary call's", r.Id)
+		}
+	}
+	wantCodes := map[uint64]codes.Code{1: codes.OK, 2: codes.FailedPrecondition, 3: codes.OK, 4: codes.InvalidArgument}
+	for id, c := range wantCodes {
+		if codesByID[id] != c {
+			t.Errorf("call %d: code %v, want %v", id, codesByID[id], c)
+		}
+	}
+	svc.drain()
+	if _, err := stream.Recv(); status.Code(err) != codes.Unavailable {
+		t.Errorf("after drain: %v, want UNAVAILABLE", err)
+	}
+}

@@ -255,6 +255,153 @@ func (x *ForwardResponse) GetBatches() []*ExpertRows {
 	return nil
 }
 
+// ForwardStreamRequest is one frame of ForwardStream from the caller.
+type ForwardStreamRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id names the call on its stream; the caller picks it, unique among the
+	// calls it has in flight on the stream.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// request is the call; exactly one of request and cancel is set.
+	Request *ForwardRequest `protobuf:"bytes,2,opt,name=request,proto3" json:"request,omitempty"`
+	// timeout_micros bounds the call on the node from the frame's receipt, in
+	// microseconds; 0 leaves it bounded by the stream alone.
+	TimeoutMicros uint64 `protobuf:"varint,3,opt,name=timeout_micros,json=timeoutMicros,proto3" json:"timeout_micros,omitempty"`
+	// cancel abandons the call named by id.
+	Cancel        bool `protobuf:"varint,4,opt,name=cancel,proto3" json:"cancel,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardStreamRequest) Reset() {
+	*x = ForwardStreamRequest{}
+	mi := &file_proto_moegrid_v1_expert_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardStreamRequest) ProtoMessage() {}
+
+func (x *ForwardStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_moegrid_v1_expert_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardStreamRequest.ProtoReflect.Descriptor instead.
+func (*ForwardStreamRequest) Descriptor() ([]byte, []int) {
+	return file_proto_moegrid_v1_expert_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ForwardStreamRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *ForwardStreamRequest) GetRequest() *ForwardRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *ForwardStreamRequest) GetTimeoutMicros() uint64 {
+	if x != nil {
+		return x.TimeoutMicros
+	}
+	return 0
+}
+
+func (x *ForwardStreamRequest) GetCancel() bool {
+	if x != nil {
+		return x.Cancel
+	}
+	return false
+}
+
+// ForwardStreamResponse is the answer to one call of ForwardStream.
+type ForwardStreamResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// response is the result when code is 0 (OK).
+	Response *ForwardResponse `protobuf:"bytes,2,opt,name=response,proto3" json:"response,omitempty"`
+	// code and message are the call's gRPC status code and message when it
+	// failed, as the unary Forward would have returned them.
+	Code          uint32 `protobuf:"varint,3,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardStreamResponse) Reset() {
+	*x = ForwardStreamResponse{}
+	mi := &file_proto_moegrid_v1_expert_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardStreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardStreamResponse) ProtoMessage() {}
+
+func (x *ForwardStreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_moegrid_v1_expert_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardStreamResponse.ProtoReflect.Descriptor instead.
+func (*ForwardStreamResponse) Descriptor() ([]byte, []int) {
+	return file_proto_moegrid_v1_expert_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ForwardStreamResponse) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *ForwardStreamResponse) GetResponse() *ForwardResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
+func (x *ForwardStreamResponse) GetCode() uint32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *ForwardStreamResponse) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 var File_proto_moegrid_v1_expert_proto protoreflect.FileDescriptor
 
 const file_proto_moegrid_v1_expert_proto_rawDesc = "" +
@@ -272,14 +419,25 @@ const file_proto_moegrid_v1_expert_proto_rawDesc = "" +
 	"\x04rows\x18\x02 \x01(\rR\x04rows\x12\x12\n" +
 	"\x04data\x18\x03 \x01(\fR\x04data\"C\n" +
 	"\x0fForwardResponse\x120\n" +
-	"\abatches\x18\x01 \x03(\v2\x16.moegrid.v1.ExpertRowsR\abatches*=\n" +
+	"\abatches\x18\x01 \x03(\v2\x16.moegrid.v1.ExpertRowsR\abatches\"\x9b\x01\n" +
+	"\x14ForwardStreamRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x124\n" +
+	"\arequest\x18\x02 \x01(\v2\x1a.moegrid.v1.ForwardRequestR\arequest\x12%\n" +
+	"\x0etimeout_micros\x18\x03 \x01(\x04R\rtimeoutMicros\x12\x16\n" +
+	"\x06cancel\x18\x04 \x01(\bR\x06cancel\"\x8e\x01\n" +
+	"\x15ForwardStreamResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x127\n" +
+	"\bresponse\x18\x02 \x01(\v2\x1b.moegrid.v1.ForwardResponseR\bresponse\x12\x12\n" +
+	"\x04code\x18\x03 \x01(\rR\x04code\x12\x18\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage*=\n" +
 	"\x05DType\x12\x15\n" +
 	"\x11DTYPE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tDTYPE_F32\x10\x01\x12\x0e\n" +
 	"\n" +
-	"DTYPE_BF16\x10\x022L\n" +
+	"DTYPE_BF16\x10\x022\xa6\x01\n" +
 	"\x06Expert\x12B\n" +
-	"\aForward\x12\x1a.moegrid.v1.ForwardRequest\x1a\x1b.moegrid.v1.ForwardResponseB7Z5github.com/moegrid/moegrid/proto/moegrid/v1;moegridv1b\x06proto3"
+	"\aForward\x12\x1a.moegrid.v1.ForwardRequest\x1a\x1b.moegrid.v1.ForwardResponse\x12X\n" +
+	"\rForwardStream\x12 .moegrid.v1.ForwardStreamRequest\x1a!.moegrid.v1.ForwardStreamResponse(\x010\x01B7Z5github.com/moegrid/moegrid/proto/moegrid/v1;moegridv1b\x06proto3"
 
 var (
 	file_proto_moegrid_v1_expert_proto_rawDescOnce sync.Once
@@ -294,24 +452,30 @@ func file_proto_moegrid_v1_expert_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_moegrid_v1_expert_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_proto_moegrid_v1_expert_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_proto_moegrid_v1_expert_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_proto_moegrid_v1_expert_proto_goTypes = []any{
-	(DType)(0),              // 0: moegrid.v1.DType
-	(*ForwardRequest)(nil),  // 1: moegrid.v1.ForwardRequest
-	(*ExpertRows)(nil),      // 2: moegrid.v1.ExpertRows
-	(*ForwardResponse)(nil), // 3: moegrid.v1.ForwardResponse
+	(DType)(0),                    // 0: moegrid.v1.DType
+	(*ForwardRequest)(nil),        // 1: moegrid.v1.ForwardRequest
+	(*ExpertRows)(nil),            // 2: moegrid.v1.ExpertRows
+	(*ForwardResponse)(nil),       // 3: moegrid.v1.ForwardResponse
+	(*ForwardStreamRequest)(nil),  // 4: moegrid.v1.ForwardStreamRequest
+	(*ForwardStreamResponse)(nil), // 5: moegrid.v1.ForwardStreamResponse
 }
 var file_proto_moegrid_v1_expert_proto_depIdxs = []int32{
 	0, // 0: moegrid.v1.ForwardRequest.dtype:type_name -> moegrid.v1.DType
 	2, // 1: moegrid.v1.ForwardRequest.batches:type_name -> moegrid.v1.ExpertRows
 	2, // 2: moegrid.v1.ForwardResponse.batches:type_name -> moegrid.v1.ExpertRows
-	1, // 3: moegrid.v1.Expert.Forward:input_type -> moegrid.v1.ForwardRequest
-	3, // 4: moegrid.v1.Expert.Forward:output_type -> moegrid.v1.ForwardResponse
-	4, // [4:5] is the sub-list for method output_type
-	3, // [3:4] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	1, // 3: moegrid.v1.ForwardStreamRequest.request:type_name -> moegrid.v1.ForwardRequest
+	3, // 4: moegrid.v1.ForwardStreamResponse.response:type_name -> moegrid.v1.ForwardResponse
+	1, // 5: moegrid.v1.Expert.Forward:input_type -> moegrid.v1.ForwardRequest
+	4, // 6: moegrid.v1.Expert.ForwardStream:input_type -> moegrid.v1.ForwardStreamRequest
+	3, // 7: moegrid.v1.Expert.Forward:output_type -> moegrid.v1.ForwardResponse
+	5, // 8: moegrid.v1.Expert.ForwardStream:output_type -> moegrid.v1.ForwardStreamResponse
+	7, // [7:9] is the sub-list for method output_type
+	5, // [5:7] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_proto_moegrid_v1_expert_proto_init() }
@@ -325,7 +489,7 @@ func file_proto_moegrid_v1_expert_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_moegrid_v1_expert_proto_rawDesc), len(file_proto_moegrid_v1_expert_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   3,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

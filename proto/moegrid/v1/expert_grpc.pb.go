@@ -19,7 +19,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Expert_Forward_FullMethodName = "/moegrid.v1.Expert/Forward"
+	Expert_Forward_FullMethodName       = "/moegrid.v1.Expert/Forward"
+	Expert_ForwardStream_FullMethodName = "/moegrid.v1.Expert/ForwardStream"
 )
 
 // ExpertClient is the client API for Expert service.
@@ -37,6 +38,16 @@ type ExpertClient interface {
 	// (expert, layer); RESOURCE_EXHAUSTED when its queue is full; UNAVAILABLE
 	// while it drains.
 	Forward(ctx context.Context, in *ForwardRequest, opts ...grpc.CallOption) (*ForwardResponse, error)
+	// ForwardStream carries many Forward calls, concurrently, on one
+	// long-lived stream: the router keeps one per node so that a layer hop
+	// costs two messages instead of a call set-up. Each request frame names
+	// its call by an id unique on the stream; the node answers each call with
+	// one response frame carrying that id, in any order, with the result or
+	// the status the unary Forward would have returned. A frame with cancel
+	// set abandons its call, which then gets no answer. The stream ends with
+	// UNAVAILABLE when the node drains, after the calls in flight are
+	// answered.
+	ForwardStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ForwardStreamRequest, ForwardStreamResponse], error)
 }
 
 type expertClient struct {
@@ -57,6 +68,19 @@ func (c *expertClient) Forward(ctx context.Context, in *ForwardRequest, opts ...
 	return out, nil
 }
 
+func (c *expertClient) ForwardStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ForwardStreamRequest, ForwardStreamResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Expert_ServiceDesc.Streams[0], Expert_ForwardStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ForwardStreamRequest, ForwardStreamResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Expert_ForwardStreamClient = grpc.BidiStreamingClient[ForwardStreamRequest, ForwardStreamResponse]
+
 // ExpertServer is the server API for Expert service.
 // All implementations must embed UnimplementedExpertServer
 // for forward compatibility.
@@ -72,6 +96,16 @@ type ExpertServer interface {
 	// (expert, layer); RESOURCE_EXHAUSTED when its queue is full; UNAVAILABLE
 	// while it drains.
 	Forward(context.Context, *ForwardRequest) (*ForwardResponse, error)
+	// ForwardStream carries many Forward calls, concurrently, on one
+	// long-lived stream: the router keeps one per node so that a layer hop
+	// costs two messages instead of a call set-up. Each request frame names
+	// its call by an id unique on the stream; the node answers each call with
+	// one response frame carrying that id, in any order, with the result or
+	// the status the unary Forward would have returned. A frame with cancel
+	// set abandons its call, which then gets no answer. The stream ends with
+	// UNAVAILABLE when the node drains, after the calls in flight are
+	// answered.
+	ForwardStream(grpc.BidiStreamingServer[ForwardStreamRequest, ForwardStreamResponse]) error
 	mustEmbedUnimplementedExpertServer()
 }
 
@@ -84,6 +118,9 @@ type UnimplementedExpertServer struct{}
 
 func (UnimplementedExpertServer) Forward(context.Context, *ForwardRequest) (*ForwardResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Forward not implemented")
+}
+func (UnimplementedExpertServer) ForwardStream(grpc.BidiStreamingServer[ForwardStreamRequest, ForwardStreamResponse]) error {
+	return status.Error(codes.Unimplemented, "method ForwardStream not implemented")
 }
 func (UnimplementedExpertServer) mustEmbedUnimplementedExpertServer() {}
 func (UnimplementedExpertServer) testEmbeddedByValue()                {}
@@ -124,6 +161,13 @@ func _Expert_Forward_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Expert_ForwardStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(ExpertServer).ForwardStream(&grpc.GenericServerStream[ForwardStreamRequest, ForwardStreamResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Expert_ForwardStreamServer = grpc.BidiStreamingServer[ForwardStreamRequest, ForwardStreamResponse]
+
 // Expert_ServiceDesc is the grpc.ServiceDesc for Expert service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -136,6 +180,13 @@ var Expert_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Expert_Forward_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "ForwardStream",
+			Handler:       _Expert_ForwardStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "proto/moegrid/v1/expert.proto",
 }

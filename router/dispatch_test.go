@@ -26,11 +26,16 @@ import (
 // expertNode is a minimal expert server on loopback over the shared
 // in-process experts (package expertnode is not the router's to import).
 // The topology decides what it serves. It counts its calls by layer and
-// fails every call with failCode when that is set.
+// fails every call with failCode when that is set; with hang set, a call
+// waits for its end (the node has gone gray). It serves ForwardStream
+// unless unaryOnly is set, as a node built before the stream would.
 type expertNode struct {
 	moegridv1.UnimplementedExpertServer
-	id, addr string
-	failCode atomic.Uint32 // a codes.Code; OK serves
+	id, addr  string
+	failCode  atomic.Uint32 // a codes.Code; OK serves
+	hang      atomic.Bool
+	unaryOnly atomic.Bool
+	cancelled atomic.Int32 // hung calls ended by their context
 
 	mu    sync.Mutex
 	calls map[int]int // protected by mu; by layer
@@ -83,6 +88,11 @@ func (n *expertNode) Forward(ctx context.Context, req *moegridv1.ForwardRequest)
 	if c := codes.Code(n.failCode.Load()); c != codes.OK {
 		return nil, status.Errorf(c, "node %s: injected failure", n.id)
 	}
+	if n.hang.Load() {
+		<-ctx.Done()
+		n.cancelled.Add(1)
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
 	H := fx.model.Config.HiddenSize
 	if int(req.Dim) != H {
 		return nil, status.Errorf(codes.InvalidArgument, "dim %d, want %d", req.Dim, H)
@@ -108,6 +118,13 @@ func (n *expertNode) Forward(ctx context.Context, req *moegridv1.ForwardRequest)
 		resp.Batches = append(resp.Batches, &moegridv1.ExpertRows{Expert: uint32(b.Expert), Rows: uint32(b.Rows), Data: data})
 	}
 	return resp, nil
+}
+
+func (n *expertNode) ForwardStream(stream moegridv1.Expert_ForwardStreamServer) error {
+	if n.unaryOnly.Load() {
+		return n.UnimplementedExpertServer.ForwardStream(stream)
+	}
+	return moegridv1.ServeForwardStream(stream, nil, n.Forward)
 }
 
 // staticTopology is a Topology the test sets by hand.
@@ -170,7 +187,7 @@ func newTestDispatcher(t *testing.T, cfg DispatchConfig, topo Topology) *Dispatc
 	if cfg.WaitForHolder == 0 {
 		cfg.WaitForHolder = 10 * time.Second
 	}
-	d := NewDispatcher(cfg, topo, fx.model.Config.HiddenSize)
+	d := NewDispatcher(cfg, topo, fx.model.Config.HiddenSize, nil, nil)
 	t.Cleanup(func() {
 		if err := d.Close(); err != nil {
 			t.Errorf("Dispatcher.Close: %v", err)
@@ -489,10 +506,10 @@ func TestDispatcherBF16(t *testing.T) {
 // TestDispatcherRetain checks that connections to nodes no longer registered
 // are closed and forgotten, and that live ones are kept.
 func TestDispatcherRetain(t *testing.T) {
-	d := NewDispatcher(DispatchConfig{WaitForHolder: time.Second}, nil, 4)
+	d := NewDispatcher(DispatchConfig{WaitForHolder: time.Second}, nil, 4, nil, nil)
 	defer d.Close()
 	for _, addr := range []string{"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"} {
-		if _, err := d.conn(addr); err != nil {
+		if _, err := d.conn(Endpoint{NodeID: addr, Addr: addr}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -67,7 +67,7 @@ func DefaultConfig() Config {
 		HTTPAddr:         "127.0.0.1:0",
 		GossipAddr:       "127.0.0.1:0",
 		LeaseTTL:         cluster.DefaultLeaseTTL,
-		Dispatch:         DispatchConfig{DType: moegridv1.DType_DTYPE_F32, CallTimeout: 30 * time.Second, WaitForHolder: 30 * time.Second},
+		Dispatch:         DefaultDispatchConfig(),
 		Scheduler:        DefaultSchedulerConfig(),
 		DefaultMaxTokens: 128,
 		RequestTimeout:   10 * time.Minute,
@@ -101,6 +101,7 @@ type Router struct {
 	tok         *tokenizer.Tokenizer
 	fingerprint string
 	metrics     *metrics
+	reg         prometheus.Registerer // for the dispatcher Run makes
 	gossipTopo  *clusterTopology
 	dispatcher  *Dispatcher
 	// experts publishes dispatcher, once Run has made it, to Experts.
@@ -152,6 +153,7 @@ func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Router, error
 		tok:         tok,
 		fingerprint: fp,
 		metrics:     newMetrics(reg),
+		reg:         reg,
 		seeds:       newSeedSource(),
 		started:     time.Now(),
 		routed:      make([]atomic.Uint64, m.Config.NumLocalExperts),
@@ -210,7 +212,7 @@ func (r *Router) Run(ctx context.Context) error {
 	defer gossip.Close()
 
 	r.gossipTopo = newClusterTopology(r.fingerprint, gossip)
-	r.dispatcher = NewDispatcher(r.cfg.Dispatch, r.gossipTopo, r.model.Config.HiddenSize)
+	r.dispatcher = NewDispatcher(r.cfg.Dispatch, r.gossipTopo, r.model.Config.HiddenSize, r.log, r.reg)
 	defer r.dispatcher.Close()
 	r.gossipTopo.onChange = r.dispatcher.Retain
 	r.experts.Store(r.dispatcher)

@@ -269,6 +269,7 @@ type routerOptions struct {
 	experts          model.Experts // default fx.experts
 	defaultMaxTokens int           // default 16
 	noRun            bool          // do not run the scheduler
+	log              *slog.Logger  // default discards
 }
 
 func newTestRouter(t *testing.T, o routerOptions) *testRouter {
@@ -285,9 +286,12 @@ func newTestRouter(t *testing.T, o routerOptions) *testRouter {
 	if o.defaultMaxTokens == 0 {
 		o.defaultMaxTokens = 16
 	}
+	if o.log == nil {
+		o.log = slog.New(slog.DiscardHandler)
+	}
 	r := &Router{
 		cfg:     Config{ID: "router-test", ModelName: "tiny", DefaultMaxTokens: o.defaultMaxTokens, Scheduler: o.sched},
-		log:     slog.New(slog.DiscardHandler),
+		log:     o.log,
 		model:   o.model,
 		tok:     fx.tok,
 		metrics: newMetrics(prometheus.NewRegistry()),

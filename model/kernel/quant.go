@@ -43,7 +43,7 @@ func (q *quantFormat) spec() formatSpec {
 		blockSize:  q.blockSize,
 		blockBytes: q.blockBytes,
 		new: func(rows, cols int, data []byte) Matrix {
-			return &quantMatrix{shape: shape{rows, cols}, q: q, data: data, rowBytes: cols / q.blockSize * q.blockBytes}
+			return &quantMatrix{shape: shape{rows, cols}, q: q, data: data, rowBytes: cols / q.blockSize * q.blockBytes, simd: simdRow(q.format)}
 		},
 	}
 }
@@ -55,6 +55,10 @@ type quantMatrix struct {
 	q        *quantFormat
 	data     []byte
 	rowBytes int
+	// simd dequantizes a row with SIMD instructions, to the same bits;
+	// nil where the CPU has none. The portable path does not use it, so
+	// that it stays a reference for the SIMD one.
+	simd func(dst []float32, row []byte)
 }
 
 func (m *quantMatrix) Format() Format { return m.q.format }
@@ -62,6 +66,10 @@ func (m *quantMatrix) Bytes() int64   { return int64(len(m.data)) }
 
 func (m *quantMatrix) Row(dst []float32, r int) {
 	row := m.data[r*m.rowBytes : (r+1)*m.rowBytes]
+	if m.simd != nil && kernels.path != PathPortable {
+		m.simd(dst[:m.cols], row)
+		return
+	}
 	bs, bb := m.q.blockSize, m.q.blockBytes
 	for b := range m.cols / bs {
 		m.q.dequantize(dst[b*bs:(b+1)*bs], row[b*bb:(b+1)*bb])

@@ -48,3 +48,31 @@ func itoa(n int) string {
 	}
 	return itoa(n/10) + string(rune('0'+n%10))
 }
+
+// BenchmarkQuantRow dequantizes one 4096-value row of each format on the
+// current path; the throughput is of weight bytes.
+func BenchmarkQuantRow(b *testing.B) {
+	const cols = 4096
+	rng := rand.New(rand.NewPCG(1, 1))
+	w := make([]float32, cols)
+	for i := range w {
+		w[i] = float32(rng.NormFloat64())
+	}
+	dst := make([]float32, cols)
+	for _, f := range quantFormats {
+		data, err := kernel.Quantize(f, 1, cols, w)
+		if err != nil {
+			b.Fatal(err)
+		}
+		m, err := kernel.NewMatrix(f, 1, cols, data)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(string(f), func(b *testing.B) {
+			b.SetBytes(int64(len(data)))
+			for b.Loop() {
+				m.Row(dst, 0)
+			}
+		})
+	}
+}

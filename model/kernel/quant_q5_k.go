@@ -21,17 +21,12 @@ func dequantizeQ5_K(dst []float32, b []byte) {
 		sc2, m2 := scaleMinK4(2*c+1, scales)
 		d1, dm1 := d*float32(sc1), dmin*float32(m1)
 		d2, dm2 := d*float32(sc2), dmin*float32(m2)
-		u1, u2 := byte(1)<<(2*c), byte(2)<<(2*c)
 		q := qs[32*c : 32*c+32]
 		y := dst[64*c : 64*c+64]
 		for l, v := range q {
-			q1, q2 := v&0xf, v>>4
-			if qh[l]&u1 != 0 {
-				q1 += 16
-			}
-			if qh[l]&u2 != 0 {
-				q2 += 16
-			}
+			// The fifth bits, without branches: they are random.
+			q1 := v&0xf | (qh[l]>>(2*c)&1)<<4
+			q2 := v>>4 | (qh[l]>>(2*c+1)&1)<<4
 			y[l] = float32(d1*float32(q1)) - dm1
 			y[l+32] = float32(d2*float32(q2)) - dm2
 		}

@@ -259,3 +259,86 @@ func TestQuantizeErrors(t *testing.T) {
 		t.Errorf("short Q6_K data: no error")
 	}
 }
+
+// randomBlocks returns nb random blocks of f whose F16 scales are finite,
+// so that every value dequantizes to a number.
+func randomBlocks(rng *rand.Rand, f kernel.Format, nb int) []byte {
+	bb := map[kernel.Format]int{kernel.Q8_0: 34, kernel.Q4_0: 18, kernel.Q4_K: 144, kernel.Q5_K: 176, kernel.Q6_K: 210}[f]
+	data := make([]byte, nb*bb)
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	finiteScales(f, data, bb)
+	return data
+}
+
+// finiteScales clears the top exponent bit of every F16 scale in data,
+// blocks of bb bytes of f, so that none is an infinity or NaN.
+func finiteScales(f kernel.Format, data []byte, bb int) {
+	offsets := map[kernel.Format][]int{kernel.Q8_0: {0}, kernel.Q4_0: {0}, kernel.Q4_K: {0, 2}, kernel.Q5_K: {0, 2}, kernel.Q6_K: {208}}[f]
+	for b := 0; b+bb <= len(data); b += bb {
+		for _, off := range offsets {
+			data[b+off+1] &^= 0x40
+		}
+	}
+}
+
+// TestQuantPathsAgree checks the SIMD dequantizers against the portable
+// ones on random blocks.
+func TestQuantPathsAgree(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	for _, f := range quantFormats {
+		const rows, cols = 7, 1024
+		data := randomBlocks(rng, f, rows*cols/f.BlockSize())
+		want := dequantizeOn(t, kernel.PathPortable, f, rows, cols, data)
+		for _, p := range quantPaths() {
+			if d := firstBitDiff(dequantizeOn(t, p, f, rows, cols, data), want); d != "" {
+				t.Errorf("%s on %s: %s", f, p, d)
+			}
+		}
+	}
+}
+
+func dequantizeOn(t testing.TB, p kernel.Path, f kernel.Format, rows, cols int, data []byte) []float32 {
+	t.Helper()
+	restore, err := kernel.UsePath(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer restore()
+	return dequantizeAll(t, f, rows, cols, data)
+}
+
+// FuzzQuantRow checks, for arbitrary blocks, that every path dequantizes
+// to the same bits.
+func FuzzQuantRow(f *testing.F) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	for i, qf := range quantFormats {
+		f.Add(uint8(i), randomBlocks(rng, qf, 2))
+	}
+	f.Fuzz(func(t *testing.T, which uint8, data []byte) {
+		qf := quantFormats[int(which)%len(quantFormats)]
+		bb := int(mustBytes(t, qf, 1, qf.BlockSize()))
+		nb := len(data) / bb
+		if nb == 0 {
+			return
+		}
+		data = bytes.Clone(data[:nb*bb])
+		finiteScales(qf, data, bb)
+		want := dequantizeOn(t, kernel.PathPortable, qf, 1, nb*qf.BlockSize(), data)
+		for _, p := range quantPaths() {
+			if d := firstBitDiff(dequantizeOn(t, p, qf, 1, nb*qf.BlockSize(), data), want); d != "" {
+				t.Fatalf("%s on %s: %s", qf, p, d)
+			}
+		}
+	})
+}
+
+func mustBytes(t testing.TB, f kernel.Format, rows, cols int) int64 {
+	t.Helper()
+	n, err := f.MatrixBytes(rows, cols)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}

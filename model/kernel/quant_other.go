@@ -1,0 +1,6 @@
+//go:build !amd64
+
+package kernel
+
+// simdRow reports that no SIMD dequantizers exist off amd64.
+func simdRow(Format) func(dst []float32, row []byte) { return nil }

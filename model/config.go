@@ -135,8 +135,17 @@ func ParseConfig(data []byte) (Config, error) {
 }
 
 // LoadConfig reads config.json from a checkpoint directory (or the file
-// itself when path names a file).
+// itself when path names a file), or builds the configuration from the
+// metadata of a GGUF checkpoint (see IsGGUF).
 func LoadConfig(path string) (Config, error) {
+	if IsGGUF(path) {
+		ck, cfg, err := openGGUF(path)
+		if err != nil {
+			return Config{}, err
+		}
+		ck.Close()
+		return cfg, nil
+	}
 	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
 		path = filepath.Join(path, "config.json")
 	}

@@ -48,8 +48,12 @@ var _ Experts = (*ExpertSet)(nil)
 
 // LoadExperts maps the experts for which want(layer, expert) is true from the
 // checkpoint in dir; want == nil loads them all. Only the shard files holding
-// those tensors are opened. Close releases the mapping.
+// those tensors are opened; of a GGUF checkpoint (see IsGGUF), only those
+// experts' byte ranges are read. Close releases the mapping.
 func LoadExperts(dir string, cfg Config, want func(layer, expert int) bool) (*ExpertSet, error) {
+	if IsGGUF(dir) {
+		return loadGGUFExperts(dir, cfg, want)
+	}
 	ck, err := safetensors.OpenCheckpoint(dir, func(name string) bool {
 		l, e, ok := ParseExpertTensor(name)
 		return ok && l < cfg.NumHiddenLayers && e < cfg.NumLocalExperts && (want == nil || want(l, e))

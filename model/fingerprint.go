@@ -19,8 +19,12 @@ const fingerprintSample = 64
 // every tensor in name order, its name, dtype, shape and first bytes. It does
 // not depend on how the tensors are split into files. The router and expert
 // nodes compare fingerprints so that a node serving another checkpoint is
-// never mixed into a model.
+// never mixed into a model. A GGUF checkpoint's fingerprint is taken over
+// its own tensors, so it never matches a safetensors checkpoint's.
 func Fingerprint(dir string) (string, error) {
+	if IsGGUF(dir) {
+		return ggufFingerprint(dir)
+	}
 	h := sha256.New()
 	cfg, err := os.ReadFile(filepath.Join(dir, "config.json"))
 	if err != nil {

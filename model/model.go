@@ -31,9 +31,13 @@ type Model struct {
 }
 
 // Load maps the non-expert weights of the checkpoint in dir (config.json and
-// safetensors files). Expert weights are left alone: load them with
-// LoadExperts where they are needed.
+// safetensors files), or of the GGUF checkpoint dir names (see IsGGUF).
+// Expert weights are left alone: load them with LoadExperts where they are
+// needed.
 func Load(dir string) (*Model, error) {
+	if IsGGUF(dir) {
+		return loadGGUF(dir)
+	}
 	cfg, err := LoadConfig(dir)
 	if err != nil {
 		return nil, err

@@ -26,8 +26,12 @@ func (c *Config) ExpertLayerBytes(f kernel.Format) (int64, error) {
 // CheckpointExpertLayerBytes is the stored size of one expert in one layer
 // of the checkpoint in dir, read from its tensors (the largest over all
 // experts and layers, for checkpoints that mix formats): what an expert
-// shard really occupies once mapped. Only tensor headers are read.
+// shard really occupies once mapped. Only tensor headers are read. For a
+// GGUF checkpoint (see IsGGUF) these are its quantized bytes.
 func CheckpointExpertLayerBytes(dir string, cfg Config) (int64, error) {
+	if IsGGUF(dir) {
+		return ggufExpertLayerBytes(dir, cfg)
+	}
 	ck, err := safetensors.OpenCheckpoint(dir, func(name string) bool {
 		l, e, ok := ParseExpertTensor(name)
 		return ok && l < cfg.NumHiddenLayers && e < cfg.NumLocalExperts

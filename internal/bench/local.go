@@ -30,8 +30,8 @@ type Local struct {
 // OpenLocal maps the checkpoint in dir with every expert; its runs use
 // schedulers configured by sched. A nil log discards.
 func OpenLocal(dir string, sched router.SchedulerConfig, log *slog.Logger) (*Local, error) {
-	if sched.MaxBatchTokens < 1 || sched.PrefillChunk < 1 || sched.MaxRunning < 1 || sched.MaxWaiting < 1 {
-		return nil, fmt.Errorf("bench: scheduler limits must be at least 1: %+v", sched)
+	if err := sched.Validate(); err != nil {
+		return nil, err
 	}
 	m, err := model.Load(dir)
 	if err != nil {

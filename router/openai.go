@@ -24,7 +24,8 @@ const maxRequestBody = 4 << 20
 
 func (r *Router) httpHandler(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/models", r.handleModels)
-	mux.HandleFunc("GET /v1/models/{model}", r.handleModel)
+	// Served model names may contain slashes ("org/name").
+	mux.HandleFunc("GET /v1/models/{model...}", r.handleModel)
 	mux.HandleFunc("POST /v1/completions", r.handleCompletions)
 	mux.HandleFunc("POST /v1/chat/completions", r.handleChat)
 }

@@ -543,6 +543,115 @@ func TestOpenAIClientChat(t *testing.T) {
 	}
 }
 
+// A batch of prompts and n > 1 make one choice per prompt and n, indexed
+// prompt-major, run together; with a seed, choice i samples with seed+i.
+func TestOpenAIClientChoices(t *testing.T) {
+	tr := newTestRouter(t, routerOptions{})
+	client := newOpenAIClient(t, tr)
+	ctx := testContext(t)
+	const maxTokens = 4
+	ignoreEOS := option.WithJSONSet("ignore_eos", true)
+	prompts := []string{"Hello world", "The cat sat"}
+	// grpcText is the gRPC API's completion of a prompt, the reference.
+	grpcText := func(p *moegridv1.GenerateRequest) string {
+		t.Helper()
+		p.MaxTokens, p.IgnoreEos = maxTokens, true
+		g, err := generate(ctx, tr.client, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g.text
+	}
+	textPrompt := func(s string) *moegridv1.GenerateRequest {
+		return &moegridv1.GenerateRequest{Prompt: &moegridv1.GenerateRequest_Text{Text: s}}
+	}
+
+	t.Run("a batch of prompts, n=2", func(t *testing.T) {
+		c, err := client.Completions.New(ctx, openai.CompletionNewParams{
+			Model: "tiny", Prompt: openai.CompletionNewParamsPromptUnion{OfArrayOfStrings: prompts},
+			N: openai.Int(2), MaxTokens: openai.Int(maxTokens), Temperature: openai.Float(0),
+		}, ignoreEOS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(c.Choices) != 4 {
+			t.Fatalf("%d choices, want 4", len(c.Choices))
+		}
+		promptTokens := 0
+		for i, p := range prompts {
+			promptTokens += len(fx.tok.Encode(p, true))
+			want := grpcText(textPrompt(p))
+			for j := range 2 {
+				if ch := c.Choices[2*i+j]; ch.Index != int64(2*i+j) || ch.Text != want || ch.FinishReason != "length" {
+					t.Errorf("choice %d: %s; want the completion %q of prompt %d", 2*i+j, ch.RawJSON(), want, i)
+				}
+			}
+		}
+		if c.Usage.PromptTokens != int64(promptTokens) || c.Usage.CompletionTokens != 4*maxTokens {
+			t.Errorf("usage %s; want each prompt counted once and every choice's tokens", c.Usage.RawJSON())
+		}
+	})
+
+	t.Run("seeded choices", func(t *testing.T) {
+		params := openai.CompletionNewParams{
+			Model: "tiny", Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String(prompts[0])},
+			N: openai.Int(3), MaxTokens: openai.Int(maxTokens), Temperature: openai.Float(1), Seed: openai.Int(7),
+		}
+		c, err := client.Completions.New(ctx, params, ignoreEOS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, ch := range c.Choices {
+			req := textPrompt(prompts[0])
+			req.Temperature, req.Seed = 1, ptr(uint64(7+i))
+			if want := grpcText(req); ch.Text != want {
+				t.Errorf("choice %d: %q, want the gRPC API's %q with seed %d", i, ch.Text, want, 7+i)
+			}
+		}
+	})
+
+	t.Run("chat stream, n=2", func(t *testing.T) {
+		ids, err := tr.r.chatPrompt([]chatMessage{{Role: "user", Content: "hi"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := grpcText(&moegridv1.GenerateRequest{Prompt: idsPrompt(ids)})
+		stream := client.Chat.Completions.NewStreaming(ctx, openai.ChatCompletionNewParams{
+			Model: "tiny", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")},
+			N: openai.Int(2), MaxTokens: openai.Int(maxTokens), Temperature: openai.Float(0),
+			StreamOptions: openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)},
+		}, ignoreEOS)
+		var acc openai.ChatCompletionAccumulator
+		deltas := map[int64]int{}
+		for stream.Next() {
+			chunk := stream.Current()
+			if !acc.AddChunk(chunk) {
+				t.Fatalf("the client's accumulator refused chunk %s", chunk.RawJSON())
+			}
+			for _, ch := range chunk.Choices {
+				if (ch.Delta.Role == "assistant") != (deltas[ch.Index] == 0) {
+					t.Errorf("choice %d, delta %d: role %q; want it in the first delta only", ch.Index, deltas[ch.Index], ch.Delta.Role)
+				}
+				deltas[ch.Index]++
+			}
+		}
+		if err := stream.Err(); err != nil {
+			t.Fatal(err)
+		}
+		if len(acc.Choices) != 2 {
+			t.Fatalf("%d choices, want 2", len(acc.Choices))
+		}
+		for i, ch := range acc.Choices {
+			if ch.Message.Content != want || ch.FinishReason != "length" {
+				t.Errorf("choice %d: %q, finish %q; want %q", i, ch.Message.Content, ch.FinishReason, want)
+			}
+		}
+		if acc.Usage.PromptTokens != int64(len(ids)) || acc.Usage.CompletionTokens != 2*maxTokens {
+			t.Errorf("usage %s", acc.Usage.RawJSON())
+		}
+	})
+}
+
 // Requests the router does not implement, or that are malformed, get the
 // error a client can act on; fields it does not know are ignored.
 func TestOpenAIClientErrors(t *testing.T) {
@@ -570,7 +679,7 @@ func TestOpenAIClientErrors(t *testing.T) {
 			p.User = openai.String("bob")
 		}), nil, http.StatusOK, "", ""},
 		{"unknown fields", base, []option.RequestOption{option.WithJSONSet("frobnicate", map[string]any{"x": 1}), option.WithJSONSet("metadata", "y")}, http.StatusOK, "", ""},
-		{"n", with(func(p *openai.CompletionNewParams) { p.N = openai.Int(2) }), nil, http.StatusBadRequest, "n", "n 2"},
+		{"n", with(func(p *openai.CompletionNewParams) { p.N = openai.Int(0) }), nil, http.StatusBadRequest, "n", "n 0"},
 		{"presence_penalty", with(func(p *openai.CompletionNewParams) { p.PresencePenalty = openai.Float(0.5) }), nil, http.StatusBadRequest, "presence_penalty", "presence_penalty"},
 		{"frequency_penalty", with(func(p *openai.CompletionNewParams) { p.FrequencyPenalty = openai.Float(1) }), nil, http.StatusBadRequest, "frequency_penalty", "frequency_penalty"},
 		{"logit_bias", with(func(p *openai.CompletionNewParams) { p.LogitBias = map[string]int64{"5": -100} }), nil, http.StatusBadRequest, "logit_bias", "logit_bias"},
@@ -597,9 +706,9 @@ func TestOpenAIClientErrors(t *testing.T) {
 		})
 	}
 
-	chat := openai.ChatCompletionNewParams{Model: "tiny", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}, N: openai.Int(3)}
+	chat := openai.ChatCompletionNewParams{Model: "tiny", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}, N: openai.Int(maxChoices + 1)}
 	_, err := client.Chat.Completions.New(ctx, chat)
-	wantAPIError(t, err, http.StatusBadRequest, "n", "n 3")
+	wantAPIError(t, err, http.StatusBadRequest, "n", "n 65")
 }
 
 // An error after a stream has begun is its last event, which the client

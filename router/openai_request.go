@@ -6,14 +6,23 @@ import (
 	"strings"
 )
 
-// maxUserBytes bounds "user", which goes into the log.
-const maxUserBytes = 256
+const (
+	// maxUserBytes bounds "user", which goes into the log.
+	maxUserBytes = 256
+	// maxChoices bounds the choices of one request, prompts times n: each
+	// is a sequence in the scheduler's batch.
+	maxChoices = 64
+)
 
 // apiRequest is a parsed request of either completion endpoint.
 type apiRequest struct {
-	chat         bool
-	endpoint     string // for the log
+	chat     bool
+	endpoint string // for the log
+	// params holds the sampling parameters every choice shares; prompts
+	// the prompts, each completed n times.
 	params       completionParams
+	prompts      []prompt
+	n            int
 	stream       bool
 	includeUsage bool // stream_options.include_usage: a last chunk with the usage
 	// echo puts the prompt's text before the completion (completions only).
@@ -76,6 +85,12 @@ type chatFields struct {
 	} `json:"response_format"`
 }
 
+// prompt is one prompt of a request: text as the client sent it, or ids.
+type prompt struct {
+	text *string
+	ids  []int
+}
+
 type chatMessage struct {
 	Role    string
 	Content string
@@ -85,9 +100,13 @@ type chatMessage struct {
 // endpoint's echo and logprobs. maxTokens is the endpoint's max_tokens
 // field, named param.
 func (a *apiRequest) parseCommon(f *commonFields, maxTokens *int, param string) error {
+	a.n = 1
+	if f.N != nil {
+		a.n = *f.N
+	}
 	switch {
-	case f.N != nil && *f.N != 1:
-		return badParam("n", "n %d: only n=1 is supported", *f.N)
+	case a.n < 1 || a.n > maxChoices:
+		return badParam("n", "n %d must be in [1, %d]", a.n, maxChoices)
 	case f.PresencePenalty != nil && *f.PresencePenalty != 0:
 		return badParam("presence_penalty", "presence_penalty %v: only 0 is supported", *f.PresencePenalty)
 	case f.FrequencyPenalty != nil && *f.FrequencyPenalty != 0:
@@ -181,10 +200,7 @@ func parseCompletion(body []byte) (*apiRequest, error) {
 		return nil, err
 	}
 	a := &apiRequest{endpoint: "/v1/completions", echo: cf.Echo}
-	switch {
-	case cf.BestOf != nil && *cf.BestOf != 1:
-		return nil, badParam("best_of", "best_of %d: only best_of=1 is supported", *cf.BestOf)
-	case cf.Suffix != nil && *cf.Suffix != "":
+	if cf.Suffix != nil && *cf.Suffix != "" {
 		return nil, badParam("suffix", "suffix is not supported")
 	}
 	if cf.Logprobs != nil {
@@ -195,36 +211,57 @@ func parseCompletion(body []byte) (*apiRequest, error) {
 	if err := a.parseCommon(&f, f.MaxTokens, "max_tokens"); err != nil {
 		return nil, err
 	}
-	if err := parsePrompt(cf.Prompt, &a.params); err != nil {
+	// best_of n is n: choosing the best of more is not implemented.
+	if cf.BestOf != nil && *cf.BestOf != 1 && *cf.BestOf != a.n {
+		return nil, badParam("best_of", "best_of %d: only best_of equal to n (%d) is supported", *cf.BestOf, a.n)
+	}
+	var err error
+	if a.prompts, err = parsePrompts(cf.Prompt); err != nil {
 		return nil, err
+	}
+	if len(a.prompts)*a.n > maxChoices {
+		return nil, badParam("n", "%d prompts times n %d is %d choices, at most %d", len(a.prompts), a.n, len(a.prompts)*a.n, maxChoices)
 	}
 	return a, nil
 }
 
-// parsePrompt accepts a string or an array of token ids, alone or as the
-// one element of an array (batching clients send a list of one prompt).
-func parsePrompt(raw json.RawMessage, p *completionParams) error {
+// parsePrompts accepts a string, an array of token ids, or an array of
+// those: one prompt, or several in a batch.
+func parsePrompts(raw json.RawMessage) ([]prompt, error) {
+	const want = "want a string, a non-empty array of token ids, or a non-empty array of those"
 	if len(raw) == 0 || string(raw) == "null" {
-		return badParam("prompt", "prompt is required")
+		return nil, badParam("prompt", "prompt is required")
+	}
+	one := func(raw json.RawMessage) (prompt, bool) {
+		var text string
+		if json.Unmarshal(raw, &text) == nil {
+			return prompt{text: &text}, true
+		}
+		var ids []int
+		if json.Unmarshal(raw, &ids) != nil || len(ids) == 0 {
+			return prompt{}, false
+		}
+		return prompt{ids: ids}, true
+	}
+	if p, ok := one(raw); ok {
+		return []prompt{p}, nil
 	}
 	var list []json.RawMessage
-	if json.Unmarshal(raw, &list) == nil && len(list) > 0 && (list[0][0] == '"' || list[0][0] == '[') {
-		if len(list) > 1 {
-			return badParam("prompt", "prompt: %d prompts; give one prompt per request", len(list))
+	if json.Unmarshal(raw, &list) != nil || len(list) == 0 {
+		return nil, badParam("prompt", "prompt: %s", want)
+	}
+	if len(list) > maxChoices {
+		return nil, badParam("prompt", "prompt: %d prompts, at most %d", len(list), maxChoices)
+	}
+	out := make([]prompt, len(list))
+	for i, el := range list {
+		p, ok := one(el)
+		if !ok {
+			return nil, badParam("prompt", "prompt[%d]: want a string or a non-empty array of token ids", i)
 		}
-		raw = list[0]
+		out[i] = p
 	}
-	var text string
-	if err := json.Unmarshal(raw, &text); err == nil {
-		p.text = &text
-		return nil
-	}
-	var ids []int
-	if err := json.Unmarshal(raw, &ids); err != nil || len(ids) == 0 {
-		return badParam("prompt", "prompt must be a string or a non-empty array of token ids, alone or in an array of one")
-	}
-	p.ids = ids
-	return nil
+	return out, nil
 }
 
 // parseChat parses a /v1/chat/completions body; the messages are rendered

@@ -3,12 +3,15 @@ package router
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc/status"
 )
 
@@ -60,13 +63,15 @@ func (r *Router) handleChat(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	a, msgs, err := parseChat(body)
+	var ids []int
 	if err == nil {
-		a.params.ids, err = r.chatPrompt(msgs)
+		ids, err = r.chatPrompt(msgs)
 	}
 	if err != nil {
 		r.httpError(w, err)
 		return
 	}
+	a.prompts = []prompt{{ids: ids}}
 	r.serveAPI(w, req, a)
 }
 
@@ -80,11 +85,57 @@ type piece struct {
 	tokens []pieceToken
 }
 
-// serveAPI validates a parsed request, runs it and writes it as one JSON
-// response or as server-sent events.
+// choice is one choice of a response: the completion of a prompt.
+type choice struct {
+	index  int
+	prompt prompt // as the client sent it, for echo
+	c      completion
+	// first is set on the first choice of its prompt, which counts the
+	// prompt's tokens in the usage.
+	first bool
+}
+
+// outcome is how a choice ended.
+type outcome struct {
+	finish FinishReason
+	usage  usage
+}
+
+// choices validates every prompt and makes its n choices. With a seed,
+// choice i samples with seed+i, so that n choices differ yet repeat.
+func (r *Router) choices(a *apiRequest) ([]choice, error) {
+	var out []choice
+	for i, pr := range a.prompts {
+		p := a.params
+		p.text, p.ids = pr.text, pr.ids
+		c, err := r.validate(p)
+		if err != nil {
+			// The parameters all prompts share passed with the first, so
+			// a later prompt's error is its own.
+			if i > 0 && errors.Is(err, ErrInvalid) {
+				return nil, badParam("prompt", "prompt[%d]: %s", i, strings.TrimPrefix(err.Error(), ErrInvalid.Error()+": "))
+			}
+			return nil, err
+		}
+		for j := range a.n {
+			ch := choice{index: len(out), prompt: pr, c: c, first: j == 0}
+			switch {
+			case a.params.seed != nil:
+				ch.c.sampling.Seed = *a.params.seed + uint64(ch.index)
+			case j > 0:
+				ch.c.sampling.Seed = r.seeds.Next()
+			}
+			out = append(out, ch)
+		}
+	}
+	return out, nil
+}
+
+// serveAPI validates a parsed request, runs its choices together and writes
+// them as one JSON response or as server-sent events.
 func (r *Router) serveAPI(w http.ResponseWriter, req *http.Request, a *apiRequest) {
 	start := time.Now()
-	c, err := r.validate(a.params)
+	choices, err := r.choices(a)
 	if err != nil {
 		r.httpError(w, err)
 		return
@@ -97,23 +148,39 @@ func (r *Router) serveAPI(w http.ResponseWriter, req *http.Request, a *apiReques
 		out.obj.ID = "chat" + out.obj.ID
 		out.obj.Object = "chat.completion"
 	}
-	var finish FinishReason
-	var u usage
+	var outcomes []outcome
 	if a.stream {
-		finish, u, err = out.stream(req.Context(), w, c)
+		outcomes, err = out.stream(req.Context(), w, choices)
 	} else {
-		finish, u, err = out.whole(req.Context(), w, c)
+		outcomes, err = out.whole(req.Context(), w, choices)
 	}
 	code := status.Code(toStatus(err))
 	r.metrics.requests.WithLabelValues("http", code.String()).Inc()
-	attrs := []any{"endpoint", a.endpoint, "user", a.user, "stream", a.stream,
+	u := totalUsage(choices, outcomes)
+	attrs := []any{"endpoint", a.endpoint, "user", a.user, "stream", a.stream, "choices", len(choices),
 		"prompt_tokens", u.prompt, "completion_tokens", u.completion, "duration", time.Since(start)}
 	if err != nil {
 		attrs = append(attrs, "code", code.String(), "err", err)
 	} else {
-		attrs = append(attrs, "finish", finishName(finish))
+		finishes := make([]string, len(outcomes))
+		for i, oc := range outcomes {
+			finishes[i] = finishName(oc.finish)
+		}
+		attrs = append(attrs, "finish", strings.Join(finishes, ","))
 	}
 	r.log.Info("completion", attrs...)
+}
+
+// totalUsage adds up the choices' usage, each prompt counted once.
+func totalUsage(choices []choice, outcomes []outcome) usage {
+	var u usage
+	for i, oc := range outcomes {
+		if choices[i].first {
+			u.prompt += oc.usage.prompt
+		}
+		u.completion += oc.usage.completion
+	}
+	return u
 }
 
 // response writes one request's completion.
@@ -123,24 +190,41 @@ type response struct {
 	obj completionObject // the envelope: id, object, created, model
 }
 
-// run generates the completion, calling emit with each piece.
-func (o *response) run(ctx context.Context, c completion, emit func(piece) error) (FinishReason, usage, error) {
+// runAll runs every choice in its own goroutine, the scheduler batching
+// them; each calls emit from its goroutine. The first error cancels the
+// others. It returns when all have ended.
+func (o *response) runAll(ctx context.Context, choices []choice, run func(ctx context.Context, ch choice) (outcome, error)) ([]outcome, error) {
+	outcomes := make([]outcome, len(choices))
+	g, ctx := errgroup.WithContext(ctx)
+	for i, ch := range choices {
+		g.Go(func() error {
+			var err error
+			outcomes[i], err = run(ctx, ch)
+			return err
+		})
+	}
+	return outcomes, g.Wait()
+}
+
+// run generates one choice, calling emit with each piece.
+func (o *response) run(ctx context.Context, ch choice, emit func(piece) error) (outcome, error) {
+	c := ch.c
 	// offset is the length of the choice's text so far, in text_offset's
 	// characters, counted token by token; the text itself may lag behind
 	// while a stop string is possible.
 	offset := 0
 	echoed := !o.a.echo
-	echo := func(ch chunk) error {
+	echo := func(ck chunk) error {
 		if echoed {
 			return nil
 		}
 		echoed = true
 		p := piece{text: o.r.tok.Decode(c.prompt)}
-		if o.a.params.text != nil {
-			p.text = *o.a.params.text // as the client sent it
+		if ch.prompt.text != nil {
+			p.text = *ch.prompt.text // as the client sent it
 		}
 		dec := o.r.tok.NewStreamDecoder(true)
-		for i, lp := range ch.promptLogprobs {
+		for i, lp := range ck.promptLogprobs {
 			p.tokens = append(p.tokens, pieceToken{lp: lp, predicted: i > 0, offset: offset})
 			offset += utf8.RuneCountInString(dec.Next(lp.Token))
 		}
@@ -148,80 +232,98 @@ func (o *response) run(ctx context.Context, c completion, emit func(piece) error
 		return emit(p)
 	}
 	if o.a.promptOnly {
-		u := usage{prompt: len(c.prompt)}
+		oc := outcome{finish: FinishLength, usage: usage{prompt: len(c.prompt)}}
 		if !o.a.logprobs {
-			return FinishLength, u, echo(chunk{})
+			return oc, echo(chunk{})
 		}
 		// The scheduler samples at least one token; the prompt's
 		// log-probabilities come with it, and it is dropped.
 		_, _, err := o.r.complete(ctx, c, echo)
-		return FinishLength, u, err
+		return oc, err
 	}
 	dec := o.r.tok.NewStreamDecoder(false)
 	// complete emits a chunk for every token, so the echo goes first.
-	return o.r.complete(ctx, c, func(ch chunk) error {
-		if err := echo(ch); err != nil {
+	finish, u, err := o.r.complete(ctx, c, func(ck chunk) error {
+		if err := echo(ck); err != nil {
 			return err
 		}
-		p := piece{text: ch.text}
-		for _, lp := range ch.logprobs {
+		p := piece{text: ck.text}
+		for _, lp := range ck.logprobs {
 			p.tokens = append(p.tokens, pieceToken{lp: lp, predicted: true, offset: offset})
 			offset += utf8.RuneCountInString(dec.Next(lp.Token))
 		}
 		return emit(p)
 	})
+	return outcome{finish: finish, usage: u}, err
 }
 
 // whole writes the completion as one JSON response.
-func (o *response) whole(ctx context.Context, w http.ResponseWriter, c completion) (FinishReason, usage, error) {
-	var text strings.Builder
-	var lps *logprobsJSON
-	if o.a.logprobs {
-		lps = o.newLogprobs()
-	}
-	finish, u, err := o.run(ctx, c, func(p piece) error {
-		text.WriteString(p.text)
-		if lps != nil {
-			lps.add(p.tokens)
+func (o *response) whole(ctx context.Context, w http.ResponseWriter, choices []choice) ([]outcome, error) {
+	texts := make([]strings.Builder, len(choices))
+	lps := make([]*logprobsJSON, len(choices))
+	outcomes, err := o.runAll(ctx, choices, func(ctx context.Context, ch choice) (outcome, error) {
+		if o.a.logprobs {
+			lps[ch.index] = o.newLogprobs()
 		}
-		return nil
+		return o.run(ctx, ch, func(p piece) error {
+			texts[ch.index].WriteString(p.text)
+			if l := lps[ch.index]; l != nil {
+				l.add(p.tokens)
+			}
+			return nil
+		})
 	})
 	if err != nil {
 		writeHTTPError(w, err)
-		return finish, u, err
+		return outcomes, err
 	}
-	s, f := text.String(), finishName(finish)
-	ch := completionChoice{FinishReason: &f}
-	if lps != nil {
-		ch.Logprobs = lps.value()
+	o.obj.Choices = make([]completionChoice, len(choices))
+	for i := range choices {
+		s, f := texts[i].String(), finishName(outcomes[i].finish)
+		cc := completionChoice{Index: i, FinishReason: &f}
+		if lps[i] != nil {
+			cc.Logprobs = lps[i].value()
+		}
+		if o.a.chat {
+			cc.Message = &chatDelta{Role: "assistant", Content: &s}
+		} else {
+			cc.Text = &s
+		}
+		o.obj.Choices[i] = cc
 	}
-	if o.a.chat {
-		ch.Message = &chatDelta{Role: "assistant", Content: &s}
-	} else {
-		ch.Text = &s
+	o.obj.Usage = usageJSON(totalUsage(choices, outcomes))
+	b, err := json.Marshal(o.obj)
+	if err != nil {
+		err = fmt.Errorf("router: writing the completion: %w", err)
+		writeHTTPError(w, err)
+		return outcomes, err
 	}
-	o.obj.Choices = []completionChoice{ch}
-	o.obj.Usage = usageJSON(u)
-	writeJSON(w, http.StatusOK, o.obj)
-	return finish, u, nil
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(append(b, '\n'))
+	return outcomes, nil
 }
 
-// stream writes the completion as server-sent events: a chunk per piece of
-// text, one with the finish reason, one with the usage if asked, and
-// "[DONE]". A chat stream's first delta carries the role.
-func (o *response) stream(ctx context.Context, w http.ResponseWriter, c completion) (FinishReason, usage, error) {
+// stream writes the completion as server-sent events: chunks of each
+// choice's text as it is sampled, each choice's last with its finish
+// reason, one with the usage if asked, and "[DONE]". A chat choice's first
+// delta carries the role.
+func (o *response) stream(ctx context.Context, w http.ResponseWriter, choices []choice) ([]outcome, error) {
 	if o.a.chat {
 		o.obj.Object = "chat.completion.chunk"
 	}
 	flusher, _ := w.(http.Flusher)
+	// mu serialises the choices' events.
+	var mu sync.Mutex
 	// began is set once the event stream has begun; errors before that are
-	// HTTP errors.
+	// HTTP errors. Protected by mu until every choice has ended.
 	began := false
 	send := func(v any) error {
 		b, err := json.Marshal(v)
 		if err != nil {
 			return err
 		}
+		mu.Lock()
+		defer mu.Unlock()
 		if !began {
 			w.Header().Set("Content-Type", "text/event-stream")
 			w.Header().Set("Cache-Control", "no-cache")
@@ -235,62 +337,64 @@ func (o *response) stream(ctx context.Context, w http.ResponseWriter, c completi
 		}
 		return nil
 	}
-	roleSent := false
-	chunk := func(p piece, finish *string) completionObject {
-		text := p.text
-		ch := completionChoice{FinishReason: finish}
-		if o.a.logprobs && finish == nil {
-			lps := o.newLogprobs()
-			lps.add(p.tokens)
-			ch.Logprobs = lps.value()
-		}
-		if o.a.chat {
-			ch.Delta = &chatDelta{}
-			if finish == nil {
-				ch.Delta.Content = &text
+	outcomes, err := o.runAll(ctx, choices, func(ctx context.Context, ch choice) (outcome, error) {
+		roleSent := false
+		chunk := func(p piece, finish *string) completionObject {
+			cc := completionChoice{Index: ch.index, FinishReason: finish}
+			if o.a.logprobs && finish == nil {
+				lps := o.newLogprobs()
+				lps.add(p.tokens)
+				cc.Logprobs = lps.value()
 			}
-			if !roleSent {
-				ch.Delta.Role, roleSent = "assistant", true
+			if o.a.chat {
+				cc.Delta = &chatDelta{}
+				if finish == nil {
+					cc.Delta.Content = &p.text
+				}
+				if !roleSent {
+					cc.Delta.Role, roleSent = "assistant", true
+				}
+			} else {
+				cc.Text = &p.text
 			}
-		} else {
-			ch.Text = &text
+			obj := o.obj
+			obj.Choices = []completionChoice{cc}
+			return obj
 		}
-		obj := o.obj
-		obj.Choices = []completionChoice{ch}
-		return obj
-	}
-	finish, u, err := o.run(ctx, c, func(p piece) error {
-		if p.text == "" && len(p.tokens) == 0 {
-			return nil
+		oc, err := o.run(ctx, ch, func(p piece) error {
+			if p.text == "" && len(p.tokens) == 0 {
+				return nil
+			}
+			return send(chunk(p, nil))
+		})
+		if err != nil {
+			return oc, err
 		}
-		return send(chunk(p, nil))
+		f := finishName(oc.finish)
+		return oc, send(chunk(piece{}, &f))
 	})
 	if err != nil && !began {
 		writeHTTPError(w, err)
-		return finish, u, err
+		return outcomes, err
 	}
 	if err != nil {
 		// Headers are gone; report the error in the stream.
 		send(map[string]any{"error": errorBody(err)})
-		return finish, u, err
-	}
-	f := finishName(finish)
-	if err := send(chunk(piece{}, &f)); err != nil {
-		return finish, u, err
+		return outcomes, err
 	}
 	if o.a.includeUsage {
 		last := o.obj
 		last.Choices = []completionChoice{}
-		last.Usage = usageJSON(u)
+		last.Usage = usageJSON(totalUsage(choices, outcomes))
 		if err := send(last); err != nil {
-			return finish, u, err
+			return outcomes, err
 		}
 	}
 	fmt.Fprint(w, "data: [DONE]\n\n")
 	if flusher != nil {
 		flusher.Flush()
 	}
-	return finish, u, nil
+	return outcomes, nil
 }
 
 // finishName is OpenAI's finish_reason; "" for a completion that did not

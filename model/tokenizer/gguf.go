@@ -144,3 +144,68 @@ func ggufMerges(tokens []string, scores []float32, typeOf func(int) int32, vocab
 	}
 	return merges
 }
+
+// KeyGGUFUnknown is the metadata key of the unknown piece's id.
+const KeyGGUFUnknown = "tokenizer.ggml.unknown_token_id"
+
+// unknownScore is the score of pieces that no merge makes (single
+// characters, bytes, specials): below every merge's.
+const unknownScore = -1e9
+
+// GGUFMetadata returns t as the tokenizer.ggml.* metadata llama.cpp reads,
+// for writing a GGUF file: model "llama", the pieces by id, their scores
+// and token types, and the BOS, EOS and unknown ids. A piece's score is
+// minus the rank of its best merge, so that llama.cpp's merging by score
+// (and [FromGGUF]) applies the merges in t's order; a piece no merge makes
+// scores -1e9. Special pieces are control tokens, <unk> the unknown one,
+// <0xXX> byte tokens.
+func (t *Tokenizer) GGUFMetadata() ([]gguf.KV, error) {
+	n := len(t.pieces)
+	rank := make([]int32, n)
+	for i := range rank {
+		rank[i] = -1
+	}
+	for _, m := range t.merges {
+		if r := rank[m.id]; r < 0 || m.rank < r {
+			rank[m.id] = m.rank
+		}
+	}
+	scores := make([]float32, n)
+	types := make([]int32, n)
+	unk := -1
+	for id, p := range t.pieces {
+		scores[id] = unknownScore
+		if rank[id] >= 0 {
+			scores[id] = -float32(rank[id])
+		}
+		switch {
+		case p == "<unk>":
+			types[id] = ggufUnknown
+			unk = id
+		case t.special[id]:
+			types[id] = ggufControl
+		case t.byteOf[id] >= 0:
+			types[id] = ggufByte
+		default:
+			types[id] = ggufNormal
+		}
+	}
+	kvs := []gguf.KV{{Key: KeyGGUFModel, Value: gguf.String("llama")}}
+	for _, a := range []struct {
+		key string
+		v   any
+	}{{KeyGGUFTokens, t.pieces}, {KeyGGUFScores, scores}, {KeyGGUFTokenType, types}} {
+		v, err := gguf.ArrayOf(a.v)
+		if err != nil {
+			return nil, err
+		}
+		kvs = append(kvs, gguf.KV{Key: a.key, Value: v})
+	}
+	kvs = append(kvs,
+		gguf.KV{Key: KeyGGUFBOS, Value: gguf.Uint32(uint32(t.bos))},
+		gguf.KV{Key: KeyGGUFEOS, Value: gguf.Uint32(uint32(t.eos))})
+	if unk >= 0 {
+		kvs = append(kvs, gguf.KV{Key: KeyGGUFUnknown, Value: gguf.Uint32(uint32(unk))})
+	}
+	return kvs, nil
+}

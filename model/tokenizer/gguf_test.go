@@ -11,59 +11,14 @@ import (
 	"github.com/moegrid/moegrid/model/gguf"
 )
 
-// mistralGGUFMeta is the Mistral v1 vocabulary as llama.cpp's converter
-// writes it from the SentencePiece model: pieces by id; scores, which
-// SentencePiece gives each piece by the order its merge was learnt in and
-// transformers' converter turned into the merges' ranks, so the score of a
-// piece here is minus the rank of its merge, and pieces no merge makes get
-// -1e9; and token types: <unk> unknown, <s> and </s> control, <0xXX> byte
-// pieces.
+// mistralGGUFMeta is the Mistral v1 vocabulary as GGUF metadata.
 func mistralGGUFMeta(t testing.TB) []gguf.KV {
 	t.Helper()
-	tok := mistral(t)
-	n := tok.VocabSize()
-	rank := make(map[int32]int32)
-	for _, m := range tok.merges {
-		if r, ok := rank[m.id]; !ok || m.rank < r {
-			rank[m.id] = m.rank
-		}
+	kvs, err := mistral(t).GGUFMetadata()
+	if err != nil {
+		t.Fatal(err)
 	}
-	tokens := make([]string, n)
-	scores := make([]float32, n)
-	types := make([]int32, n)
-	for id := range n {
-		p, _ := tok.Piece(id)
-		tokens[id] = p
-		types[id] = ggufNormal
-		switch {
-		case p == "<unk>":
-			types[id] = ggufUnknown
-		case p == "<s>" || p == "</s>":
-			types[id] = ggufControl
-		case parseBytePiece(p) >= 0:
-			types[id] = ggufByte
-		default:
-			scores[id] = -1e9
-			if r, ok := rank[int32(id)]; ok {
-				scores[id] = -float32(r)
-			}
-		}
-	}
-	arr := func(v any) gguf.Value {
-		a, err := gguf.ArrayOf(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return a
-	}
-	return []gguf.KV{
-		{Key: KeyGGUFModel, Value: gguf.String("llama")},
-		{Key: KeyGGUFTokens, Value: arr(tokens)},
-		{Key: KeyGGUFScores, Value: arr(scores)},
-		{Key: KeyGGUFTokenType, Value: arr(types)},
-		{Key: KeyGGUFBOS, Value: gguf.Uint32(1)},
-		{Key: KeyGGUFEOS, Value: gguf.Uint32(2)},
-	}
+	return kvs
 }
 
 // ggufMistral writes the Mistral v1 vocabulary to a GGUF file, reads it
@@ -87,8 +42,9 @@ func ggufMistral(t *testing.T) *Tokenizer {
 }
 
 // TestFromGGUFMatchesTokenizerJSON checks that merging by score, from GGUF
-// metadata, tokenizes exactly as the ranked merges of tokenizer.json do:
-// on the reference examples and on random text made of their pieces.
+// metadata that GGUFMetadata wrote, tokenizes exactly as the ranked merges
+// of tokenizer.json do: on the reference examples and on random text made
+// of their pieces.
 func TestFromGGUFMatchesTokenizerJSON(t *testing.T) {
 	g, ref := ggufMistral(t), mistral(t)
 	if g.VocabSize() != ref.VocabSize() || g.BOS() != ref.BOS() || g.EOS() != ref.EOS() {
@@ -178,5 +134,37 @@ func TestFromGGUFErrors(t *testing.T) {
 		if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.text) {
 			t.Errorf("%s: got %v, want %v naming %q", tc.name, err, tc.want, tc.text)
 		}
+	}
+}
+
+func TestGGUFMetadata(t *testing.T) {
+	md, err := gguf.NewMetadata(mistralGGUFMeta(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	types, err := md.Int32s(KeyGGUFTokenType)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scores, err := md.Float32s(KeyGGUFScores)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := mistral(t)
+	for _, tc := range []struct {
+		piece string
+		typ   int32
+	}{{"<unk>", ggufUnknown}, {"<s>", ggufControl}, {"</s>", ggufControl}, {"<0x0A>", ggufByte}, {"▁the", ggufNormal}} {
+		id, ok := tok.ID(tc.piece)
+		if !ok || types[id] != tc.typ {
+			t.Errorf("%q: type %d, want %d", tc.piece, types[id], tc.typ)
+		}
+	}
+	// The first merge of tokenizer.json, ▁ + t, makes the best score.
+	if id, _ := tok.ID("▁t"); scores[id] != 0 {
+		t.Errorf("score of ▁t = %g, want 0", scores[id])
+	}
+	if unk, err := md.Uint(KeyGGUFUnknown); err != nil || unk != 0 {
+		t.Errorf("unknown id %d, %v", unk, err)
 	}
 }

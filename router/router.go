@@ -26,8 +26,8 @@ import (
 type Config struct {
 	// ID names the router in the cluster (gossip, load reports).
 	ID string
-	// ModelDir is the checkpoint directory; the router maps its non-expert
-	// weights and reads tokenizer.json.
+	// ModelDir is the checkpoint directory or GGUF file; the router maps
+	// its non-expert weights and reads its tokenizer.
 	ModelDir string
 	// ModelName is the model's name in the HTTP API; default the
 	// directory's base name.
@@ -132,7 +132,7 @@ func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Router, error
 	if err != nil {
 		return nil, err
 	}
-	tok, err := tokenizer.Load(filepath.Join(cfg.ModelDir, "tokenizer.json"))
+	tok, err := model.LoadTokenizer(cfg.ModelDir)
 	if err != nil {
 		m.Close()
 		return nil, err

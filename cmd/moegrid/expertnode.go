@@ -34,7 +34,7 @@ func newExpertnodeCmd() *cobra.Command {
 	f := cmd.Flags()
 	cf.register(f)
 	f.StringVar(&cfg.ID, "id", defaultID("expert-0"), "node ID, unique in the cluster and stable across restarts")
-	f.StringVar(&cfg.ModelDir, "model", "", "checkpoint directory (config.json, *.safetensors)")
+	f.StringVar(&cfg.ModelDir, "model", "", "checkpoint directory (config.json, *.safetensors) or GGUF file")
 	f.StringVar(&cfg.GRPCAddr, "grpc-addr", "127.0.0.1:7100", "gRPC listen address")
 	f.StringVar(&cfg.HTTPAddr, "http-addr", "127.0.0.1:9100", "HTTP listen address for /metrics, /healthz, /readyz")
 	f.StringVar(&cfg.AdvertiseAddr, "advertise-addr", "", "gRPC address routers dial (default: the bound address)")

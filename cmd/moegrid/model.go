@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/moegrid/moegrid/model"
+	"github.com/moegrid/moegrid/model/gguf"
 	"github.com/moegrid/moegrid/model/safetensors"
 	"github.com/moegrid/moegrid/model/sample"
 	"github.com/moegrid/moegrid/model/synth"
@@ -81,7 +82,7 @@ func parseDType(s string) (safetensors.DType, error) {
 func newInspectCmd() *cobra.Command {
 	var output string
 	cmd := &cobra.Command{
-		Use:   "inspect DIR",
+		Use:   "inspect DIR|FILE.gguf",
 		Short: "Print a checkpoint's config, tensors and bytes per expert",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -89,12 +90,11 @@ func newInspectCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ck, err := safetensors.OpenCheckpoint(args[0], nil)
+			tensors, err := listTensors(args[0])
 			if err != nil {
 				return err
 			}
-			defer ck.Close()
-			return inspect(cmd.OutOrStdout(), cfg, ck, output)
+			return inspect(cmd.OutOrStdout(), cfg, tensors, output)
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
@@ -106,6 +106,49 @@ type tensorSummary struct {
 	DType string `json:"dtype"`
 	Shape []int  `json:"shape"`
 	Bytes int64  `json:"bytes"`
+	// expert marks an expert weight (or a stack of them).
+	expert bool
+}
+
+// listTensors describes the tensors of a checkpoint directory or GGUF file,
+// from their headers. A GGUF tensor's shape is given outermost first, as a
+// safetensors shape is ([rows, cols], [experts, rows, cols]), and its dtype
+// is the GGML type.
+func listTensors(path string) ([]tensorSummary, error) {
+	var out []tensorSummary
+	if model.IsGGUF(path) {
+		ck, err := gguf.Open(path)
+		if err != nil {
+			return nil, err
+		}
+		defer ck.Close()
+		for _, name := range ck.Names() {
+			info, err := ck.Info(name)
+			if err != nil {
+				return nil, err
+			}
+			shape := make([]int, len(info.Shape))
+			for i, d := range info.Shape {
+				shape[len(shape)-1-i] = int(d)
+			}
+			out = append(out, tensorSummary{Name: name, DType: info.Type.String(), Shape: shape, Bytes: int64(info.Size), expert: model.IsGGUFExpertTensor(name)})
+		}
+		return out, nil
+	}
+	ck, err := safetensors.OpenCheckpoint(path, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer ck.Close()
+	for _, name := range ck.Names() {
+		t, err := ck.Tensor(name)
+		if err != nil {
+			return nil, err
+		}
+		_, _, expert := model.ParseExpertTensor(name)
+		out = append(out, tensorSummary{Name: name, DType: string(t.DType), Shape: t.Shape, Bytes: int64(len(t.Data)), expert: expert})
+	}
+	return out, nil
 }
 
 type inspectSummary struct {
@@ -119,23 +162,17 @@ type inspectSummary struct {
 	Tensors             []tensorSummary `json:"tensors"`
 }
 
-func inspect(w io.Writer, cfg model.Config, ck *safetensors.Checkpoint, output string) error {
-	s := inspectSummary{Config: cfg}
+func inspect(w io.Writer, cfg model.Config, tensors []tensorSummary, output string) error {
+	s := inspectSummary{Config: cfg, Tensors: tensors}
 	dtypes := map[string]bool{}
-	for _, name := range ck.Names() {
-		t, err := ck.Tensor(name)
-		if err != nil {
-			return err
+	for _, t := range tensors {
+		s.TotalBytes += t.Bytes
+		if t.expert {
+			s.ExpertBytes += t.Bytes
 		}
-		n := int64(len(t.Data))
-		s.Tensors = append(s.Tensors, tensorSummary{Name: name, DType: string(t.DType), Shape: t.Shape, Bytes: n})
-		s.TotalBytes += n
-		if _, _, ok := model.ParseExpertTensor(name); ok {
-			s.ExpertBytes += n
-		}
-		if !dtypes[string(t.DType)] {
-			dtypes[string(t.DType)] = true
-			s.DTypes = append(s.DTypes, string(t.DType))
+		if !dtypes[t.DType] {
+			dtypes[t.DType] = true
+			s.DTypes = append(s.DTypes, t.DType)
 		}
 	}
 	s.NonExpertBytes = s.TotalBytes - s.ExpertBytes
@@ -220,7 +257,7 @@ func (l *localModel) Close() {
 }
 
 // promptIDs takes --ids, or tokenizes --prompt with the checkpoint's
-// tokenizer.json.
+// tokenizer (tokenizer.json, or a GGUF file's own).
 func promptIDs(dir, ids, prompt string) ([]int, error) {
 	if ids != "" {
 		return parseIDs(ids)
@@ -238,7 +275,7 @@ func promptIDs(dir, ids, prompt string) ([]int, error) {
 func newEvalCmd() *cobra.Command {
 	var dir, ids, prompt string
 	cmd := &cobra.Command{
-		Use:   "eval --model DIR --ids 1,415,2936",
+		Use:   "eval --model DIR|FILE.gguf --ids 1,415,2936",
 		Short: "Run a prompt in one process; print the last logits, the top 10 per position and the experts chosen as JSON",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -259,7 +296,7 @@ func newEvalCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&dir, "model", "", "checkpoint directory")
+	f.StringVar(&dir, "model", "", "checkpoint directory or GGUF file")
 	f.StringVar(&ids, "ids", "", "prompt token ids, comma separated (BOS included if wanted)")
 	f.StringVar(&prompt, "prompt", "", "prompt text, tokenized with BOS (instead of --ids)")
 	cmd.MarkFlagRequired("model")
@@ -326,7 +363,7 @@ func newLocalGenerateCmd() *cobra.Command {
 		ignoreEOS        bool
 	)
 	cmd := &cobra.Command{
-		Use:   "generate --model DIR --ids 1,415 --max-tokens 24",
+		Use:   "generate --model DIR|FILE.gguf --ids 1,415 --max-tokens 24",
 		Short: "Generate in one process (greedy by default); print {\"ids\": [...]}",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -357,7 +394,7 @@ func newLocalGenerateCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&dir, "model", "", "checkpoint directory")
+	f.StringVar(&dir, "model", "", "checkpoint directory or GGUF file")
 	f.StringVar(&ids, "ids", "", "prompt token ids, comma separated")
 	f.StringVar(&prompt, "prompt", "", "prompt text, tokenized with BOS (instead of --ids)")
 	f.IntVar(&maxTokens, "max-tokens", 16, "number of tokens to generate")
@@ -420,17 +457,18 @@ func newTokenizeCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&file, "tokenizer", "", "tokenizer.json file (or a checkpoint directory holding one)")
+	f.StringVar(&file, "tokenizer", "", "tokenizer.json file, a checkpoint directory holding one, or a GGUF file")
 	f.BoolVar(&noBOS, "no-bos", false, "do not prepend BOS (the text still gets its leading \"▁\", as Hugging Face's add_special_tokens=False)")
 	f.BoolVar(&noPrefix, "no-prefix", false, "neither BOS nor the leading \"▁\" (the reference encode(text, false, false))")
 	cmd.MarkFlagRequired("tokenizer")
 	return cmd
 }
 
-// openTokenizer accepts a tokenizer.json file or a directory holding one.
+// openTokenizer accepts a tokenizer.json file, a directory holding one, or
+// a GGUF file, whose tokenizer.ggml.* metadata describe its tokenizer.
 func openTokenizer(path string) (*tokenizer.Tokenizer, error) {
-	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
-		path += "/tokenizer.json"
+	if fi, err := os.Stat(path); model.IsGGUF(path) || (err == nil && fi.IsDir()) {
+		return model.LoadTokenizer(path)
 	}
 	return tokenizer.Load(path)
 }

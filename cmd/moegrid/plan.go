@@ -84,7 +84,7 @@ Examples:
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&dir, "model", "", "checkpoint directory whose config.json gives the shape")
+	f.StringVar(&dir, "model", "", "checkpoint directory or GGUF file to plan for, with the bytes its experts really hold")
 	f.StringVar(&preset, "preset", "", "a named shape instead of --model: tiny, small or mixtral-8x7b")
 	f.StringVar(&dtype, "dtype", "bf16", "weight format of --preset: f32, bf16, f16")
 	f.IntVar(&nodes, "nodes", 8, "number of equal nodes")

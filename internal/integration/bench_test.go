@@ -1,117 +1,163 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/moegrid/moegrid/model"
 	"github.com/moegrid/moegrid/model/sample"
 )
 
-// BenchmarkDecode measures greedy decoding of the tiny model in one process
-// and through a cluster of 8 in-process expert nodes on loopback, side by
-// side in one run, so their ratio is what the network path costs. It reports
-// ms/token for one sequence and for 8 and 16 sequences batched together.
-func BenchmarkDecode(b *testing.B) {
+// benchPeers are the in-process experts and the cluster's, measured side
+// by side: each iteration runs the same work on every peer in turn, so
+// that the load other processes put on the machine falls on all of them
+// alike and their ratio stays meaningful.
+type benchPeers struct {
+	names   []string
+	experts []model.Experts
+}
+
+// startPeers returns the in-process experts and those of a cluster of 8
+// expert nodes on loopback, in this process; with processes, also those of
+// a cluster whose nodes are child processes.
+func startPeers(b *testing.B, m *model.Model, processes bool) benchPeers {
+	local, err := model.LoadExperts(tinyDir, m.Config, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { local.Close() })
 	tc := startCluster(b, clusterOptions{nodes: 8, minReplicas: 1})
+	p := benchPeers{names: []string{"in-process", "cluster"}, experts: []model.Experts{local, tc.router.Experts()}}
+	if processes {
+		procs := startCluster(b, clusterOptions{nodes: 8, minReplicas: 1, childNodes: true})
+		p.names = append(p.names, "cluster-processes")
+		p.experts = append(p.experts, procs.router.Experts())
+	}
+	return p
+}
+
+// run times work on each peer once per iteration, interleaved, and reports
+// each peer's mean in unit, and each cluster's speed relative to
+// in-process (in-process time / its time: 1 is parity, above 1 faster).
+func (p benchPeers) run(b *testing.B, unit string, scale float64, work func(ctx context.Context, peer int) error) []time.Duration {
+	total := make([]time.Duration, len(p.experts))
+	for b.Loop() {
+		for i := range p.experts {
+			start := time.Now()
+			if err := work(b.Context(), i); err != nil {
+				b.Fatalf("%s: %v", p.names[i], err)
+			}
+			total[i] += time.Since(start)
+		}
+	}
+	for i, name := range p.names {
+		b.ReportMetric(float64(total[i])/float64(b.N)/scale, name+"-"+unit)
+		if i > 0 {
+			b.ReportMetric(float64(total[0])/float64(total[i]), name+"-speed")
+		}
+	}
+	return total
+}
+
+// timedExperts adds the time its experts take to total, so that a step's
+// time splits into the hop and the rest.
+type timedExperts struct {
+	inner model.Experts
+	total *time.Duration
+}
+
+func (t timedExperts) Forward(ctx context.Context, l int, b []model.ExpertBatch) error {
+	s := time.Now()
+	err := t.inner.Forward(ctx, l, b)
+	*t.total += time.Since(s)
+	return err
+}
+
+// BenchmarkDecode measures greedy decoding of the tiny model in one process
+// and through a cluster of 8 in-process expert nodes on loopback,
+// interleaved step by step, so their ratio is what the network path costs.
+// It reports ms/step, the part of it spent in the experts (the hops, for
+// the cluster), and the cluster's speed relative to in-process, for one
+// sequence and for 8 and 16 sequences batched together.
+func BenchmarkDecode(b *testing.B) {
 	m, err := model.Load(tinyDir)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer m.Close()
-	local, err := model.LoadExperts(tinyDir, m.Config, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer local.Close()
-	for _, c := range []struct {
-		name    string
-		experts model.Experts
-	}{{"in-process", local}, {"cluster", tc.router.Experts()}} {
-		for _, batch := range []int{1, 8, 16} {
-			b.Run(fmt.Sprintf("%s/batch=%d", c.name, batch), func(b *testing.B) {
-				caches := make([]*model.Cache, batch)
-				inputs := make([]model.Input, batch)
-				for i := range caches {
-					caches[i] = m.NewCache()
-					inputs[i] = model.Input{Cache: caches[i], Tokens: []int{1, 415, 5565, 302 + i}}
+	peers := startPeers(b, m, false)
+	for _, batch := range []int{1, 8, 16} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
+			inputs := make([][]model.Input, len(peers.experts))
+			for p := range inputs {
+				inputs[p] = make([]model.Input, batch)
+				for i := range inputs[p] {
+					inputs[p][i] = model.Input{Cache: m.NewCache(), Tokens: []int{1, 415, 5565, 302 + i}}
 				}
-				if _, err := m.Forward(b.Context(), c.experts, inputs); err != nil {
+				if _, err := m.Forward(b.Context(), peers.experts[p], inputs[p]); err != nil {
 					b.Fatal(err)
 				}
-				b.ResetTimer()
-				tokens := 0
-				for b.Loop() {
-					for i := range inputs {
-						inputs[i].Tokens = []int{100 + tokens%50}
-					}
-					res, err := m.Forward(b.Context(), c.experts, inputs)
-					if err != nil {
-						b.Fatal(err)
-					}
-					_ = sample.Greedy(res.Logits[0])
-					tokens++
-					if caches[0].Len() > 512 {
-						for _, cc := range caches {
-							cc.Truncate(4)
-						}
+			}
+			steps := make([]int, len(peers.experts))
+			hop := make([]time.Duration, len(peers.experts))
+			defer func() {
+				for p := range hop {
+					b.ReportMetric(float64(hop[p])/float64(b.N)/1e6, peers.names[p]+"-experts-ms/step")
+				}
+			}()
+			peers.run(b, "ms/step", 1e6, func(ctx context.Context, p int) error {
+				in := inputs[p]
+				for i := range in {
+					in[i].Tokens = []int{100 + steps[p]%50}
+				}
+				res, err := m.Forward(ctx, timedExperts{peers.experts[p], &hop[p]}, in)
+				if err != nil {
+					return err
+				}
+				_ = sample.Greedy(res.Logits[0])
+				steps[p]++
+				if in[0].Cache.Len() > 512 {
+					for _, x := range in {
+						x.Cache.Truncate(4)
 					}
 				}
-				b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(tokens), "ms/step")
-				b.ReportMetric(float64(tokens*batch)/b.Elapsed().Seconds(), "tokens/s")
+				return nil
 			})
-		}
+		})
 	}
 }
 
 // BenchmarkHop measures one layer's expert hop at decode size: every row
 // picks two experts, which 8 nodes hold one each, so a hop is two Forward
-// calls to two nodes in parallel. The cluster and the in-process experts
-// run side by side; us/hop-overhead is what the network path adds to a
+// calls to two nodes in parallel. The in-process experts and clusters with
+// nodes in this process and in child processes run interleaved; a
+// cluster's us/hop minus in-process's is what the network path adds to a
 // hop, the router-side cost the dispatcher is judged by.
 func BenchmarkHop(b *testing.B) {
-	tc := startCluster(b, clusterOptions{nodes: 8, minReplicas: 1})
-	procs := startCluster(b, clusterOptions{nodes: 8, minReplicas: 1, childNodes: true})
 	m, err := model.Load(tinyDir)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer m.Close()
-	local, err := model.LoadExperts(tinyDir, m.Config, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer local.Close()
+	peers := startPeers(b, m, true)
 	H := m.Config.HiddenSize
-	batches := func(rows int) []model.ExpertBatch {
-		bs := []model.ExpertBatch{{Expert: 2, Rows: rows}, {Expert: 5, Rows: rows}}
-		for i := range bs {
-			bs[i].In, bs[i].Out = make([]float32, rows*H), make([]float32, rows*H)
-			for j := range bs[i].In {
-				bs[i].In[j] = float32(j%13)/13 - 0.5
-			}
-		}
-		return bs
-	}
 	for _, rows := range []int{1, 16} {
-		perHop := map[string]float64{}
-		for _, c := range []struct {
-			name    string
-			experts model.Experts
-		}{{"in-process", local}, {"cluster", tc.router.Experts()}, {"cluster-processes", procs.router.Experts()}} {
-			b.Run(fmt.Sprintf("%s/rows=%d", c.name, rows), func(b *testing.B) {
-				bs := batches(rows)
-				for b.Loop() {
-					if err := c.experts.Forward(b.Context(), 0, bs); err != nil {
-						b.Fatal(err)
-					}
+		b.Run(fmt.Sprintf("rows=%d", rows), func(b *testing.B) {
+			bs := []model.ExpertBatch{{Expert: 2, Rows: rows}, {Expert: 5, Rows: rows}}
+			for i := range bs {
+				bs[i].In, bs[i].Out = make([]float32, rows*H), make([]float32, rows*H)
+				for j := range bs[i].In {
+					bs[i].In[j] = float32(j%13)/13 - 0.5
 				}
-				perHop[c.name] = float64(b.Elapsed().Microseconds()) / float64(b.N)
-				b.ReportMetric(perHop[c.name], "us/hop")
-				if c.name != "in-process" {
-					b.ReportMetric(perHop[c.name]-perHop["in-process"], "us/hop-overhead")
-				}
+			}
+			total := peers.run(b, "us/hop", 1e3, func(ctx context.Context, p int) error {
+				return peers.experts[p].Forward(ctx, 0, bs)
 			})
-		}
+			for i := 1; i < len(total); i++ {
+				b.ReportMetric(float64(total[i]-total[0])/float64(b.N)/1e3, peers.names[i]+"-us/hop-overhead")
+			}
+		})
 	}
 }

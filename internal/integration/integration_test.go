@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -98,6 +99,8 @@ type clusterOptions struct {
 	leaseTTL   time.Duration
 	// waitForHolder is the router's bound on waiting for a missing expert.
 	waitForHolder time.Duration
+	// model is the checkpoint every component serves; default tinyDir.
+	model string
 }
 
 // component runs fn until the test ends, then cancels it and waits.
@@ -139,7 +142,7 @@ func startCluster(t testing.TB, o clusterOptions) *testCluster {
 	for i := range o.nodes {
 		cfg := expertnode.DefaultConfig()
 		cfg.ID = fmt.Sprintf("expert-%d", i)
-		cfg.ModelDir = tinyDir
+		cfg.ModelDir = cmp.Or(o.model, tinyDir)
 		cfg.EtcdEndpoints = tc.etcd.Endpoints()
 		cfg.LeaseTTL = o.leaseTTL
 		cfg.StopTimeout = 2 * time.Second
@@ -155,7 +158,7 @@ func startCluster(t testing.TB, o clusterOptions) *testCluster {
 	}
 
 	rcfg := router.DefaultConfig()
-	rcfg.ModelDir = tinyDir
+	rcfg.ModelDir = cmp.Or(o.model, tinyDir)
 	rcfg.EtcdEndpoints = tc.etcd.Endpoints()
 	rcfg.LeaseTTL = o.leaseTTL
 	rcfg.Dispatch.WaitForHolder = 20 * time.Second

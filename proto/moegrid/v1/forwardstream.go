@@ -67,7 +67,9 @@ type streamServer struct {
 	// closing refuses new calls once the handler is waiting for the last
 	// ones, protected by mu.
 	closing bool
-	wg      sync.WaitGroup
+	// wg counts the calls and sends the handler waits for; Add only under
+	// mu while not closing.
+	wg sync.WaitGroup
 }
 
 // receive reads frames until the stream ends and starts their calls.
@@ -87,7 +89,10 @@ func (ss *streamServer) receive(ctx context.Context) error {
 				cancel()
 			}
 		case f.Request == nil:
-			ss.send(&ForwardStreamResponse{Id: f.Id, Code: uint32(codes.InvalidArgument), Message: "moegrid.v1: stream frame has neither a request nor cancel"})
+			if ss.enter() {
+				ss.send(&ForwardStreamResponse{Id: f.Id, Code: uint32(codes.InvalidArgument), Message: "moegrid.v1: stream frame has neither a request nor cancel"})
+				ss.wg.Done()
+			}
 		default:
 			if err := ss.start(ctx, f); err != nil {
 				return err
@@ -112,9 +117,9 @@ func (ss *streamServer) start(ctx context.Context, f *ForwardStreamRequest) erro
 		return status.Errorf(codes.InvalidArgument, "moegrid.v1: stream call id %d is already in flight", f.Id)
 	}
 	if ss.closing {
+		// The stream's end, UNAVAILABLE, answers this call too.
 		ss.mu.Unlock()
 		cancel()
-		ss.send(&ForwardStreamResponse{Id: f.Id, Code: uint32(codes.Unavailable), Message: "moegrid.v1: the stream is closing"})
 		return nil
 	}
 	ss.calls[f.Id] = cancel
@@ -139,6 +144,19 @@ func (ss *streamServer) start(ctx context.Context, f *ForwardStreamRequest) erro
 		ss.send(out)
 	}()
 	return nil
+}
+
+// enter reserves a place among the sends the handler waits for before it
+// returns, since a stream must not be used after its handler returned; it
+// reports false once the handler is closing.
+func (ss *streamServer) enter() bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.closing {
+		return false
+	}
+	ss.wg.Add(1)
+	return true
 }
 
 // send sends one answer. A failed Send means the stream is gone, which the

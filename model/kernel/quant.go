@@ -43,7 +43,7 @@ func (q *quantFormat) spec() formatSpec {
 		blockSize:  q.blockSize,
 		blockBytes: q.blockBytes,
 		new: func(rows, cols int, data []byte) Matrix {
-			return &quantMatrix{shape: shape{rows, cols}, q: q, data: data, rowBytes: cols / q.blockSize * q.blockBytes, simd: simdRow(q.format)}
+			return &quantMatrix{shape: shape{rows, cols}, q: q, data: data, rowBytes: cols / q.blockSize * q.blockBytes, avx2: simdRow(q.format, PathAVX2), avx512: simdRow(q.format, PathAVX512)}
 		},
 	}
 }
@@ -55,10 +55,9 @@ type quantMatrix struct {
 	q        *quantFormat
 	data     []byte
 	rowBytes int
-	// simd dequantizes a row with SIMD instructions, to the same bits;
-	// nil where the CPU has none. The portable path does not use it, so
-	// that it stays a reference for the SIMD one.
-	simd func(dst []float32, row []byte)
+	// avx2 and avx512 dequantize a row on those paths, to the same bits
+	// as the portable code; nil where the CPU lacks the instructions.
+	avx2, avx512 func(dst []float32, row []byte)
 }
 
 func (m *quantMatrix) Format() Format { return m.q.format }
@@ -66,8 +65,15 @@ func (m *quantMatrix) Bytes() int64   { return int64(len(m.data)) }
 
 func (m *quantMatrix) Row(dst []float32, r int) {
 	row := m.data[r*m.rowBytes : (r+1)*m.rowBytes]
-	if m.simd != nil && kernels.path != PathPortable {
-		m.simd(dst[:m.cols], row)
+	simd := m.avx512
+	if kernels.path != PathAVX512 {
+		simd = nil
+		if kernels.path == PathAVX2 {
+			simd = m.avx2
+		}
+	}
+	if simd != nil {
+		simd(dst[:m.cols], row)
 		return
 	}
 	bs, bb := m.q.blockSize, m.q.blockBytes

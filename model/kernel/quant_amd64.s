@@ -5,18 +5,21 @@
 // one multiply (and for Q4_K and Q5_K one subtract), each rounded on its
 // own, never fused.
 
-// func dequantQ8_0AVX2(dst *float32, blocks *byte, d *float32, nb int)
-// dst[32b+i] = float32(int8(blocks[34b+2+i])) · d[b] for b < nb, i < 32.
-TEXT ·dequantQ8_0AVX2(SB), NOSPLIT, $0-32
+// func dequantQ8_0AVX2(dst *float32, blocks *byte, nb int)
+// dst[32b+i] = float32(int8(blocks[34b+2+i])) · d_b for b < nb, i < 32,
+// d_b the F16 scale at blocks[34b:], widened exactly by VCVTPH2PS.
+TEXT ·dequantQ8_0AVX2(SB), NOSPLIT, $0-24
 	MOVQ dst+0(FP), DI
 	MOVQ blocks+8(FP), SI
-	MOVQ d+16(FP), DX
-	MOVQ nb+24(FP), CX
+	MOVQ nb+16(FP), CX
 	TESTQ CX, CX
 	JZ   q8done
 
 q8loop:
-	VBROADCASTSS (DX), Y0
+	MOVWLZX (SI), AX
+	VMOVD AX, X0
+	VCVTPH2PS X0, X0
+	VBROADCASTSS X0, Y0
 	VPMOVSXBD 2(SI), Y1
 	VPMOVSXBD 10(SI), Y2
 	VPMOVSXBD 18(SI), Y3
@@ -34,7 +37,6 @@ q8loop:
 	VMOVUPS Y3, 64(DI)
 	VMOVUPS Y4, 96(DI)
 	ADDQ $34, SI
-	ADDQ $4, DX
 	ADDQ $128, DI
 	DECQ CX
 	JNZ  q8loop
@@ -43,14 +45,13 @@ q8done:
 	VZEROUPPER
 	RET
 
-// func dequantQ4_0AVX2(dst *float32, blocks *byte, d *float32, nb int)
-// dst[32b+i] = float32(lo(q[i])-8)·d[b], dst[32b+16+i] = float32(hi(q[i])-8)·d[b]
-// for the 16 bytes q at blocks[18b+2:].
-TEXT ·dequantQ4_0AVX2(SB), NOSPLIT, $0-32
+// func dequantQ4_0AVX2(dst *float32, blocks *byte, nb int)
+// dst[32b+i] = float32(lo(q[i])-8)·d_b, dst[32b+16+i] = float32(hi(q[i])-8)·d_b
+// for the 16 bytes q at blocks[18b+2:] and the F16 scale d_b at blocks[18b:].
+TEXT ·dequantQ4_0AVX2(SB), NOSPLIT, $0-24
 	MOVQ dst+0(FP), DI
 	MOVQ blocks+8(FP), SI
-	MOVQ d+16(FP), DX
-	MOVQ nb+24(FP), CX
+	MOVQ nb+16(FP), CX
 	TESTQ CX, CX
 	JZ   q40done
 	MOVL $15, AX
@@ -61,7 +62,10 @@ TEXT ·dequantQ4_0AVX2(SB), NOSPLIT, $0-32
 	VPBROADCASTD X8, Y8 // the offset
 
 q40loop:
-	VBROADCASTSS (DX), Y0
+	MOVWLZX (SI), AX
+	VMOVD AX, X0
+	VCVTPH2PS X0, X0
+	VBROADCASTSS X0, Y0
 	VPMOVZXBD 2(SI), Y1
 	VPMOVZXBD 10(SI), Y2
 	VPAND Y7, Y1, Y3
@@ -85,7 +89,6 @@ q40loop:
 	VMOVUPS Y5, 64(DI)
 	VMOVUPS Y6, 96(DI)
 	ADDQ $18, SI
-	ADDQ $4, DX
 	ADDQ $128, DI
 	DECQ CX
 	JNZ  q40loop

@@ -3,4 +3,4 @@
 package kernel
 
 // simdRow reports that no SIMD dequantizers exist off amd64.
-func simdRow(Format) func(dst []float32, row []byte) { return nil }
+func simdRow(Format, Path) func(dst []float32, row []byte) { return nil }

@@ -24,7 +24,8 @@ import (
 type Config struct {
 	// ID names the node in the cluster; unique, stable across restarts.
 	ID string
-	// ModelDir is the checkpoint directory (config.json, *.safetensors).
+	// ModelDir is the checkpoint directory (config.json, *.safetensors) or
+	// GGUF file.
 	ModelDir string
 	// EtcdEndpoints are the etcd client URLs.
 	EtcdEndpoints []string

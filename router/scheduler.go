@@ -48,6 +48,12 @@ type SchedulerConfig struct {
 	// compute; more prefills faster at the decoding streams' expense.
 	// 0 means 1.
 	PrefillShare float64
+	// AttentionPrice is what the scheduler's work count takes one
+	// multiply-add of attention over the context to cost, in multiply-adds
+	// of the weights' matrix products: attention runs as short dot
+	// products per cached position, which are slower than the tiled
+	// matmuls. 0 means DefaultAttentionPrice.
+	AttentionPrice float64
 	// MaxPromptTokens is the longest prompt accepted; 0 means the model's
 	// context.
 	MaxPromptTokens int
@@ -60,9 +66,15 @@ type SchedulerConfig struct {
 	MaxWaiting int
 }
 
+// DefaultAttentionPrice is the AttentionPrice measured with this code's CPU
+// kernels (AVX2, the tiny model, four streams beside a 4000-token prompt):
+// there an attention multiply-add, one short dot product per cached
+// position and head, takes about as long as four of the tiled matmuls'.
+const DefaultAttentionPrice = 4
+
 // DefaultSchedulerConfig returns the local defaults.
 func DefaultSchedulerConfig() SchedulerConfig {
-	return SchedulerConfig{MaxBatchTokens: 512, PrefillChunk: 256, PrefillShare: 1, MaxRunning: 64, MaxWaiting: 256}
+	return SchedulerConfig{MaxBatchTokens: 512, PrefillChunk: 256, PrefillShare: 1, AttentionPrice: DefaultAttentionPrice, MaxRunning: 64, MaxWaiting: 256}
 }
 
 // Validate reports the first field out of range, naming it.
@@ -72,6 +84,8 @@ func (c SchedulerConfig) Validate() error {
 		return fmt.Errorf("router: scheduler limits must be at least 1: %+v", c)
 	case math.IsNaN(c.PrefillShare) || math.IsInf(c.PrefillShare, 0) || c.PrefillShare < 0:
 		return fmt.Errorf("router: prefill share %v must be a positive number (0: the default 1)", c.PrefillShare)
+	case math.IsNaN(c.AttentionPrice) || math.IsInf(c.AttentionPrice, 0) || c.AttentionPrice < 0:
+		return fmt.Errorf("router: attention price %v must be a positive number (0: the default %v)", c.AttentionPrice, DefaultAttentionPrice)
 	case c.MaxPromptTokens < 0:
 		return fmt.Errorf("router: max prompt tokens %d must not be negative (0: the model's context)", c.MaxPromptTokens)
 	case c.KVCacheBytes < 0:
@@ -136,25 +150,25 @@ type sequence struct {
 //
 // Fairness: a step costs what its rows cost, and a prompt token's cost grows
 // with the context it attends to (a chunk of n tokens after c cached ones
-// attends to n·c + n(n+1)/2 positions in every layer). The scheduler counts
-// a step's work in multiply-adds from the model's shapes: per row the
-// attention projections, the gate and the chosen experts; per row with
-// logits the lm_head; per attended position the query·key and weight·value
-// products. Its rule:
+// attends to n·c + n(n+1)/2 positions in every layer). The scheduler prices
+// a step's work from the model's shapes: multiply-adds of the weights
+// (attention projections, gate, the chosen experts; lm_head for rows with
+// logits) plus AttentionPrice times those of attention (q·k and the
+// weighted v over every attended position). Its rule:
 //
 //   - every sequence that is decoding gets one token every step (within
 //     MaxBatchTokens);
 //   - prompts are prefilled in admission order in what the step has left:
 //     at most PrefillChunk tokens each, MaxBatchTokens in all, and, while
-//     any sequence decodes, work of at most PrefillShare times the decoding
-//     rows' work; a long-context chunk shrinks until it fits;
+//     any sequence decodes, work of at most PrefillShare times that of the
+//     decoding rows; a long-context chunk shrinks until it fits;
 //   - the oldest prompt gets at least one token a step, so every prompt
-//     progresses;
+//     progresses even where one token costs more than the share;
 //   - with nothing decoding no one waits on the step, and prompts take the
 //     token limits alone.
 //
-// So a prompt arriving at most doubles (by default) the compute of the
-// steps that carry the running streams' tokens, whatever its length; a long
+// So a prompt arriving at most doubles (by default) the work of the steps
+// that carry the running streams' tokens, whatever its length; a long
 // prompt spreads over as many steps as that takes.
 //
 // Admission: a request reserves the KV cache bytes of its prompt and
@@ -188,15 +202,15 @@ type Scheduler struct {
 	waiting int  // protected by mu; requests Run took from submit and has not admitted
 }
 
-// stepWork is what one step computed.
+// stepWork is what one step computed, priced by workModel.
 type stepWork struct {
-	decoding      int   // sequences given a token
-	decodeWork    int64 // multiply-adds of the decoding rows
+	decoding      int     // sequences given a token
+	decodeWork    float64 // of the decoding rows
 	prefillTokens int
-	prefillWork   int64 // multiply-adds of the prompt chunks
-	prefillBudget int64 // the bound on prefillWork; math.MaxInt64 with nothing decoding
-	attention     int64 // positions attended per layer, all rows
-	reserved      int64 // KV cache bytes reserved by the running sequences
+	prefillWork   float64 // of the prompt chunks
+	prefillBudget float64 // the bound on prefillWork; +Inf with nothing decoding
+	attention     int64   // attended positions per layer, every row
+	reserved      int64   // KV cache bytes reserved by the running sequences
 }
 
 // NewScheduler returns a scheduler; Run drives it. onRoutes, if not nil, is
@@ -213,6 +227,9 @@ func NewScheduler(cfg SchedulerConfig, m *model.Model, experts model.Experts, lo
 	if cfg.PrefillShare == 0 {
 		cfg.PrefillShare = 1
 	}
+	if cfg.AttentionPrice == 0 {
+		cfg.AttentionPrice = DefaultAttentionPrice
+	}
 	if cfg.MaxPromptTokens == 0 {
 		cfg.MaxPromptTokens = m.Config.MaxPositionEmbeddings
 	}
@@ -227,7 +244,7 @@ func NewScheduler(cfg SchedulerConfig, m *model.Model, experts model.Experts, lo
 		log:        log,
 		onRoutes:   onRoutes,
 		metrics:    met,
-		cost:       newWorkModel(&m.Config),
+		cost:       newWorkModel(&m.Config, cfg.AttentionPrice),
 		kvPerToken: kvBytesPerToken(&m.Config),
 		kvBudget:   cfg.KVCacheBytes,
 		submit:     make(chan *sequence, cfg.MaxWaiting),
@@ -410,9 +427,9 @@ func (s *Scheduler) step(ctx context.Context, running []*sequence) []*sequence {
 			w.attention += s.cost.attended(q.cache.Len(), 1)
 		}
 	}
-	w.prefillBudget = math.MaxInt64
+	w.prefillBudget = math.Inf(1)
 	if w.decoding > 0 {
-		w.prefillBudget = int64(min(s.cfg.PrefillShare*float64(w.decodeWork), math.MaxInt64/2))
+		w.prefillBudget = s.cfg.PrefillShare * w.decodeWork
 	}
 	oldest := true
 	for _, q := range running {
@@ -421,18 +438,17 @@ func (s *Scheduler) step(ctx context.Context, running []*sequence) []*sequence {
 			continue
 		}
 		c := q.cache.Len()
-		logitRows := func(n int) int {
+		chunkWork := func(n int) float64 {
+			logitRows := 0
 			switch {
 			case q.req.PromptLogprobs:
-				return n
+				logitRows = n
 			case n == rest:
-				return 1
+				logitRows = 1
 			}
-			return 0
+			return s.cost.work(c, n, logitRows)
 		}
-		n := s.cost.fit(min(rest, s.cfg.PrefillChunk, rows), w.prefillBudget-w.prefillWork, func(n int) int64 {
-			return s.cost.work(c, n, logitRows(n))
-		})
+		n := fit(min(rest, s.cfg.PrefillChunk, rows), w.prefillBudget-w.prefillWork, chunkWork)
 		if n == 0 && oldest {
 			n = 1
 		}
@@ -444,7 +460,7 @@ func (s *Scheduler) step(ctx context.Context, running []*sequence) []*sequence {
 		members = append(members, q)
 		rows -= n
 		w.prefillTokens += n
-		w.prefillWork += s.cost.work(c, n, logitRows(n))
+		w.prefillWork += chunkWork(n)
 		w.attention += s.cost.attended(c, n)
 	}
 	res, err := s.model.Forward(ctx, s.experts, inputs)
@@ -552,22 +568,24 @@ func (q *sequence) gatherPromptLogprobs(logits []float32, n, vocab int) {
 	}
 }
 
-// workModel prices a step's rows in multiply-adds, from the model's shapes:
-// what the scheduler's fairness rule counts.
+// workModel prices a step's rows from the model's shapes, in multiply-adds
+// of the weights (attention projections, gate, the chosen experts; lm_head
+// for rows with logits) plus AttentionPrice times those of attention (q·k
+// and the weighted v of every head at every attended position).
 type workModel struct {
-	row    int64 // every row: attention projections, gate, the chosen experts, all layers
-	logits int64 // a row with logits: lm_head
-	pair   int64 // one attended position, all layers: q·k and the weighted v of every head
-	window int64 // the sliding window, 0 without one
+	row    float64 // every row, all layers
+	logits float64 // a row with logits
+	pair   float64 // one attended position, all layers, priced
+	window int64   // the sliding window, 0 without one
 }
 
-func newWorkModel(c *model.Config) workModel {
-	H, q, kv := int64(c.HiddenSize), int64(c.QDim()), int64(c.KVDim())
-	layer := H*(q+2*kv) + q*H + H*int64(c.NumLocalExperts) + int64(c.NumExpertsPerTok)*3*H*int64(c.IntermediateSize)
+func newWorkModel(c *model.Config, attentionPrice float64) workModel {
+	H, q, kv := float64(c.HiddenSize), float64(c.QDim()), float64(c.KVDim())
+	layer := H*(q+2*kv) + q*H + H*float64(c.NumLocalExperts) + float64(c.NumExpertsPerTok)*3*H*float64(c.IntermediateSize)
 	w := workModel{
-		row:    int64(c.NumHiddenLayers) * layer,
-		logits: H * int64(c.VocabSize),
-		pair:   int64(c.NumHiddenLayers) * 2 * q,
+		row:    float64(c.NumHiddenLayers) * layer,
+		logits: H * float64(c.VocabSize),
+		pair:   attentionPrice * float64(c.NumHiddenLayers) * 2 * q,
 	}
 	if c.SlidingWindow != nil {
 		w.window = int64(*c.SlidingWindow)
@@ -592,15 +610,14 @@ func (w workModel) attended(c, n int) int64 {
 	return sum(a, w.window) + (b-w.window)*w.window
 }
 
-// work is the multiply-adds of n tokens after c cached ones, logitRows of
-// them with logits.
-func (w workModel) work(c, n, logitRows int) int64 {
-	return int64(n)*w.row + int64(logitRows)*w.logits + w.attended(c, n)*w.pair
+// work prices n tokens after c cached ones, logitRows of them with logits.
+func (w workModel) work(c, n, logitRows int) float64 {
+	return float64(n)*w.row + float64(logitRows)*w.logits + float64(w.attended(c, n))*w.pair
 }
 
 // fit returns the largest n in [0, most] whose cost(n), increasing in n, is
 // at most budget.
-func (w workModel) fit(most int, budget int64, cost func(n int) int64) int {
+func fit(most int, budget float64, cost func(n int) float64) int {
 	lo, hi := 0, most // cost(lo) fits; the answer is in [lo, hi]
 	for lo < hi {
 		mid := (lo + hi + 1) / 2

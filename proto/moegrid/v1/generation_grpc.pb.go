@@ -30,10 +30,13 @@ const (
 type GenerationClient interface {
 	// Generate streams the tokens of one completion. The first messages carry
 	// tokens as they are sampled; the last one carries finish_reason and usage.
-	// Errors: INVALID_ARGUMENT naming the offending field; UNAVAILABLE when an
+	// Errors: INVALID_ARGUMENT naming the offending field (a prompt past the
+	// router's --max-prompt-tokens, or a prompt and max_tokens whose KV cache
+	// could never fit its --kv-cache-bytes, included); UNAVAILABLE when an
 	// expert the request needs has no live holder within the wait bound;
-	// RESOURCE_EXHAUSTED when the router's queue is full; DEADLINE_EXCEEDED and
-	// CANCELLED as the client's context says.
+	// RESOURCE_EXHAUSTED when the router's queue is full (a request that fits
+	// the KV cache budget but not beside the running ones waits in it);
+	// DEADLINE_EXCEEDED and CANCELLED as the client's context says.
 	Generate(ctx context.Context, in *GenerateRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GenerateResponse], error)
 }
 
@@ -72,10 +75,13 @@ type Generation_GenerateClient = grpc.ServerStreamingClient[GenerateResponse]
 type GenerationServer interface {
 	// Generate streams the tokens of one completion. The first messages carry
 	// tokens as they are sampled; the last one carries finish_reason and usage.
-	// Errors: INVALID_ARGUMENT naming the offending field; UNAVAILABLE when an
+	// Errors: INVALID_ARGUMENT naming the offending field (a prompt past the
+	// router's --max-prompt-tokens, or a prompt and max_tokens whose KV cache
+	// could never fit its --kv-cache-bytes, included); UNAVAILABLE when an
 	// expert the request needs has no live holder within the wait bound;
-	// RESOURCE_EXHAUSTED when the router's queue is full; DEADLINE_EXCEEDED and
-	// CANCELLED as the client's context says.
+	// RESOURCE_EXHAUSTED when the router's queue is full (a request that fits
+	// the KV cache budget but not beside the running ones waits in it);
+	// DEADLINE_EXCEEDED and CANCELLED as the client's context says.
 	Generate(*GenerateRequest, grpc.ServerStreamingServer[GenerateResponse]) error
 	mustEmbedUnimplementedGenerationServer()
 }

@@ -159,3 +159,33 @@ func TestGenerateTooBig(t *testing.T) {
 		t.Errorf("a request of exactly the budget: %d tokens, %v", len(g.tokens), err)
 	}
 }
+
+func TestSubmitInvalid(t *testing.T) {
+	ctx := testContext(t)
+	cfg := DefaultSchedulerConfig()
+	cfg.MaxPromptTokens = 8
+	cfg.KVCacheBytes = 64 * kvBytesPerToken(&fx.model.Config)
+	s, _ := newScheduler(cfg, fx.model, fx.experts)
+	runScheduler(t, s)
+	p := prompts(1)[0]
+	for _, tc := range []struct {
+		name  string
+		req   Request
+		field string
+	}{
+		{"no prompt", Request{MaxTokens: 1}, "prompt"},
+		{"no max tokens", Request{Prompt: p}, "max_tokens"},
+		{"negative logprobs", Request{Prompt: p, MaxTokens: 1, Logprobs: -1}, "logprobs"},
+		{"logprobs past the cap", Request{Prompt: p, MaxTokens: 1, Logprobs: MaxLogprobs + 1}, "logprobs"},
+		{"prompt past the limit", Request{Prompt: make([]int, 9), MaxTokens: 1}, "prompt"},
+		{"past the KV budget", Request{Prompt: p, MaxTokens: 64}, "max_tokens"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.req.Sampler = greedy()
+			_, err := s.Submit(ctx, tc.req)
+			if !errors.Is(err, ErrInvalid) || !strings.HasPrefix(strings.TrimPrefix(err.Error(), ErrInvalid.Error()+": "), tc.field) {
+				t.Errorf("Submit: %v, want ErrInvalid naming %q", err, tc.field)
+			}
+		})
+	}
+}

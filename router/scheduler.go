@@ -281,13 +281,15 @@ func (s *Scheduler) checkSize(promptTokens, maxTokens int) error {
 // Submit queues a request. Its events arrive on the returned channel, which
 // is closed after the last one. Cancelling ctx ends the sequence and frees
 // its cache at the next step boundary. Errors: ErrInvalid for a request that
-// could never be served (no prompt, logprobs out of range, a prompt past
+// could never be served (no prompt, max_tokens under 1, logprobs out of range, a prompt past
 // MaxPromptTokens, a KV reservation past the whole budget), ErrQueueFull,
 // ErrStopped.
 func (s *Scheduler) Submit(ctx context.Context, req Request) (<-chan Event, error) {
 	switch {
 	case len(req.Prompt) == 0:
 		return nil, fmt.Errorf("%w: prompt: no tokens", ErrInvalid)
+	case req.MaxTokens < 1:
+		return nil, fmt.Errorf("%w: max_tokens %d must be at least 1", ErrInvalid, req.MaxTokens)
 	case req.Logprobs < 0 || req.Logprobs > MaxLogprobs:
 		return nil, fmt.Errorf("%w: logprobs %d must be in [0, %d]", ErrInvalid, req.Logprobs, MaxLogprobs)
 	}

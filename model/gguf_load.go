@@ -194,6 +194,11 @@ func ggufConfig(ck *gguf.Checkpoint) (Config, error) {
 	if firstErr != nil {
 		return Config{}, firstErr
 	}
+	// A layer is nine tensors or more: a count the file cannot hold is
+	// refused before anything is sized by it.
+	if n := len(ck.Names()); cfg.NumHiddenLayers > n/9 {
+		return Config{}, bad("%s %d, but the file holds only %d tensors", key("block_count"), cfg.NumHiddenLayers, n)
+	}
 	if cfg.NumAttentionHeads > 0 {
 		if d := size("attention.key_length", 0); d != 0 && d != cfg.HiddenSize/cfg.NumAttentionHeads {
 			cfg.HeadDimension = d

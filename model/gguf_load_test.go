@@ -304,7 +304,7 @@ func TestGGUFMatchesSafetensors(t *testing.T) {
 // expert sizes are the quantized bytes.
 func TestGGUFQuantized(t *testing.T) {
 	dir := tinyDir(t)
-	for _, f := range []kernel.Format{kernel.Q8_0, kernel.Q4_0} {
+	for _, f := range []kernel.Format{kernel.Q8_0, kernel.Q4_0, kernel.BF16, kernel.F16} {
 		t.Run(string(f), func(t *testing.T) {
 			path := writeGGUF(t, dir, ggufOptions{format: f})
 			q := loadWhole(t, path)
@@ -516,6 +516,7 @@ func TestGGUFBadFiles(t *testing.T) {
 		{"no architecture", dropMeta("general.architecture"), model.ErrConfig, "general.architecture"},
 		{"dense llama", dropMeta("llama.expert_count"), model.ErrConfig, "llama.expert_count is missing: a dense model"},
 		{"no layer count", dropMeta("llama.block_count"), model.ErrConfig, "llama.block_count"},
+		{"more layers than tensors", setMeta("llama.block_count", gguf.Uint32(1<<20)), model.ErrConfig, "llama.block_count 1048576, but the file holds only 23 tensors"},
 		{"eps of another type", setMeta("llama.attention.layer_norm_rms_epsilon", gguf.String("1e-5")), model.ErrConfig, "llama.attention.layer_norm_rms_epsilon"},
 		{"partial rotary", setMeta("llama.rope.dimension_count", gguf.Uint32(16)), model.ErrConfig, "llama.rope.dimension_count 16"},
 		{"rope scaling", setMeta("llama.rope.scaling.type", gguf.String("yarn")), model.ErrConfig, `llama.rope.scaling.type "yarn"`},
@@ -792,4 +793,82 @@ func sameQuantization(t *testing.T, f32Path, qPath string) {
 	if quantized == 0 {
 		t.Error("the quantized file has no quantized tensors")
 	}
+}
+
+// microGGUF writes a GGUF model of a few kilobytes, hidden size 32, with
+// the metadata llama.cpp would give it overridden by the fuzzer's values.
+func microGGUF(t *testing.T, arch string, sizes [9]uint32, eps float32) string {
+	t.Helper()
+	const H, F, V, E, nh, nkv, d = 32, 64, 40, 2, 2, 1, 16
+	var tensors []gguf.Tensor
+	seed := 0
+	add := func(name string, shape ...uint64) {
+		n := 1
+		for _, s := range shape {
+			n *= int(s)
+		}
+		v := make([]float32, n)
+		for i := range v {
+			seed++
+			v[i] = float32(math.Sin(float64(seed))) / 4
+		}
+		tensors = append(tensors, gguf.Tensor{TensorInfo: gguf.TensorInfo{Name: name, Type: gguf.TypeF32, Shape: shape}, Data: f32Bytes(v)})
+	}
+	add(model.GGUFEmbedTensor, H, V)
+	add(model.GGUFNormTensor, H)
+	blk := func(kind string) string { return model.GGUFBlockTensor(0, kind) }
+	add(blk("attn_norm"), H)
+	add(blk("attn_q"), H, nh*d)
+	add(blk("attn_k"), H, nkv*d)
+	add(blk("attn_v"), H, nkv*d)
+	add(blk("attn_output"), nh*d, H)
+	add(blk("ffn_norm"), H)
+	add(blk("ffn_gate_inp"), H, E)
+	add(blk("ffn_gate_exps"), H, F, E)
+	add(blk("ffn_up_exps"), H, F, E)
+	add(blk("ffn_down_exps"), F, H, E)
+	keys := [9]string{"block_count", "expert_count", "expert_used_count", "embedding_length", "feed_forward_length",
+		"attention.head_count", "attention.head_count_kv", "attention.key_length", "context_length"}
+	meta := []gguf.KV{
+		{Key: "general.architecture", Value: gguf.String(arch)},
+		{Key: arch + ".attention.layer_norm_rms_epsilon", Value: gguf.Float32(eps)},
+	}
+	for i, k := range keys {
+		meta = append(meta, gguf.KV{Key: arch + "." + k, Value: gguf.Uint32(sizes[i])})
+	}
+	path := filepath.Join(t.TempDir(), "micro.gguf")
+	if err := gguf.WriteFile(path, meta, tensors); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// The fuzzer's first seed is the micro model's true metadata, which loads.
+func TestMicroGGUFLoads(t *testing.T) {
+	if err := loadAll(microGGUF(t, "llama", [9]uint32{1, 2, 1, 32, 64, 2, 1, 16, 64}, 1e-5)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// FuzzGGUFMetadata loads a model whose metadata may lie about its shape:
+// every load fails with an error or gives a model that runs.
+func FuzzGGUFMetadata(f *testing.F) {
+	f.Add("llama", uint32(1), uint32(2), uint32(1), uint32(32), uint32(64), uint32(2), uint32(1), uint32(16), uint32(64), float32(1e-5))
+	f.Add("llama", uint32(1), uint32(2), uint32(2), uint32(32), uint32(64), uint32(2), uint32(1), uint32(0), uint32(8), float32(1e-6))
+	f.Add("mixtral", uint32(2), uint32(2), uint32(1), uint32(32), uint32(64), uint32(2), uint32(1), uint32(16), uint32(64), float32(1e-5))
+	f.Add("llama", uint32(1), uint32(4), uint32(1), uint32(32), uint32(64), uint32(4), uint32(2), uint32(8), uint32(64), float32(-1))
+	f.Add("llama", uint32(1), uint32(2), uint32(1), uint32(1<<31), uint32(64), uint32(0), uint32(0), uint32(16), uint32(0), float32(1e-5))
+	f.Fuzz(func(t *testing.T, arch string, blocks, experts, used, embd, ff, heads, kv, keyLen, ctx uint32, eps float32) {
+		if len(arch) > 64 {
+			return
+		}
+		path := microGGUF(t, arch, [9]uint32{blocks, experts, used, embd, ff, heads, kv, keyLen, ctx}, eps)
+		if err := loadAll(path); err != nil {
+			return
+		}
+		l := loadWhole(t, path)
+		if _, err := l.m.Forward(context.Background(), l.ex, []model.Input{{Cache: l.m.NewCache(), Tokens: []int{1}}}); err != nil {
+			t.Fatalf("a model that loads fails to run: %v", err)
+		}
+	})
 }

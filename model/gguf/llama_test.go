@@ -192,3 +192,33 @@ func TestRopeRowsMatchConverter(t *testing.T) {
 		t.Errorf("6 rows as 4 heads: %v", err)
 	}
 }
+
+func TestAdvise(t *testing.T) {
+	meta, ts := tinyMixtral(t)
+	path := filepath.Join(t.TempDir(), "tiny.gguf")
+	if err := WriteFile(path, meta, ts); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	e, err := c.HFTensor("model.layers.0.block_sparse_moe.experts.1.w1.weight")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := append([]byte(nil), e.Data...)
+	for _, a := range []Advice{WillNeed, DontNeed} {
+		if err := c.Advise(e, a); err != nil {
+			t.Fatalf("advice %d: %v", a, err)
+		}
+	}
+	// Dropped bytes of a file mapping are read again on use.
+	if !bytes.Equal(e.Data, want) {
+		t.Errorf("expert bytes changed after DontNeed")
+	}
+	if err := c.Advise(ts[0], WillNeed); !errors.Is(err, ErrNotFound) {
+		t.Errorf("advice on memory outside the files: %v", err)
+	}
+}

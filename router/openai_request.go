@@ -283,7 +283,7 @@ func parseChat(body []byte) (*apiRequest, []chatMessage, error) {
 		return nil, nil, badParam("functions", "functions are not supported")
 	case cf.ResponseFormat != nil && cf.ResponseFormat.Type != "" && cf.ResponseFormat.Type != "text":
 		return nil, nil, badParam("response_format", "response_format %q is not supported; only text", cf.ResponseFormat.Type)
-	case cf.TopLogprobs != nil && !cf.Logprobs:
+	case cf.TopLogprobs != nil && *cf.TopLogprobs != 0 && !cf.Logprobs:
 		return nil, nil, badParam("top_logprobs", "top_logprobs needs logprobs: true")
 	}
 	if cf.Logprobs {

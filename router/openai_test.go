@@ -3,6 +3,7 @@ package router
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -508,4 +509,37 @@ func TestHTTPStreamErrorAfterStart(t *testing.T) {
 		t.Errorf("last event %q (%v), want an Unavailable error", last, err)
 	}
 	idle(t, tr.r.metrics)
+}
+
+// A client that goes away mid-stream ends every choice: the scheduler
+// frees their sequences and the request counts as cancelled.
+func TestHTTPStreamClientGone(t *testing.T) {
+	tr := newTestRouter(t, routerOptions{})
+	b, err := json.Marshal(map[string]any{"prompt": "Hello world", "stream": true, "n": 3, "max_tokens": 20000, "ignore_eos": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(testContext(t))
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, tr.httpURL+"/v1/completions", bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	lines := bufio.NewScanner(resp.Body)
+	if !lines.Scan() || !strings.HasPrefix(lines.Text(), "data: {") {
+		t.Fatalf("first line %q: %v", lines.Text(), lines.Err())
+	}
+	cancel()
+	idle(t, tr.r.metrics)
+	eventually(t, "the request counted as cancelled", func() error {
+		if n := counterValue(t, tr.r.metrics, "http", codes.Canceled); n != 1 {
+			return fmt.Errorf("%v cancelled requests", n)
+		}
+		return nil
+	})
 }

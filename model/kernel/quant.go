@@ -43,7 +43,7 @@ func (q *quantFormat) spec() formatSpec {
 		blockSize:  q.blockSize,
 		blockBytes: q.blockBytes,
 		new: func(rows, cols int, data []byte) Matrix {
-			return &quantMatrix{shape: shape{rows, cols}, q: q, data: data, rowBytes: cols / q.blockSize * q.blockBytes, avx2: simdRow(q.format, PathAVX2), avx512: simdRow(q.format, PathAVX512)}
+			return &quantMatrix{shape: shape{rows, cols}, q: q, data: data, rowBytes: cols / q.blockSize * q.blockBytes, avx2: simdRow(q.format, PathAVX2), avx512: simdRow(q.format, PathAVX512), fused512: fusedOne(q.format, PathAVX512)}
 		},
 	}
 }
@@ -58,6 +58,10 @@ type quantMatrix struct {
 	// avx2 and avx512 dequantize a row on those paths, to the same bits
 	// as the portable code; nil where the CPU lacks the instructions.
 	avx2, avx512 func(dst []float32, row []byte)
+	// fused512 multiplies one input row by four weight rows without
+	// dequantizing them to memory, to the same bits as the F32 tile
+	// kernel on the dequantized rows; nil where there is none.
+	fused512 func(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int)
 }
 
 func (m *quantMatrix) Format() Format { return m.q.format }
@@ -88,6 +92,10 @@ func (m *quantMatrix) Row(dst []float32, r int) {
 // quantized row length is a multiple of 32, so the vector part covers
 // whole rows.
 func (m *quantMatrix) MulRows(out, x []float32, n, lo, hi int) {
+	if n == 1 && m.fused512 != nil && kernels.path == PathAVX512 {
+		m.mulFused(out, x, lo, hi)
+		return
+	}
 	cols := m.cols
 	buf := getScratch(tileCols * cols)
 	defer putScratch(buf)
@@ -97,6 +105,25 @@ func (m *quantMatrix) MulRows(out, x []float32, n, lo, hi int) {
 			m.Row((*buf)[j*cols:(j+1)*cols], r+j)
 		}
 		mulTiled(*buf, cols, kernels.f32, out, m.rows, r, x, n, 0, nw)
+	}
+}
+
+// mulFused is MulRows for one input row with the fused kernel; a short
+// last tile repeats its last row, as mulTiled does.
+func (m *quantMatrix) mulFused(out, x []float32, lo, hi int) {
+	var (
+		acc [tileRows * tileCols]float32
+		w   [tileCols]*byte
+	)
+	_ = x[m.cols-1]
+	nb := m.cols / m.q.blockSize
+	for r := lo; r < hi; r += tileCols {
+		nw := min(tileCols, hi-r)
+		for j := range tileCols {
+			w[j] = &m.data[min(r+j, hi-1)*m.rowBytes]
+		}
+		m.fused512(&acc, &x[0], &w, nb)
+		copy(out[r:r+nw], acc[:nw])
 	}
 }
 

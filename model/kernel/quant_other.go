@@ -4,3 +4,8 @@ package kernel
 
 // simdRow reports that no SIMD dequantizers exist off amd64.
 func simdRow(Format, Path) func(dst []float32, row []byte) { return nil }
+
+// fusedOne reports that no fused products exist off amd64.
+func fusedOne(Format, Path) func(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int) {
+	return nil
+}

@@ -15,8 +15,9 @@ import (
 // The OpenAI-compatible HTTP API: /v1/models, /v1/completions and
 // /v1/chat/completions, streaming with server-sent events when asked. This
 // file holds the routes, the models list, body decoding and the error
-// object; openai_request.go parses requests, openai_response.go writes
-// completions and streams.
+// object; openai_request.go parses requests, openai_response.go runs their
+// choices and writes completions and streams, openai_logprobs.go writes
+// log-probabilities.
 
 // maxRequestBody is the largest request body the API reads; larger ones
 // get 413. It leaves room for a prompt of maxPromptBytes with JSON escapes.

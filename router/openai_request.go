@@ -42,7 +42,6 @@ type apiRequest struct {
 // read so that non-default values are refused rather than ignored; fields
 // nobody defines are ignored, as OpenAI does.
 type commonFields struct {
-	Model            string             `json:"model"`
 	MaxTokens        *int               `json:"max_tokens"`
 	Temperature      *float64           `json:"temperature"`
 	TopP             *float64           `json:"top_p"`

@@ -85,12 +85,16 @@ func rowQ32(dst []float32, row []byte, blockBytes int, asm func(dst *float32, bl
 }
 
 // kScales unpacks a Q4_K or Q5_K super-block's sub-block scales and mins,
-// multiplied by its super-scales as the portable code does.
+// multiplied by its super-scales as the portable code does; scaleMinK4's
+// unpacking, four sub-blocks at a time.
 func kScales(b []byte, dsc, dmn *[8]float32) {
 	d, dmin := halfAt(b), halfAt(b[2:])
-	for j := range 8 {
-		sc, m := scaleMinK4(j, b[4:16])
-		dsc[j], dmn[j] = d*float32(sc), dmin*float32(m)
+	s := (*[12]byte)(b[4:16])
+	for j := range 4 {
+		dsc[j] = d * float32(s[j]&63)
+		dmn[j] = dmin * float32(s[j+4]&63)
+		dsc[j+4] = d * float32(s[j+8]&0xf|(s[j]>>6)<<4)
+		dmn[j+4] = dmin * float32(s[j+8]>>4|(s[j+4]>>6)<<4)
 	}
 }
 

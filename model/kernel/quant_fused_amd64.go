@@ -1,13 +1,52 @@
 package kernel
 
+import "unsafe"
+
 //go:noescape
 func mulQ8_0x1AVX512(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int)
+
+//go:noescape
+func mulQ4Kx1AVX512(lanes *[tileCols][lanes]float32, x *float32, q *[tileCols]*byte, dsc, dmn *[tileCols][8]float32)
+
+// mulQ4Kx1 is the fused one-row product of four Q4_K rows: per
+// super-block, the sub-block scales in Go and the values in assembly,
+// whose 16-lane accumulators carry over from one super-block to the next;
+// reduceLanes then adds the lanes in the tile kernels' tree.
+func mulQ4Kx1(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int) {
+	var (
+		l        [tileCols][lanes]float32
+		q        [tileCols]*byte
+		dsc, dmn [tileCols][8]float32
+		rows     [tileCols][]byte
+	)
+	for j := range tileCols {
+		rows[j] = unsafe.Slice(w[j], nb*144)
+	}
+	xs := unsafe.Slice(x, nb*qk)
+	for b := range nb {
+		for j := range tileCols {
+			blk := rows[j][b*144 : (b+1)*144]
+			kScales(blk, &dsc[j], &dmn[j])
+			q[j] = &blk[16]
+		}
+		mulQ4Kx1AVX512(&l, &xs[b*qk], &q, &dsc, &dmn)
+	}
+	for j := range tileCols {
+		acc[j] = reduceLanes(&l[j])
+	}
+}
 
 // fusedOne returns the fused one-input-row product of format f on path p
 // (quant_fused_amd64.s), or nil where there is none.
 func fusedOne(f Format, p Path) func(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int) {
-	if f == Q8_0 && p == PathAVX512 && hasAVX512 {
+	if p != PathAVX512 || !hasAVX512 {
+		return nil
+	}
+	switch f {
+	case Q8_0:
 		return mulQ8_0x1AVX512
+	case Q4_K:
+		return mulQ4Kx1
 	}
 	return nil
 }

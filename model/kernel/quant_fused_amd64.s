@@ -72,3 +72,79 @@ loop:
 	REDUCE(Z3, Y3, 12)
 	VZEROUPPER
 	RET
+
+// Q4PART dequantizes 16 values v of one Q4_K sub-block half (zq: bytes
+// zero-extended, already masked or shifted to their nibble) with scale zs
+// and min zm, and adds their products with zx into acc.
+#define Q4PART(zq, zs, zm, zx, acc) \
+	VCVTDQ2PS zq, zq \
+	VMULPS    zs, zq, zq \
+	VSUBPS    zm, zq, zq \
+	VFMADD231PS zq, zx, acc
+
+// Q4ROW adds one 64-value chunk of the Q4_K row whose 32 bytes are at (R),
+// scales at soff(DX) and mins at soff(BX), into acc.
+#define Q4ROW(R, soff, acc) \
+	VBROADCASTSS soff(DX), Z26 \
+	VBROADCASTSS soff+4(DX), Z27 \
+	VBROADCASTSS soff(BX), Z28 \
+	VBROADCASTSS soff+4(BX), Z29 \
+	VPMOVZXBD (R), Z16 \
+	VPMOVZXBD 16(R), Z17 \
+	VPSRLD    $4, Z16, Z18 \
+	VPSRLD    $4, Z17, Z19 \
+	VPANDD    Z30, Z16, Z16 \
+	VPANDD    Z30, Z17, Z17 \
+	Q4PART(Z16, Z26, Z28, Z20, acc) \
+	Q4PART(Z17, Z26, Z28, Z21, acc) \
+	Q4PART(Z18, Z27, Z29, Z22, acc) \
+	Q4PART(Z19, Z27, Z29, Z23, acc)
+
+// func mulQ4Kx1AVX512(lanes *[4][16]float32, x *float32, q *[4]*byte, dsc, dmn *[4][8]float32)
+// One super-block of four Q4_K rows: lanes[j] += the 16-lane products of
+// x[0:256] with row j's values, from its 128 bytes q[j] and its sub-block
+// scales dsc[j] and mins dmn[j] (as multiplied by the super-scales).
+TEXT ·mulQ4Kx1AVX512(SB), NOSPLIT, $0-40
+	MOVQ lanes+0(FP), DI
+	MOVQ x+8(FP), SI
+	MOVQ q+16(FP), AX
+	MOVQ 0(AX), R9
+	MOVQ 8(AX), R10
+	MOVQ 16(AX), R11
+	MOVQ 24(AX), R12
+	MOVQ dsc+24(FP), DX
+	MOVQ dmn+32(FP), BX
+	MOVL $15, AX
+	VMOVD AX, X30
+	VPBROADCASTD X30, Z30
+	VMOVUPS (DI), Z0
+	VMOVUPS 64(DI), Z1
+	VMOVUPS 128(DI), Z2
+	VMOVUPS 192(DI), Z3
+	MOVQ $4, CX
+
+chunk:
+	VMOVUPS (SI), Z20
+	VMOVUPS 64(SI), Z21
+	VMOVUPS 128(SI), Z22
+	VMOVUPS 192(SI), Z23
+	Q4ROW(R9, 0, Z0)
+	Q4ROW(R10, 32, Z1)
+	Q4ROW(R11, 64, Z2)
+	Q4ROW(R12, 96, Z3)
+	ADDQ $256, SI
+	ADDQ $32, R9
+	ADDQ $32, R10
+	ADDQ $32, R11
+	ADDQ $32, R12
+	ADDQ $8, DX
+	ADDQ $8, BX
+	DECQ CX
+	JNZ  chunk
+
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	VMOVUPS Z2, 128(DI)
+	VMOVUPS Z3, 192(DI)
+	VZEROUPPER
+	RET

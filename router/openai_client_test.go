@@ -235,6 +235,23 @@ func TestOpenAIClientCompletions(t *testing.T) {
 			t.Errorf("text_offset %v outside the prompt", got)
 		}
 
+		// Streamed: the echo with its logprobs, the finish, the usage.
+		params.StreamOptions = openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}
+		stream := client.Completions.NewStreaming(ctx, params)
+		var chunks []openai.Completion
+		for stream.Next() {
+			chunks = append(chunks, stream.Current())
+		}
+		if err := stream.Err(); err != nil {
+			t.Fatal(err)
+		}
+		if len(chunks) != 3 || chunks[0].Choices[0].Text != prompt || chunks[1].Choices[0].FinishReason != "length" ||
+			len(chunks[2].Choices) != 0 || chunks[2].Usage.PromptTokens != int64(len(promptIDs)) || chunks[2].Usage.CompletionTokens != 0 {
+			t.Fatalf("stream of %d chunks, want the echo, the finish and the usage", len(chunks))
+		}
+		checkLegacyLogprobs(t, chunks[0].Choices[0].Logprobs, wantPrompt, true, top)
+		params.StreamOptions = openai.ChatCompletionStreamOptionsParam{}
+
 		// Without logprobs nothing runs: the prompt comes back.
 		params.Logprobs = param.Opt[int64]{}
 		c, err = client.Completions.New(ctx, params)

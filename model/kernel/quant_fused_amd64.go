@@ -36,6 +36,37 @@ func mulQ4Kx1(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte,
 	}
 }
 
+//go:noescape
+func mulQ6Kx1AVX512(lanes *[tileCols][lanes]float32, x *float32, q *[tileCols]*byte, ds *[tileCols][16]float32)
+
+// mulQ6Kx1 is mulQ4Kx1 for Q6_K.
+func mulQ6Kx1(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int) {
+	var (
+		l    [tileCols][lanes]float32
+		q    [tileCols]*byte
+		ds   [tileCols][16]float32
+		rows [tileCols][]byte
+	)
+	for j := range tileCols {
+		rows[j] = unsafe.Slice(w[j], nb*210)
+	}
+	xs := unsafe.Slice(x, nb*qk)
+	for b := range nb {
+		for j := range tileCols {
+			blk := rows[j][b*210 : (b+1)*210]
+			d := halfAt(blk[208:])
+			for i, s := range (*[16]byte)(blk[192:208]) {
+				ds[j][i] = d * float32(int8(s))
+			}
+			q[j] = &blk[0]
+		}
+		mulQ6Kx1AVX512(&l, &xs[b*qk], &q, &ds)
+	}
+	for j := range tileCols {
+		acc[j] = reduceLanes(&l[j])
+	}
+}
+
 // fusedOne returns the fused one-input-row product of format f on path p
 // (quant_fused_amd64.s), or nil where there is none.
 func fusedOne(f Format, p Path) func(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int) {
@@ -47,6 +78,8 @@ func fusedOne(f Format, p Path) func(acc *[tileRows * tileCols]float32, x *float
 		return mulQ8_0x1AVX512
 	case Q4_K:
 		return mulQ4Kx1
+	case Q6_K:
+		return mulQ6Kx1
 	}
 	return nil
 }

@@ -148,3 +148,110 @@ chunk:
 	VMOVUPS Z3, 192(DI)
 	VZEROUPPER
 	RET
+
+// Q6VAL makes v = float32(((zl >> lsh) & 15) | ((zh >> hsh) & 3) << 4 − 32)
+// times the scale at soff(DX), with Z24-Z27's spare registers as scratch.
+#define Q6VAL(zl, lsh, zh, hsh, soff, v) \
+	VPSRLD $lsh, zl, v \
+	VPANDD Z28, v, v \
+	VPSRLD $hsh, zh, Z27 \
+	VPANDD Z29, Z27, Z27 \
+	VPSLLD $4, Z27, Z27 \
+	VPORD  Z27, v, v \
+	VPSUBD Z31, v, v \
+	VCVTDQ2PS v, v \
+	VBROADCASTSS soff(DX), Z30 \
+	VMULPS Z30, v, v
+
+// Q6HALF adds one 128-value half of the Q6_K row whose low bits are at
+// (RL) and high bits at (RH), scales at soff(DX) on, into acc: the eight
+// 16-value chunks k = 2·quarter + group, dequantized, then multiplied in
+// column order with the inputs Z8-Z15.
+#define Q6HALF(RL, RH, soff, acc) \
+	VPMOVZXBD (RL), Z24 \
+	VPMOVZXBD 32(RL), Z25 \
+	VPMOVZXBD (RH), Z26 \
+	Q6VAL(Z24, 0, Z26, 0, soff, Z16) \
+	Q6VAL(Z25, 0, Z26, 2, soff+8, Z18) \
+	Q6VAL(Z24, 4, Z26, 4, soff+16, Z20) \
+	Q6VAL(Z25, 4, Z26, 6, soff+24, Z22) \
+	VPMOVZXBD 16(RL), Z24 \
+	VPMOVZXBD 48(RL), Z25 \
+	VPMOVZXBD 16(RH), Z26 \
+	Q6VAL(Z24, 0, Z26, 0, soff+4, Z17) \
+	Q6VAL(Z25, 0, Z26, 2, soff+12, Z19) \
+	Q6VAL(Z24, 4, Z26, 4, soff+20, Z21) \
+	Q6VAL(Z25, 4, Z26, 6, soff+28, Z23) \
+	VFMADD231PS Z16, Z8, acc \
+	VFMADD231PS Z17, Z9, acc \
+	VFMADD231PS Z18, Z10, acc \
+	VFMADD231PS Z19, Z11, acc \
+	VFMADD231PS Z20, Z12, acc \
+	VFMADD231PS Z21, Z13, acc \
+	VFMADD231PS Z22, Z14, acc \
+	VFMADD231PS Z23, Z15, acc
+
+// func mulQ6Kx1AVX512(lanes *[4][16]float32, x *float32, q *[4]*byte, ds *[4][16]float32)
+// One super-block of four Q6_K rows: lanes[j] += the 16-lane products of
+// x[0:256] with row j's values, from its block q[j] and its sixteen
+// sub-block scales ds[j] (as multiplied by the super-scale).
+TEXT ·mulQ6Kx1AVX512(SB), NOSPLIT, $0-32
+	MOVQ lanes+0(FP), DI
+	MOVQ x+8(FP), SI
+	MOVQ q+16(FP), AX
+	MOVQ 0(AX), R9
+	MOVQ 8(AX), R10
+	MOVQ 16(AX), R11
+	MOVQ 24(AX), R12
+	MOVQ ds+24(FP), DX
+	MOVL $15, AX
+	VMOVD AX, X28
+	VPBROADCASTD X28, Z28
+	MOVL $3, AX
+	VMOVD AX, X29
+	VPBROADCASTD X29, Z29
+	MOVL $32, AX
+	VMOVD AX, X31
+	VPBROADCASTD X31, Z31
+	VMOVUPS (DI), Z0
+	VMOVUPS 64(DI), Z1
+	VMOVUPS 128(DI), Z2
+	VMOVUPS 192(DI), Z3
+	LEAQ 128(R9), R13
+	LEAQ 128(R10), R14
+	LEAQ 128(R11), R15
+	LEAQ 128(R12), BX
+	MOVQ $2, CX
+
+half:
+	VMOVUPS (SI), Z8
+	VMOVUPS 64(SI), Z9
+	VMOVUPS 128(SI), Z10
+	VMOVUPS 192(SI), Z11
+	VMOVUPS 256(SI), Z12
+	VMOVUPS 320(SI), Z13
+	VMOVUPS 384(SI), Z14
+	VMOVUPS 448(SI), Z15
+	Q6HALF(R9, R13, 0, Z0)
+	Q6HALF(R10, R14, 64, Z1)
+	Q6HALF(R11, R15, 128, Z2)
+	Q6HALF(R12, BX, 192, Z3)
+	ADDQ $512, SI
+	ADDQ $64, R9
+	ADDQ $64, R10
+	ADDQ $64, R11
+	ADDQ $64, R12
+	ADDQ $32, R13
+	ADDQ $32, R14
+	ADDQ $32, R15
+	ADDQ $32, BX
+	ADDQ $32, DX
+	DECQ CX
+	JNZ  half
+
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	VMOVUPS Z2, 128(DI)
+	VMOVUPS Z3, 192(DI)
+	VZEROUPPER
+	RET

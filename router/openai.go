@@ -29,6 +29,29 @@ func (r *Router) httpHandler(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/models/{model...}", r.handleModel)
 	mux.HandleFunc("POST /v1/completions", r.handleCompletions)
 	mux.HandleFunc("POST /v1/chat/completions", r.handleChat)
+	mux.HandleFunc("/v1/", handleUnserved)
+}
+
+// apiMethods are the API's paths and the method each takes.
+var apiMethods = map[string]string{
+	"/v1/models": http.MethodGet, "/v1/completions": http.MethodPost, "/v1/chat/completions": http.MethodPost,
+}
+
+// handleUnserved answers the rest of /v1/ in OpenAI's error shape, so that
+// a client of an endpoint the router lacks (embeddings, say) reads why.
+func handleUnserved(w http.ResponseWriter, req *http.Request) {
+	if m, ok := apiMethods[req.URL.Path]; ok {
+		w.Header().Set("Allow", m)
+		writeError(w, http.StatusMethodNotAllowed, apiErrorBody{
+			Message: fmt.Sprintf("%s takes %s, not %s", req.URL.Path, m, req.Method),
+			Type:    "invalid_request_error", Code: "method_not_allowed",
+		})
+		return
+	}
+	writeError(w, http.StatusNotFound, apiErrorBody{
+		Message: fmt.Sprintf("%s %s is not served; the router serves GET /v1/models, POST /v1/completions and POST /v1/chat/completions", req.Method, req.URL.Path),
+		Type:    "invalid_request_error", Code: "not_found",
+	})
 }
 
 // modelObject is the served model as /v1/models lists it. max_model_len is

@@ -403,6 +403,36 @@ func TestHTTPErrors(t *testing.T) {
 	}
 }
 
+// Paths and methods the API lacks get its error shape.
+func TestHTTPUnserved(t *testing.T) {
+	tr := newTestRouter(t, routerOptions{})
+	for _, tc := range []struct {
+		method, path string
+		status       int
+		allow        string
+		message      string
+	}{
+		{http.MethodPost, "/v1/embeddings", http.StatusNotFound, "", "POST /v1/embeddings is not served"},
+		{http.MethodGet, "/v1/completions", http.StatusMethodNotAllowed, "POST", "/v1/completions takes POST, not GET"},
+		{http.MethodPost, "/v1/models", http.StatusMethodNotAllowed, "GET", "/v1/models takes GET"},
+	} {
+		req, err := http.NewRequestWithContext(testContext(t), tc.method, tr.httpURL+tc.path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got struct{ Error *apiError }
+		err = json.NewDecoder(resp.Body).Decode(&got)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != tc.status || resp.Header.Get("Allow") != tc.allow || got.Error == nil || !strings.Contains(got.Error.Message, tc.message) {
+			t.Errorf("%s %s: status %d, Allow %q, error %+v (%v); want %d naming %q", tc.method, tc.path, resp.StatusCode, resp.Header.Get("Allow"), got.Error, err, tc.status, tc.message)
+		}
+	}
+}
+
 // A body over the limit is refused with 413 whether its length is declared
 // or not, and whatever its size.
 func TestHTTPBodyTooLarge(t *testing.T) {

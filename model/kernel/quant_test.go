@@ -342,3 +342,41 @@ func mustBytes(t testing.TB, f kernel.Format, rows, cols int) int64 {
 	}
 	return n
 }
+
+// TestQuantMulRowsRandomBlocks is TestQuantMulRowsMatchesF32 on random
+// blocks, whose scales and values take every bit pattern (finite scales).
+func TestQuantMulRowsRandomBlocks(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	for _, f := range quantFormats {
+		rows, cols := 9, 3*max(256, f.BlockSize())
+		data := randomBlocks(rng, f, rows*cols/f.BlockSize())
+		qm, err := kernel.NewMatrix(f, rows, cols, data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fm, err := kernel.FromFloat32(rows, cols, dequantizeOn(t, kernel.PathPortable, f, rows, cols, data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range quantPaths() {
+			restore, err := kernel.UsePath(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, n := range []int{1, 2, 5} {
+				x := make([]float32, n*cols)
+				for i := range x {
+					x[i] = float32(rng.NormFloat64())
+				}
+				got := make([]float32, n*rows)
+				want := make([]float32, n*rows)
+				qm.MulRows(got, x, n, 0, rows)
+				fm.MulRows(want, x, n, 0, rows)
+				if d := firstBitDiff(got, want); d != "" {
+					t.Errorf("%s on %s, n=%d: %s", f, p, n, d)
+				}
+			}
+			restore()
+		}
+	}
+}

@@ -439,6 +439,8 @@ func ggufExpertShapes(c *Config) [3][2]int {
 	return [3][2]int{{F, H}, {H, F}, {F, H}}
 }
 
+// ggufExpert maps one expert of layer l and asks the kernel to read its
+// bytes in ahead of use.
 func ggufExpert(ck *gguf.Checkpoint, c *Config, l, e int) (*Expert, error) {
 	var ms [3]kernel.Matrix
 	for i, kind := range ggufKinds {
@@ -450,6 +452,9 @@ func ggufExpert(ck *gguf.Checkpoint, c *Config, l, e int) (*Expert, error) {
 		if ms[i], err = asMatrix(t); err != nil {
 			return nil, err
 		}
+		// Only a hint: where the kernel refuses it, the first use reads
+		// the pages instead.
+		_ = ck.Advise(t, gguf.WillNeed)
 	}
 	return &Expert{W1: ms[0], W2: ms[1], W3: ms[2]}, nil
 }

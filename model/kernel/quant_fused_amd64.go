@@ -37,6 +37,37 @@ func mulQ4Kx1(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte,
 }
 
 //go:noescape
+func mulQ4_0x1AVX512(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int)
+
+//go:noescape
+func mulQ5Kx1AVX512(lanes *[tileCols][lanes]float32, x *float32, q *[tileCols]*byte, dsc, dmn *[tileCols][8]float32)
+
+// mulQ5Kx1 is mulQ4Kx1 for Q5_K.
+func mulQ5Kx1(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int) {
+	var (
+		l        [tileCols][lanes]float32
+		q        [tileCols]*byte
+		dsc, dmn [tileCols][8]float32
+		rows     [tileCols][]byte
+	)
+	for j := range tileCols {
+		rows[j] = unsafe.Slice(w[j], nb*176)
+	}
+	xs := unsafe.Slice(x, nb*qk)
+	for b := range nb {
+		for j := range tileCols {
+			blk := rows[j][b*176 : (b+1)*176]
+			kScales(blk, &dsc[j], &dmn[j])
+			q[j] = &blk[0]
+		}
+		mulQ5Kx1AVX512(&l, &xs[b*qk], &q, &dsc, &dmn)
+	}
+	for j := range tileCols {
+		acc[j] = reduceLanes(&l[j])
+	}
+}
+
+//go:noescape
 func mulQ6Kx1AVX512(lanes *[tileCols][lanes]float32, x *float32, q *[tileCols]*byte, ds *[tileCols][16]float32)
 
 // mulQ6Kx1 is mulQ4Kx1 for Q6_K.
@@ -76,8 +107,12 @@ func fusedOne(f Format, p Path) func(acc *[tileRows * tileCols]float32, x *float
 	switch f {
 	case Q8_0:
 		return mulQ8_0x1AVX512
+	case Q4_0:
+		return mulQ4_0x1AVX512
 	case Q4_K:
 		return mulQ4Kx1
+	case Q5_K:
+		return mulQ5Kx1
 	case Q6_K:
 		return mulQ6Kx1
 	}

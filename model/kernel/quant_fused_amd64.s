@@ -255,3 +255,164 @@ half:
 	VMOVUPS Z3, 192(DI)
 	VZEROUPPER
 	RET
+
+// Q5HI ors bit X(shift) of each high-bit byte in zh, as 16, into zq.
+#define Q5HI(zh, shift, zq) \
+	VPSRLD shift, zh, Z27 \
+	VPANDD Z31, Z27, Z27 \
+	VPSLLD $4, Z27, Z27 \
+	VPORD  Z27, zq, zq
+
+// Q5ROW is Q4ROW for Q5_K: each value's fifth bit is bit 2c (first
+// sub-block, X8) or 2c+1 (second, X9) of high-bit byte l at (RH).
+#define Q5ROW(R, RH, soff, acc) \
+	VPMOVZXBD (R), Z16 \
+	VPMOVZXBD 16(R), Z17 \
+	VPSRLD    $4, Z16, Z18 \
+	VPSRLD    $4, Z17, Z19 \
+	VPANDD    Z30, Z16, Z16 \
+	VPANDD    Z30, Z17, Z17 \
+	VPMOVZXBD (RH), Z24 \
+	VPMOVZXBD 16(RH), Z25 \
+	Q5HI(Z24, X8, Z16) \
+	Q5HI(Z25, X8, Z17) \
+	Q5HI(Z24, X9, Z18) \
+	Q5HI(Z25, X9, Z19) \
+	VBROADCASTSS soff(DX), Z26 \
+	VBROADCASTSS soff(BX), Z28 \
+	Q4PART(Z16, Z26, Z28, Z20, acc) \
+	Q4PART(Z17, Z26, Z28, Z21, acc) \
+	VBROADCASTSS soff+4(DX), Z26 \
+	VBROADCASTSS soff+4(BX), Z28 \
+	Q4PART(Z18, Z26, Z28, Z22, acc) \
+	Q4PART(Z19, Z26, Z28, Z23, acc)
+
+// func mulQ5Kx1AVX512(lanes *[4][16]float32, x *float32, q *[4]*byte, dsc, dmn *[4][8]float32)
+// mulQ4Kx1AVX512 for Q5_K: q[j] is row j's block (high bits at 16, low
+// nibbles at 48).
+TEXT ·mulQ5Kx1AVX512(SB), NOSPLIT, $0-40
+	MOVQ lanes+0(FP), DI
+	MOVQ x+8(FP), SI
+	MOVQ q+16(FP), AX
+	MOVQ 0(AX), R9
+	MOVQ 8(AX), R10
+	MOVQ 16(AX), R11
+	MOVQ 24(AX), R12
+	MOVQ dsc+24(FP), DX
+	MOVQ dmn+32(FP), BX
+	MOVL $15, AX
+	VMOVD AX, X30
+	VPBROADCASTD X30, Z30
+	MOVL $1, AX
+	VMOVD AX, X31
+	VPBROADCASTD X31, Z31
+	XORL AX, AX
+	VMOVD AX, X8
+	MOVL $1, AX
+	VMOVD AX, X9
+	MOVL $2, AX
+	VMOVD AX, X10
+	VMOVUPS (DI), Z0
+	VMOVUPS 64(DI), Z1
+	VMOVUPS 128(DI), Z2
+	VMOVUPS 192(DI), Z3
+	LEAQ 48(R9), R13
+	LEAQ 48(R10), R14
+	LEAQ 48(R11), R15
+	LEAQ 48(R12), AX
+	ADDQ $16, R9
+	ADDQ $16, R10
+	ADDQ $16, R11
+	ADDQ $16, R12
+	MOVQ $4, CX
+
+chunk:
+	VMOVUPS (SI), Z20
+	VMOVUPS 64(SI), Z21
+	VMOVUPS 128(SI), Z22
+	VMOVUPS 192(SI), Z23
+	Q5ROW(R13, R9, 0, Z0)
+	Q5ROW(R14, R10, 32, Z1)
+	Q5ROW(R15, R11, 64, Z2)
+	Q5ROW(AX, R12, 96, Z3)
+	ADDQ $256, SI
+	ADDQ $32, R13
+	ADDQ $32, R14
+	ADDQ $32, R15
+	ADDQ $32, AX
+	ADDQ $8, DX
+	ADDQ $8, BX
+	VPADDQ X10, X8, X8
+	VPADDQ X10, X9, X9
+	DECQ CX
+	JNZ  chunk
+
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	VMOVUPS Z2, 128(DI)
+	VMOVUPS Z3, 192(DI)
+	VZEROUPPER
+	RET
+
+// Q40ROW dequantizes the Q4_0 block at (R) and adds its products with
+// Z20 (values 0-15, the low nibbles) and Z21 (16-31, the high) into acc.
+#define Q40ROW(R, acc) \
+	MOVWLZX   (R), BX \
+	VMOVD     BX, X26 \
+	VCVTPH2PS X26, X26 \
+	VBROADCASTSS X26, Z26 \
+	VPMOVZXBD 2(R), Z16 \
+	VPSRLD    $4, Z16, Z17 \
+	VPANDD    Z30, Z16, Z16 \
+	VPSUBD    Z31, Z16, Z16 \
+	VPSUBD    Z31, Z17, Z17 \
+	VCVTDQ2PS Z16, Z16 \
+	VCVTDQ2PS Z17, Z17 \
+	VMULPS    Z26, Z16, Z16 \
+	VMULPS    Z26, Z17, Z17 \
+	VFMADD231PS Z16, Z20, acc \
+	VFMADD231PS Z17, Z21, acc
+
+// func mulQ4_0x1AVX512(acc *[16]float32, x *float32, w *[4]*byte, nb int)
+// mulQ8_0x1AVX512 for Q4_0.
+TEXT ·mulQ4_0x1AVX512(SB), NOSPLIT, $0-32
+	MOVQ acc+0(FP), DI
+	MOVQ x+8(FP), SI
+	MOVQ w+16(FP), AX
+	MOVQ 0(AX), R9
+	MOVQ 8(AX), R10
+	MOVQ 16(AX), R11
+	MOVQ 24(AX), R12
+	MOVQ nb+24(FP), CX
+	MOVL $15, AX
+	VMOVD AX, X30
+	VPBROADCASTD X30, Z30
+	MOVL $8, AX
+	VMOVD AX, X31
+	VPBROADCASTD X31, Z31
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+
+loop:
+	VMOVUPS (SI), Z20
+	VMOVUPS 64(SI), Z21
+	Q40ROW(R9, Z0)
+	Q40ROW(R10, Z1)
+	Q40ROW(R11, Z2)
+	Q40ROW(R12, Z3)
+	ADDQ $128, SI
+	ADDQ $18, R9
+	ADDQ $18, R10
+	ADDQ $18, R11
+	ADDQ $18, R12
+	DECQ CX
+	JNZ  loop
+
+	REDUCE(Z0, Y0, 0)
+	REDUCE(Z1, Y1, 4)
+	REDUCE(Z2, Y2, 8)
+	REDUCE(Z3, Y3, 12)
+	VZEROUPPER
+	RET

@@ -131,7 +131,8 @@ func (m *quantMatrix) mulFused(out, x []float32, lo, hi int) {
 // GGML stores it: rows of blocks. For the float formats it rounds to
 // nearest even; for the quantized ones it follows GGML's reference
 // quantizers (quantize_row_*_ref), so that the bytes equal
-// llama-quantize's without an importance matrix.
+// llama-quantize's without an importance matrix; they refuse infinities
+// and NaNs.
 func Quantize(f Format, rows, cols int, x []float32) ([]byte, error) {
 	size, err := f.MatrixBytes(rows, cols)
 	if err != nil {
@@ -158,6 +159,13 @@ func Quantize(f Format, rows, cols int, x []float32) ([]byte, error) {
 		return out, nil
 	}
 	q := quantFormats[f]
+	// GGML's quantizers turn an infinity or NaN into garbage scales (and
+	// C into undefined conversions); refuse them instead.
+	for i, v := range x {
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			return nil, fmt.Errorf("kernel: quantize to %s: value %d (row %d) is %v", f, i, i/cols, v)
+		}
+	}
 	blocks := len(x) / q.blockSize
 	For(blocks, max(1, 4096/q.blockSize), func(lo, hi int) {
 		for b := lo; b < hi; b++ {

@@ -255,6 +255,11 @@ func TestQuantizeErrors(t *testing.T) {
 	if _, err := kernel.Quantize("Q3_K", 1, 256, make([]float32, 256)); err == nil {
 		t.Errorf("unknown format: no error")
 	}
+	nan := make([]float32, 64)
+	nan[40] = float32(math.NaN())
+	if _, err := kernel.Quantize(kernel.Q8_0, 2, 32, nan); err == nil || !strings.Contains(err.Error(), "value 40 (row 1)") {
+		t.Errorf("NaN input: %v", err)
+	}
 	if _, err := kernel.NewMatrix(kernel.Q6_K, 2, 256, make([]byte, 210)); err == nil {
 		t.Errorf("short Q6_K data: no error")
 	}

@@ -1,6 +1,7 @@
 package router
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -152,7 +153,25 @@ func writeError(w http.ResponseWriter, httpStatus int, b apiErrorBody) {
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
+	newEncoder(w).Encode(v)
+}
+
+// newEncoder returns a JSON encoder that writes "<", ">" and "&" as they
+// are: the API's texts and tokens ("<s>") are not HTML.
+func newEncoder(w io.Writer) *json.Encoder {
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	return enc
+}
+
+// marshal is json.Marshal without HTML escapes and without the newline
+// Encode ends with.
+func marshal(v any) ([]byte, error) {
+	var b bytes.Buffer
+	if err := newEncoder(&b).Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }
 
 // readBody reads a request body of at most maxRequestBody bytes. A larger

@@ -2,7 +2,6 @@ package router
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -292,7 +291,7 @@ func (o *response) whole(ctx context.Context, w http.ResponseWriter, choices []c
 		o.obj.Choices[i] = cc
 	}
 	o.obj.Usage = usageJSON(totalUsage(choices, outcomes))
-	b, err := json.Marshal(o.obj)
+	b, err := marshal(o.obj)
 	if err != nil {
 		err = fmt.Errorf("router: writing the completion: %w", err)
 		writeHTTPError(w, err)
@@ -318,7 +317,7 @@ func (o *response) stream(ctx context.Context, w http.ResponseWriter, choices []
 	// HTTP errors. Protected by mu until every choice has ended.
 	began := false
 	send := func(v any) error {
-		b, err := json.Marshal(v)
+		b, err := marshal(v)
 		if err != nil {
 			return err
 		}

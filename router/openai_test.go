@@ -403,6 +403,18 @@ func TestHTTPErrors(t *testing.T) {
 	}
 }
 
+// Texts and tokens are written as they are, not escaped as if for HTML.
+func TestHTTPNoHTMLEscapes(t *testing.T) {
+	tr := newTestRouter(t, routerOptions{})
+	const prompt = "a <b> & c"
+	for _, stream := range []bool{false, true} {
+		_, _, b := post(t, tr.httpURL+"/v1/completions", map[string]any{"prompt": prompt, "echo": true, "max_tokens": 0, "logprobs": 0, "stream": stream})
+		if !strings.Contains(string(b), `"text":"a <b> & c"`) || !strings.Contains(string(b), `"<s>"`) {
+			t.Errorf("stream=%v: %s; want the prompt and <s> unescaped", stream, b)
+		}
+	}
+}
+
 // Paths and methods the API lacks get its error shape.
 func TestHTTPUnserved(t *testing.T) {
 	tr := newTestRouter(t, routerOptions{})

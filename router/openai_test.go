@@ -264,6 +264,15 @@ func TestHTTPChat(t *testing.T) {
 	if diff := cmp.Diff(want, ids); diff != "" {
 		t.Fatalf("chat prompt ids (-want +got):\n%s", diff)
 	}
+	// OpenAI's newer name for the system role, and content as text parts.
+	_, parsed, err := parseChat([]byte(`{"messages": [{"role": "developer", "content": [{"type": "text", "text": "sys"}]}, {"role": "user", "content": "hi"},
+		{"role": "assistant", "content": "hello"}, {"role": "user", "content": [{"type": "text", "text": "more"}]}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := tr.r.chatPrompt(parsed); err != nil || !cmp.Equal(want, got) {
+		t.Errorf("developer message and text parts: %v, %v; want the system message's ids", got, err)
+	}
 
 	const maxTokens = 5
 	g, err := generate(testContext(t), tr.client, &moegridv1.GenerateRequest{Prompt: idsPrompt(ids), MaxTokens: maxTokens})

@@ -38,7 +38,9 @@ fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	@for spec in \
 	  model/safetensors:FuzzParseHeader model/safetensors:FuzzParseIndex \
 	  model/tokenizer:FuzzEncode model/tokenizer:FuzzParse \
-	  model:FuzzParseConfig proto/moegrid/v1:FuzzDecodeActivations expertnode:FuzzValidate; do \
+	  model:FuzzParseConfig proto/moegrid/v1:FuzzDecodeActivations expertnode:FuzzValidate \
+	  model/gguf:FuzzParse model:FuzzGGUFMetadata model/kernel:FuzzMatMulPaths model/kernel:FuzzQuantRow \
+	  router:FuzzParseRequest; do \
 	  pkg=$${spec%%:*}; fn=$${spec##*:}; \
 	  $(GO) test -run='^$$' -fuzz="^$$fn$$" -fuzztime=$${FUZZTIME:-30s} ./$$pkg || exit 1; \
 	done

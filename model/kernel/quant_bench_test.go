@@ -76,3 +76,24 @@ func BenchmarkQuantRow(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkQuantize quantizes a [64, 4096] matrix of Gaussian weights to
+// each format; the throughput is of float32 input bytes.
+func BenchmarkQuantize(b *testing.B) {
+	const rows, cols = 64, 4096
+	rng := rand.New(rand.NewPCG(1, 1))
+	w := make([]float32, rows*cols)
+	for i := range w {
+		w[i] = float32(rng.NormFloat64())
+	}
+	for _, f := range quantFormats {
+		b.Run(string(f), func(b *testing.B) {
+			b.SetBytes(int64(4 * len(w)))
+			for b.Loop() {
+				if _, err := kernel.Quantize(f, rows, cols, w); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -1,5 +1,7 @@
 package kernel
 
+import "math"
+
 // q8_0 is GGML's block_q8_0: an F16 scale d, then 32 int8 values q;
 // v = q·d.
 var q8_0 = quantFormat{
@@ -30,18 +32,7 @@ func quantizeQ8_0(dst []byte, x []float32) {
 	}
 	putHalf(dst, d)
 	for i, v := range x[:32] {
-		dst[2+i] = byte(int8(roundAway(v * id)))
+		// math.Round rounds half away from zero, as C's roundf.
+		dst[2+i] = byte(int8(math.Round(float64(v * id))))
 	}
-}
-
-// roundAway is C's roundf: to nearest, ties away from zero.
-func roundAway(f float32) float32 {
-	t := float32(int32(f)) // truncation; |f| ≤ 128 here
-	if abs32(f-t) >= 0.5 {
-		if f > 0 {
-			return t + 1
-		}
-		return t - 1
-	}
-	return t
 }

@@ -43,7 +43,7 @@ func (q *quantFormat) spec() formatSpec {
 		blockSize:  q.blockSize,
 		blockBytes: q.blockBytes,
 		new: func(rows, cols int, data []byte) Matrix {
-			return &quantMatrix{shape: shape{rows, cols}, q: q, data: data, rowBytes: cols / q.blockSize * q.blockBytes, avx2: simdRow(q.format, PathAVX2), avx512: simdRow(q.format, PathAVX512), fused512: fusedOne(q.format, PathAVX512)}
+			return &quantMatrix{shape: shape{rows, cols}, q: q, data: data, rowBytes: cols / q.blockSize * q.blockBytes, avx2: simdRow(q.format, PathAVX2), avx512: simdRow(q.format, PathAVX512), fused512: fusedOne(q.format, PathAVX512), fused512x4: fusedFour(q.format, PathAVX512)}
 		},
 	}
 }
@@ -62,6 +62,8 @@ type quantMatrix struct {
 	// dequantizing them to memory, to the same bits as the F32 tile
 	// kernel on the dequantized rows; nil where there is none.
 	fused512 func(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int)
+	// fused512x4 is fused512 for up to four input rows.
+	fused512x4 func(acc *[tileRows * tileCols]float32, x *[tileRows]*float32, w *[tileCols]*byte, nb int)
 }
 
 func (m *quantMatrix) Format() Format { return m.q.format }
@@ -92,9 +94,15 @@ func (m *quantMatrix) Row(dst []float32, r int) {
 // quantized row length is a multiple of 32, so the vector part covers
 // whole rows.
 func (m *quantMatrix) MulRows(out, x []float32, n, lo, hi int) {
-	if n == 1 && m.fused512 != nil && kernels.path == PathAVX512 {
-		m.mulFused(out, x, lo, hi)
-		return
+	if kernels.path == PathAVX512 {
+		switch {
+		case n == 1 && m.fused512 != nil:
+			m.mulFused(out, x, lo, hi)
+			return
+		case n <= tileRows && m.fused512x4 != nil:
+			m.mulFused4(out, x, n, lo, hi)
+			return
+		}
 	}
 	cols := m.cols
 	buf := getScratch(tileCols * cols)
@@ -124,6 +132,31 @@ func (m *quantMatrix) mulFused(out, x []float32, lo, hi int) {
 		}
 		m.fused512(&acc, &x[0], &w, nb)
 		copy(out[r:r+nw], acc[:nw])
+	}
+}
+
+// mulFused4 is MulRows for up to four input rows with the fused kernel;
+// missing input rows repeat the last one, and their sums are dropped.
+func (m *quantMatrix) mulFused4(out, x []float32, n, lo, hi int) {
+	var (
+		acc [tileRows * tileCols]float32
+		w   [tileCols]*byte
+		xs  [tileRows]*float32
+	)
+	_ = x[n*m.cols-1]
+	for i := range tileRows {
+		xs[i] = &x[min(i, n-1)*m.cols]
+	}
+	nb := m.cols / m.q.blockSize
+	for r := lo; r < hi; r += tileCols {
+		nw := min(tileCols, hi-r)
+		for j := range tileCols {
+			w[j] = &m.data[min(r+j, hi-1)*m.rowBytes]
+		}
+		m.fused512x4(&acc, &xs, &w, nb)
+		for i := range n {
+			copy(out[i*m.rows+r:i*m.rows+r+nw], acc[i*tileCols:i*tileCols+nw])
+		}
 	}
 }
 

@@ -26,7 +26,7 @@ func BenchmarkQuantMulRows(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		for _, n := range []int{1, 16} {
+		for _, n := range []int{1, 4, 16} {
 			x := make([]float32, n*cols)
 			for i := range x {
 				x[i] = float32(rng.NormFloat64())

@@ -98,6 +98,18 @@ func mulQ6Kx1(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte,
 	}
 }
 
+//go:noescape
+func mulQ8_0x4AVX512(acc *[tileRows * tileCols]float32, x *[tileRows]*float32, w *[tileCols]*byte, nb int)
+
+// fusedFour returns the fused product of up to four input rows by four
+// weight rows of format f on path p, or nil where there is none.
+func fusedFour(f Format, p Path) func(acc *[tileRows * tileCols]float32, x *[tileRows]*float32, w *[tileCols]*byte, nb int) {
+	if f == Q8_0 && p == PathAVX512 && hasAVX512 {
+		return mulQ8_0x4AVX512
+	}
+	return nil
+}
+
 // fusedOne returns the fused one-input-row product of format f on path p
 // (quant_fused_amd64.s), or nil where there is none.
 func fusedOne(f Format, p Path) func(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int) {

@@ -9,3 +9,8 @@ func simdRow(Format, Path) func(dst []float32, row []byte) { return nil }
 func fusedOne(Format, Path) func(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int) {
 	return nil
 }
+
+// fusedFour reports that no fused products exist off amd64.
+func fusedFour(Format, Path) func(acc *[tileRows * tileCols]float32, x *[tileRows]*float32, w *[tileCols]*byte, nb int) {
+	return nil
+}

@@ -101,11 +101,52 @@ func mulQ6Kx1(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte,
 //go:noescape
 func mulQ8_0x4AVX512(acc *[tileRows * tileCols]float32, x *[tileRows]*float32, w *[tileCols]*byte, nb int)
 
+//go:noescape
+func mulQ4Kx4AVX512(lanes *[tileRows * tileCols][lanes]float32, x *[tileRows]*float32, q *[tileCols]*byte, dsc, dmn *[tileCols][8]float32)
+
+// mulQ4Kx4 is mulQ4Kx1 for four input rows.
+func mulQ4Kx4(acc *[tileRows * tileCols]float32, x *[tileRows]*float32, w *[tileCols]*byte, nb int) {
+	var (
+		l        [tileRows * tileCols][lanes]float32
+		q        [tileCols]*byte
+		xb       [tileRows]*float32
+		dsc, dmn [tileCols][8]float32
+		rows     [tileCols][]byte
+		xs       [tileRows][]float32
+	)
+	for j := range tileCols {
+		rows[j] = unsafe.Slice(w[j], nb*144)
+	}
+	for i := range tileRows {
+		xs[i] = unsafe.Slice(x[i], nb*qk)
+	}
+	for b := range nb {
+		for j := range tileCols {
+			blk := rows[j][b*144 : (b+1)*144]
+			kScales(blk, &dsc[j], &dmn[j])
+			q[j] = &blk[16]
+		}
+		for i := range tileRows {
+			xb[i] = &xs[i][b*qk]
+		}
+		mulQ4Kx4AVX512(&l, &xb, &q, &dsc, &dmn)
+	}
+	for k := range acc {
+		acc[k] = reduceLanes(&l[k])
+	}
+}
+
 // fusedFour returns the fused product of up to four input rows by four
 // weight rows of format f on path p, or nil where there is none.
 func fusedFour(f Format, p Path) func(acc *[tileRows * tileCols]float32, x *[tileRows]*float32, w *[tileCols]*byte, nb int) {
-	if f == Q8_0 && p == PathAVX512 && hasAVX512 {
+	if p != PathAVX512 || !hasAVX512 {
+		return nil
+	}
+	switch f {
+	case Q8_0:
 		return mulQ8_0x4AVX512
+	case Q4_K:
+		return mulQ4Kx4
 	}
 	return nil
 }

@@ -512,3 +512,124 @@ loop:
 	REDUCE(Z15, Y15, 60)
 	VZEROUPPER
 	RET
+
+// Q4X4TAIL finishes a Q4_K group's 16 values in Z24 (nibbles as int32)
+// with the scale and min at soff(DX), soff(BX) and adds their products
+// with the four input rows' groups Z16-Z19 into a0-a3.
+#define Q4X4TAIL(soff, a0, a1, a2, a3) \
+	VCVTDQ2PS Z24, Z24 \
+	VBROADCASTSS soff(DX), Z25 \
+	VMULPS    Z25, Z24, Z24 \
+	VBROADCASTSS soff(BX), Z25 \
+	VSUBPS    Z25, Z24, Z24 \
+	VFMADD231PS Z24, Z16, a0 \
+	VFMADD231PS Z24, Z17, a1 \
+	VFMADD231PS Z24, Z18, a2 \
+	VFMADD231PS Z24, Z19, a3
+
+// Q4X4LO and Q4X4HI do one group of the low or high nibbles of the 16
+// bytes at boff(R).
+#define Q4X4LO(R, boff, soff, a0, a1, a2, a3) \
+	VPMOVZXBD boff(R), Z24 \
+	VPANDD    Z30, Z24, Z24 \
+	Q4X4TAIL(soff, a0, a1, a2, a3)
+
+#define Q4X4HI(R, boff, soff, a0, a1, a2, a3) \
+	VPMOVZXBD boff(R), Z24 \
+	VPSRLD    $4, Z24, Z24 \
+	Q4X4TAIL(soff, a0, a1, a2, a3)
+
+// Q4X4X loads the four input rows' 16 values at off.
+#define Q4X4X(off) \
+	VMOVUPS off(SI), Z16 \
+	VMOVUPS off(R13), Z17 \
+	VMOVUPS off(R14), Z18 \
+	VMOVUPS off(R15), Z19
+
+// Q4X4GROUP does one 16-column group for the four weight rows: OP is
+// Q4X4LO or Q4X4HI, boff the byte offset in the chunk, s the sub-block
+// scale's offset.
+#define Q4X4GROUP(OP, boff, s) \
+	OP(R9, boff, s, Z0, Z4, Z8, Z12) \
+	OP(R10, boff, s+32, Z1, Z5, Z9, Z13) \
+	OP(R11, boff, s+64, Z2, Z6, Z10, Z14) \
+	OP(R12, boff, s+96, Z3, Z7, Z11, Z15)
+
+// func mulQ4Kx4AVX512(lanes *[16][16]float32, x *[4]*float32, q *[4]*byte, dsc, dmn *[4][8]float32)
+// One super-block of four input rows by four Q4_K rows: lanes[4i+j] +=
+// the 16-lane products of x[i][0:256] with row j's values.
+TEXT ·mulQ4Kx4AVX512(SB), NOSPLIT, $0-40
+	MOVQ lanes+0(FP), DI
+	MOVQ x+8(FP), AX
+	MOVQ 0(AX), SI
+	MOVQ 8(AX), R13
+	MOVQ 16(AX), R14
+	MOVQ 24(AX), R15
+	MOVQ q+16(FP), AX
+	MOVQ 0(AX), R9
+	MOVQ 8(AX), R10
+	MOVQ 16(AX), R11
+	MOVQ 24(AX), R12
+	MOVQ dsc+24(FP), DX
+	MOVQ dmn+32(FP), BX
+	MOVL $15, AX
+	VMOVD AX, X30
+	VPBROADCASTD X30, Z30
+	VMOVUPS (DI), Z0
+	VMOVUPS 64(DI), Z1
+	VMOVUPS 128(DI), Z2
+	VMOVUPS 192(DI), Z3
+	VMOVUPS 256(DI), Z4
+	VMOVUPS 320(DI), Z5
+	VMOVUPS 384(DI), Z6
+	VMOVUPS 448(DI), Z7
+	VMOVUPS 512(DI), Z8
+	VMOVUPS 576(DI), Z9
+	VMOVUPS 640(DI), Z10
+	VMOVUPS 704(DI), Z11
+	VMOVUPS 768(DI), Z12
+	VMOVUPS 832(DI), Z13
+	VMOVUPS 896(DI), Z14
+	VMOVUPS 960(DI), Z15
+	MOVQ $4, CX
+
+chunk:
+	Q4X4X(0)
+	Q4X4GROUP(Q4X4LO, 0, 0)
+	Q4X4X(64)
+	Q4X4GROUP(Q4X4LO, 16, 0)
+	Q4X4X(128)
+	Q4X4GROUP(Q4X4HI, 0, 4)
+	Q4X4X(192)
+	Q4X4GROUP(Q4X4HI, 16, 4)
+	ADDQ $256, SI
+	ADDQ $256, R13
+	ADDQ $256, R14
+	ADDQ $256, R15
+	ADDQ $32, R9
+	ADDQ $32, R10
+	ADDQ $32, R11
+	ADDQ $32, R12
+	ADDQ $8, DX
+	ADDQ $8, BX
+	DECQ CX
+	JNZ  chunk
+
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	VMOVUPS Z2, 128(DI)
+	VMOVUPS Z3, 192(DI)
+	VMOVUPS Z4, 256(DI)
+	VMOVUPS Z5, 320(DI)
+	VMOVUPS Z6, 384(DI)
+	VMOVUPS Z7, 448(DI)
+	VMOVUPS Z8, 512(DI)
+	VMOVUPS Z9, 576(DI)
+	VMOVUPS Z10, 640(DI)
+	VMOVUPS Z11, 704(DI)
+	VMOVUPS Z12, 768(DI)
+	VMOVUPS Z13, 832(DI)
+	VMOVUPS Z14, 896(DI)
+	VMOVUPS Z15, 960(DI)
+	VZEROUPPER
+	RET

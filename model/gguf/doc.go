@@ -24,5 +24,13 @@
 // which count or offset of a hostile file is wrong.
 //
 // [Writer] and [WriteFile] write GGUF version 3 with the alignment the
-// metadata asks for, so that moegrid's own conversions load in llama.cpp.
+// metadata asks for, byte for byte as llama.cpp's own writer does, so that
+// moegrid's conversions load in llama.cpp.
+//
+// For Mixtral as llama.cpp stores it (architecture "llama" with experts),
+// [ReadLlamaParams] reads the hyperparameters, [Checkpoint.HFTensor] finds
+// a Hugging Face tensor in either expert layout with q and k back in
+// Hugging Face row order ([RopeFromGGUF], [RopeToGGUF]), [Scheme] gives
+// each tensor the type llama-quantize would, and [Checkpoint.Advise]
+// hints the kernel about an expert's byte range.
 package gguf

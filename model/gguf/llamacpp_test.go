@@ -41,10 +41,12 @@ func quantizeSource(t *testing.T) ([]gguf.KV, []gguf.Tensor) {
 	V := uint64(len(tokens))
 	scores := make([]float32, V)
 	types := make([]int32, V)
-	for i := range types {
-		types[i] = map[bool]int32{true: 6, false: 1}[i >= 3 && i < 259]
-	}
+	// llama_token_type: unknown 2, control 3, byte 6, normal 1.
 	types[0], types[1], types[2] = 2, 3, 3
+	for i := 3; i < len(types); i++ {
+		types[i] = 6
+	}
+	types[len(types)-1] = 1
 	arr := func(v any) gguf.Value {
 		a, err := gguf.ArrayOf(v)
 		if err != nil {

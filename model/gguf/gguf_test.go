@@ -437,7 +437,25 @@ func FuzzParse(f *testing.F) {
 			if start+ti.Size > uint64(len(data)) {
 				t.Fatalf("tensor %q [%d, %d) past the end of %d bytes", ti.Name, start, start+ti.Size, len(data))
 			}
-			tensors = append(tensors, Tensor{TensorInfo: ti, Data: data[start : start+ti.Size]})
+			tt := Tensor{TensorInfo: ti, Data: data[start : start+ti.Size]}
+			tensors = append(tensors, tt)
+			// Views of whatever parses must work: widening, slicing,
+			// matrices.
+			if ti.Size <= 1<<16 {
+				if _, err := tt.Format(); err == nil {
+					if v, err := tt.Float32s(); err != nil || uint64(len(v)) != ti.Elements() {
+						t.Fatalf("Float32s of %q: %d values, %v", ti.Name, len(v), err)
+					}
+				}
+				if len(ti.Shape) == 2 {
+					tt.Matrix()
+				}
+				if len(ti.Shape) > 1 {
+					if _, err := tt.Slice(0); err != nil {
+						t.Fatalf("Slice(0) of %q: %v", ti.Name, err)
+					}
+				}
+			}
 		}
 		first := rewrite(t, h, tensors)
 		h2, err := Parse(first)

@@ -43,7 +43,7 @@ func (q *quantFormat) spec() formatSpec {
 		blockSize:  q.blockSize,
 		blockBytes: q.blockBytes,
 		new: func(rows, cols int, data []byte) Matrix {
-			return &quantMatrix{shape: shape{rows, cols}, q: q, data: data, rowBytes: cols / q.blockSize * q.blockBytes, avx2: simdRow(q.format, PathAVX2), avx512: simdRow(q.format, PathAVX512), fused512: fusedOne(q.format, PathAVX512), fused512x4: fusedFour(q.format, PathAVX512)}
+			return &quantMatrix{shape: shape{rows, cols}, q: q, data: data, rowBytes: cols / q.blockSize * q.blockBytes, avx2: simdRow(q.format, PathAVX2), avx512: simdRow(q.format, PathAVX512), fused2: fusedOne(q.format, PathAVX2), fused512: fusedOne(q.format, PathAVX512), fused512x4: fusedFour(q.format, PathAVX512)}
 		},
 	}
 }
@@ -58,10 +58,11 @@ type quantMatrix struct {
 	// avx2 and avx512 dequantize a row on those paths, to the same bits
 	// as the portable code; nil where the CPU lacks the instructions.
 	avx2, avx512 func(dst []float32, row []byte)
-	// fused512 multiplies one input row by four weight rows without
-	// dequantizing them to memory, to the same bits as the F32 tile
-	// kernel on the dequantized rows; nil where there is none.
-	fused512 func(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int)
+	// fused512 and fused2 multiply one input row by four weight rows
+	// without dequantizing them to memory, to the same bits as the F32
+	// tile kernel on the dequantized rows, on the avx512 and avx2 paths;
+	// nil where there is none.
+	fused512, fused2 func(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int)
 	// fused512x4 is fused512 for up to four input rows.
 	fused512x4 func(acc *[tileRows * tileCols]float32, x *[tileRows]*float32, w *[tileCols]*byte, nb int)
 }
@@ -94,13 +95,19 @@ func (m *quantMatrix) Row(dst []float32, r int) {
 // quantized row length is a multiple of 32, so the vector part covers
 // whole rows.
 func (m *quantMatrix) MulRows(out, x []float32, n, lo, hi int) {
-	if kernels.path == PathAVX512 {
+	switch kernels.path {
+	case PathAVX512:
 		switch {
 		case n == 1 && m.fused512 != nil:
-			m.mulFused(out, x, lo, hi)
+			m.mulFused(out, x, m.fused512, lo, hi)
 			return
 		case n <= tileRows && m.fused512x4 != nil:
 			m.mulFused4(out, x, n, lo, hi)
+			return
+		}
+	case PathAVX2:
+		if n == 1 && m.fused2 != nil {
+			m.mulFused(out, x, m.fused2, lo, hi)
 			return
 		}
 	}
@@ -118,7 +125,7 @@ func (m *quantMatrix) MulRows(out, x []float32, n, lo, hi int) {
 
 // mulFused is MulRows for one input row with the fused kernel; a short
 // last tile repeats its last row, as mulTiled does.
-func (m *quantMatrix) mulFused(out, x []float32, lo, hi int) {
+func (m *quantMatrix) mulFused(out, x []float32, fused func(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int), lo, hi int) {
 	var (
 		acc [tileRows * tileCols]float32
 		w   [tileCols]*byte
@@ -130,7 +137,7 @@ func (m *quantMatrix) mulFused(out, x []float32, lo, hi int) {
 		for j := range tileCols {
 			w[j] = &m.data[min(r+j, hi-1)*m.rowBytes]
 		}
-		m.fused512(&acc, &x[0], &w, nb)
+		fused(&acc, &x[0], &w, nb)
 		copy(out[r:r+nw], acc[:nw])
 	}
 }

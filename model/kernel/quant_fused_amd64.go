@@ -151,9 +151,29 @@ func fusedFour(f Format, p Path) func(acc *[tileRows * tileCols]float32, x *[til
 	return nil
 }
 
+//go:noescape
+func mulQ8_0x1AVX2(lanes *[tileCols][lanes]float32, x *float32, w *[tileCols]*byte, nb int)
+
+// mulQ8_0x1OnAVX2 reduces the AVX2 kernel's lanes in the tile kernels'
+// tree.
+func mulQ8_0x1OnAVX2(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int) {
+	var l [tileCols][lanes]float32
+	mulQ8_0x1AVX2(&l, x, w, nb)
+	for j := range tileCols {
+		acc[j] = reduceLanes(&l[j])
+	}
+}
+
 // fusedOne returns the fused one-input-row product of format f on path p
-// (quant_fused_amd64.s), or nil where there is none.
+// (quant_fused_amd64.s, quant_fused_avx2_amd64.s), or nil where there is
+// none.
 func fusedOne(f Format, p Path) func(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int) {
+	if p == PathAVX2 && hasAVX2 {
+		if f == Q8_0 {
+			return mulQ8_0x1OnAVX2
+		}
+		return nil
+	}
 	if p != PathAVX512 || !hasAVX512 {
 		return nil
 	}

@@ -8,11 +8,15 @@ func mulQ8_0x1AVX512(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols
 //go:noescape
 func mulQ4Kx1AVX512(lanes *[tileCols][lanes]float32, x *float32, q *[tileCols]*byte, dsc, dmn *[tileCols][8]float32)
 
+//go:noescape
+func mulQ4Kx1AVX2(lanes *[tileCols][lanes]float32, x *float32, q *[tileCols]*byte, dsc, dmn *[tileCols][8]float32)
+
 // mulQ4Kx1 is the fused one-row product of four Q4_K rows: per
-// super-block, the sub-block scales in Go and the values in assembly,
-// whose 16-lane accumulators carry over from one super-block to the next;
-// reduceLanes then adds the lanes in the tile kernels' tree.
-func mulQ4Kx1(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int) {
+// super-block, the sub-block scales in Go and the values in assembly
+// (asm: mulQ4Kx1AVX512 or mulQ4Kx1AVX2), whose 16-lane accumulators carry
+// over from one super-block to the next; reduceLanes then adds the lanes
+// in the tile kernels' tree.
+func mulQ4Kx1(asm func(lanes *[tileCols][lanes]float32, x *float32, q *[tileCols]*byte, dsc, dmn *[tileCols][8]float32), acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int) {
 	var (
 		l        [tileCols][lanes]float32
 		q        [tileCols]*byte
@@ -29,7 +33,7 @@ func mulQ4Kx1(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte,
 			kScales(blk, &dsc[j], &dmn[j])
 			q[j] = &blk[16]
 		}
-		mulQ4Kx1AVX512(&l, &xs[b*qk], &q, &dsc, &dmn)
+		asm(&l, &xs[b*qk], &q, &dsc, &dmn)
 	}
 	for j := range tileCols {
 		acc[j] = reduceLanes(&l[j])
@@ -169,8 +173,13 @@ func mulQ8_0x1OnAVX2(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols
 // none.
 func fusedOne(f Format, p Path) func(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int) {
 	if p == PathAVX2 && hasAVX2 {
-		if f == Q8_0 {
+		switch f {
+		case Q8_0:
 			return mulQ8_0x1OnAVX2
+		case Q4_K:
+			return func(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int) {
+				mulQ4Kx1(mulQ4Kx1AVX2, acc, x, w, nb)
+			}
 		}
 		return nil
 	}
@@ -183,7 +192,9 @@ func fusedOne(f Format, p Path) func(acc *[tileRows * tileCols]float32, x *float
 	case Q4_0:
 		return mulQ4_0x1AVX512
 	case Q4_K:
-		return mulQ4Kx1
+		return func(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int) {
+			mulQ4Kx1(mulQ4Kx1AVX512, acc, x, w, nb)
+		}
 	case Q5_K:
 		return mulQ5Kx1
 	case Q6_K:

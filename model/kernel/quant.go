@@ -95,6 +95,9 @@ func (m *quantMatrix) Row(dst []float32, r int) {
 // quantized row length is a multiple of 32, so the vector part covers
 // whole rows.
 func (m *quantMatrix) MulRows(out, x []float32, n, lo, hi int) {
+	if n <= 0 || lo >= hi {
+		return
+	}
 	switch kernels.path {
 	case PathAVX512:
 		switch {

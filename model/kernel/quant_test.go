@@ -245,6 +245,33 @@ func TestQuantizeFloats(t *testing.T) {
 	}
 }
 
+// TestQuantMulRowsEmpty multiplies no input rows and no weight rows.
+func TestQuantMulRowsEmpty(t *testing.T) {
+	for _, f := range quantFormats {
+		data, err := kernel.Quantize(f, 4, 256, make([]float32, 4*256))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := kernel.NewMatrix(f, 4, 256, data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range quantPaths() {
+			restore, err := kernel.UsePath(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m.MulRows(nil, nil, 0, 0, 4)
+			out := []float32{7, 7, 7, 7}
+			m.MulRows(out, make([]float32, 256), 1, 2, 2)
+			if out[2] != 7 {
+				t.Errorf("%s on %s: an empty row range wrote %v", f, p, out)
+			}
+			restore()
+		}
+	}
+}
+
 func TestQuantizeErrors(t *testing.T) {
 	if _, err := kernel.Quantize(kernel.Q4_K, 1, 128, make([]float32, 128)); err == nil {
 		t.Errorf("Q4_K row of 128: no error")

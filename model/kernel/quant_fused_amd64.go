@@ -74,8 +74,11 @@ func mulQ5Kx1(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte,
 //go:noescape
 func mulQ6Kx1AVX512(lanes *[tileCols][lanes]float32, x *float32, q *[tileCols]*byte, ds *[tileCols][16]float32)
 
+//go:noescape
+func mulQ6Kx1AVX2(lanes *[tileCols][lanes]float32, x *float32, q *[tileCols]*byte, ds *[tileCols][16]float32)
+
 // mulQ6Kx1 is mulQ4Kx1 for Q6_K.
-func mulQ6Kx1(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int) {
+func mulQ6Kx1(asm func(lanes *[tileCols][lanes]float32, x *float32, q *[tileCols]*byte, ds *[tileCols][16]float32), acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int) {
 	var (
 		l    [tileCols][lanes]float32
 		q    [tileCols]*byte
@@ -95,7 +98,7 @@ func mulQ6Kx1(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte,
 			}
 			q[j] = &blk[0]
 		}
-		mulQ6Kx1AVX512(&l, &xs[b*qk], &q, &ds)
+		asm(&l, &xs[b*qk], &q, &ds)
 	}
 	for j := range tileCols {
 		acc[j] = reduceLanes(&l[j])
@@ -180,6 +183,10 @@ func fusedOne(f Format, p Path) func(acc *[tileRows * tileCols]float32, x *float
 			return func(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int) {
 				mulQ4Kx1(mulQ4Kx1AVX2, acc, x, w, nb)
 			}
+		case Q6_K:
+			return func(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int) {
+				mulQ6Kx1(mulQ6Kx1AVX2, acc, x, w, nb)
+			}
 		}
 		return nil
 	}
@@ -198,7 +205,9 @@ func fusedOne(f Format, p Path) func(acc *[tileRows * tileCols]float32, x *float
 	case Q5_K:
 		return mulQ5Kx1
 	case Q6_K:
-		return mulQ6Kx1
+		return func(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int) {
+			mulQ6Kx1(mulQ6Kx1AVX512, acc, x, w, nb)
+		}
 	}
 	return nil
 }

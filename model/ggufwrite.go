@@ -1,10 +1,12 @@
 package model
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/moegrid/moegrid/model/gguf"
@@ -160,8 +162,7 @@ func WriteGGUF(ctx context.Context, dir, path string, o GGUFWriteOptions) ([]ggu
 	return written, nil
 }
 
-// ggufSources lists the tensors of the file, in llama.cpp's order, with
-// their types.
+// ggufSources lists the tensors of the file with their types.
 func ggufSources(ck *safetensors.Checkpoint, c *Config, pol ggufPolicy, notice func(string)) ([]ggufSource, error) {
 	H, V, E := c.HiddenSize, c.VocabSize, c.NumLocalExperts
 	var out []ggufSource
@@ -231,7 +232,26 @@ func ggufSources(ck *safetensors.Checkpoint, c *Config, pol ggufPolicy, notice f
 			}
 		}
 	}
+	// llama-quantize's order: by layer, the tensors outside the layers
+	// first, then by name.
+	slices.SortStableFunc(out, func(a, b ggufSource) int {
+		if c := cmp.Compare(layerOf(a.info.Name), layerOf(b.info.Name)); c != 0 {
+			return c
+		}
+		return strings.Compare(a.info.Name, b.info.Name)
+	})
 	return out, nil
+}
+
+// layerOf is the layer of a blk.N.* tensor name, or -1.
+func layerOf(name string) int {
+	rest, ok := strings.CutPrefix(name, "blk.")
+	n, _, _ := strings.Cut(rest, ".")
+	l, lok := moduleIndex(n)
+	if !ok || !lok {
+		return -1
+	}
+	return l
 }
 
 // hfDType is the GGML type of the Hugging Face tensor name's dtype.
@@ -380,12 +400,6 @@ func ggufWriteMetadata(c *Config, tok *tokenizer.Tokenizer, pol ggufPolicy, sour
 	meta := []gguf.KV{
 		{Key: gguf.KeyArchitecture, Value: gguf.String("llama")},
 		{Key: "general.name", Value: gguf.String(name)},
-		{Key: "general.file_type", Value: gguf.Uint32(fileType)},
-	}
-	if pol.quant {
-		// The version of GGML's quantized block layouts, as
-		// llama-quantize writes it.
-		meta = append(meta, gguf.KV{Key: "general.quantization_version", Value: gguf.Uint32(2)})
 	}
 	meta = append(meta, p.Metadata()[1:]...)
 	meta = append(meta, gguf.KV{Key: "llama.vocab_size", Value: gguf.Uint32(uint32(c.VocabSize))})
@@ -398,7 +412,15 @@ func ggufWriteMetadata(c *Config, tok *tokenizer.Tokenizer, pol ggufPolicy, sour
 	if err != nil {
 		return nil, fmt.Errorf("model: tokenizer: %w", err)
 	}
-	return append(meta, tm...), nil
+	meta = append(meta, tm...)
+	// Last, as llama-quantize writes them: a file quantized here is then
+	// byte for byte the one llama-quantize makes of this package's F32,
+	// F16 or BF16 conversion. The quantization version is that of GGML's
+	// block layouts.
+	if pol.quant {
+		meta = append(meta, gguf.KV{Key: "general.quantization_version", Value: gguf.Uint32(2)})
+	}
+	return append(meta, gguf.KV{Key: "general.file_type", Value: gguf.Uint32(fileType)}), nil
 }
 
 // keptFileType is the llama_ftype of a file whose matrices keep their

@@ -27,7 +27,7 @@ func newModelCmd() *cobra.Command {
 		Use:   "model",
 		Short: "Create, inspect and run checkpoints in one process",
 	}
-	cmd.AddCommand(newSynthCmd(), newInspectCmd(), newEvalCmd(), newLocalGenerateCmd())
+	cmd.AddCommand(newSynthCmd(), newInspectCmd(), newEvalCmd(), newLocalGenerateCmd(), newQuantizeCmd(), newConvertCmd())
 	return cmd
 }
 

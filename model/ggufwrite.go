@@ -167,9 +167,27 @@ func ggufSources(ck *safetensors.Checkpoint, c *Config, pol ggufPolicy, notice f
 	H, V, E := c.HiddenSize, c.VocabSize, c.NumLocalExperts
 	var out []ggufSource
 	add := func(name string, rows, cols, ropeHeads int, hf ...string) error {
-		src, err := hfDType(ck, hf[0])
-		if err != nil {
-			return err
+		want := []int{cols}
+		if rows > 0 {
+			want = []int{rows, cols}
+		}
+		var src gguf.TensorType
+		for i, n := range hf {
+			t, err := ck.Tensor(n)
+			if err != nil {
+				return fmt.Errorf("%w: %w", ErrWeights, err)
+			}
+			if !slices.Equal(t.Shape, want) {
+				return fmt.Errorf("%w: %s has shape %v, want %v", ErrWeights, n, t.Shape, want)
+			}
+			dt, err := hfDType(ck, n)
+			if err != nil {
+				return err
+			}
+			if i > 0 && dt != src {
+				return fmt.Errorf("%w: %s is %s, unlike %s, of %s", ErrWeights, n, dt, hf[0], src)
+			}
+			src = dt
 		}
 		shape := []uint64{uint64(cols)}
 		if rows > 0 {
@@ -326,13 +344,6 @@ func (s ggufSource) data(ctx context.Context, ck *safetensors.Checkpoint) ([][]b
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrWeights, err)
 		}
-		want := []int{s.cols}
-		if s.rows > 0 {
-			want = []int{s.rows, s.cols}
-		}
-		if !equalInts(t.Shape, want) {
-			return nil, fmt.Errorf("%w: %s has shape %v, want %v", ErrWeights, name, t.Shape, want)
-		}
 		src, err := hfDType(ck, name)
 		if err != nil {
 			return nil, err
@@ -359,18 +370,6 @@ func (s ggufSource) data(ctx context.Context, ck *safetensors.Checkpoint) ([][]b
 		}
 	}
 	return parts, nil
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // ggufWriteMetadata is the file's metadata: the hyperparameters llama.cpp

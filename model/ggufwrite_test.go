@@ -361,7 +361,7 @@ func TestWriteGGUFErrors(t *testing.T) {
 		{"GGUF input", gguf32, "q8_0", "is already a GGUF file", nil},
 		{"no tokenizer", noTokenizer, "q8_0", "a GGUF file carries its tokenizer", os.ErrNotExist},
 		{"vocabulary mismatch", withConfig(t, dir, func(c map[string]any) { c["vocab_size"] = 32001 }), "", "tokenizer.json has 32000 pieces but vocab_size is 32001", model.ErrConfig},
-		{"hidden size mismatch", withConfig(t, dir, func(c map[string]any) { c["intermediate_size"] = 512 }), "q8_0", "has shape [256 128], want [512 128]", model.ErrWeights},
+		{"intermediate size mismatch", withConfig(t, dir, func(c map[string]any) { c["intermediate_size"] = 512 }), "q8_0", "experts.0.w1.weight has shape [256 128], want [512 128]", model.ErrWeights},
 		{"missing directory", filepath.Join(t.TempDir(), "none"), "", "read config", os.ErrNotExist},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

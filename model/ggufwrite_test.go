@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -387,5 +388,46 @@ func TestWriteGGUFCancel(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(filepath.Dir(out)); len(entries) != 0 {
 		t.Errorf("left %d files behind", len(entries))
+	}
+}
+
+// With MOEGRID_LLAMA_QUANTIZE naming llama.cpp's llama-quantize (commit
+// c392e50), each quantization of a model whose rows fit every block size
+// is, byte for byte, the file llama-quantize makes of the F32 conversion:
+//
+//	MOEGRID_LLAMA_QUANTIZE=/work/llama.cpp/build/bin/llama-quantize go test -run TestWriteGGUFLlamaQuantize ./model/
+func TestWriteGGUFLlamaQuantize(t *testing.T) {
+	tool := os.Getenv("MOEGRID_LLAMA_QUANTIZE")
+	if tool == "" {
+		t.Skip("MOEGRID_LLAMA_QUANTIZE is not set")
+	}
+	dir := t.TempDir()
+	p := synth.Preset{Name: "fit", Hidden: 256, Layers: 3, Heads: 4, KVHeads: 2, Intermediate: 512}
+	if err := synth.Write(dir, synth.Options{Preset: p, Seed: 7, DType: safetensors.F32, Shards: 1}); err != nil {
+		t.Fatal(err)
+	}
+	src, _ := writeWithMoegrid(t, dir, "f32")
+	for _, typ := range []string{"q8_0", "q4_0", "q6_k", "q4_k_m", "q5_k_m"} {
+		t.Run(typ, func(t *testing.T) {
+			mine, notices := writeWithMoegrid(t, dir, typ)
+			if len(notices) != 0 {
+				t.Errorf("notices %q", notices)
+			}
+			theirs := filepath.Join(t.TempDir(), "llama-quantize.gguf")
+			if out, err := exec.Command(tool, src, theirs, strings.ToUpper(typ)).CombinedOutput(); err != nil {
+				t.Fatalf("%s: %v\n%s", tool, err, out)
+			}
+			a, err := os.ReadFile(mine)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := os.ReadFile(theirs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(a, b) {
+				t.Errorf("moegrid's %s file (%d bytes) differs from llama-quantize's (%d bytes)", typ, len(a), len(b))
+			}
+		})
 	}
 }

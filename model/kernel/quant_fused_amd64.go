@@ -6,14 +6,38 @@ import "unsafe"
 func mulQ8_0x1AVX512(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int)
 
 //go:noescape
-func mulQ4Kx1AVX512(lanes *[tileCols][lanes]float32, x *float32, q *[tileCols]*byte, dsc, dmn *[tileCols][8]float32)
+func mulQ4Kx1AVX512(lanes *[tileCols][lanes]float32, x *float32, blocks *[tileCols]*byte, scales *[tileCols][16]float32)
+
+// mulQ4Kx1On512 is the fused one-row product of four Q4_K rows on
+// AVX-512, a call per super-block that unpacks the scales too.
+func mulQ4Kx1On512(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int) {
+	var (
+		l      [tileCols][lanes]float32
+		blocks [tileCols]*byte
+		scales [tileCols][16]float32
+		rows   [tileCols][]byte
+	)
+	for j := range tileCols {
+		rows[j] = unsafe.Slice(w[j], nb*144)
+	}
+	xs := unsafe.Slice(x, nb*qk)
+	for b := range nb {
+		for j := range tileCols {
+			blocks[j] = &rows[j][b*144]
+		}
+		mulQ4Kx1AVX512(&l, &xs[b*qk], &blocks, &scales)
+	}
+	for j := range tileCols {
+		acc[j] = reduceLanes(&l[j])
+	}
+}
 
 //go:noescape
 func mulQ4Kx1AVX2(lanes *[tileCols][lanes]float32, x *float32, q *[tileCols]*byte, dsc, dmn *[tileCols][8]float32)
 
 // mulQ4Kx1 is the fused one-row product of four Q4_K rows: per
 // super-block, the sub-block scales in Go and the values in assembly
-// (asm: mulQ4Kx1AVX512 or mulQ4Kx1AVX2), whose 16-lane accumulators carry
+// (asm: mulQ4Kx1AVX2), whose 16-lane accumulators carry
 // over from one super-block to the next; reduceLanes then adds the lanes
 // in the tile kernels' tree.
 func mulQ4Kx1(asm func(lanes *[tileCols][lanes]float32, x *float32, q *[tileCols]*byte, dsc, dmn *[tileCols][8]float32), acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int) {
@@ -199,9 +223,7 @@ func fusedOne(f Format, p Path) func(acc *[tileRows * tileCols]float32, x *float
 	case Q4_0:
 		return mulQ4_0x1AVX512
 	case Q4_K:
-		return func(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int) {
-			mulQ4Kx1(mulQ4Kx1AVX512, acc, x, w, nb)
-		}
+		return mulQ4Kx1On512
 	case Q5_K:
 		return mulQ5Kx1
 	case Q6_K:

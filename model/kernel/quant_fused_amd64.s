@@ -100,20 +100,73 @@ loop:
 	Q4PART(Z18, Z27, Z29, Z22, acc) \
 	Q4PART(Z19, Z27, Z29, Z23, acc)
 
-// func mulQ4Kx1AVX512(lanes *[4][16]float32, x *float32, q *[4]*byte, dsc, dmn *[4][8]float32)
+// KSCALES unpacks the eight 6-bit scales and mins of the Q4_K block at
+// (R) and multiplies them by its F16 super-scales, into off(DX) (scales)
+// and off+32(DX) (mins): kScales in vector registers, the same products.
+// With a, b, c the words of scale bytes 0-3, 4-7 and 8-11, the scales
+// are a & 0x3f3f3f3f then c's low nibbles | a's top bit pairs, the mins
+// b & 0x3f3f3f3f then c's high nibbles | b's top bit pairs.
+#define KSCALES(R, off) \
+	MOVL    4(R), AX \
+	MOVL    12(R), R8 \
+	MOVL    AX, R13 \
+	ANDL    $0x3f3f3f3f, R13 \
+	VMOVD   R13, X24 \
+	MOVL    R8, R13 \
+	ANDL    $0x0f0f0f0f, R13 \
+	SHRL    $2, AX \
+	ANDL    $0x30303030, AX \
+	ORL     AX, R13 \
+	VPINSRD $1, R13, X24, X24 \
+	MOVL    8(R), AX \
+	MOVL    AX, R13 \
+	ANDL    $0x3f3f3f3f, R13 \
+	VMOVD   R13, X25 \
+	SHRL    $4, R8 \
+	ANDL    $0x0f0f0f0f, R8 \
+	SHRL    $2, AX \
+	ANDL    $0x30303030, AX \
+	ORL     AX, R8 \
+	VPINSRD $1, R8, X25, X25 \
+	VPMOVZXBD X24, Y24 \
+	VPMOVZXBD X25, Y25 \
+	VCVTDQ2PS Y24, Y24 \
+	VCVTDQ2PS Y25, Y25 \
+	MOVWLZX (R), AX \
+	VMOVD   AX, X26 \
+	VCVTPH2PS X26, X26 \
+	VBROADCASTSS X26, Y26 \
+	MOVWLZX 2(R), AX \
+	VMOVD   AX, X27 \
+	VCVTPH2PS X27, X27 \
+	VBROADCASTSS X27, Y27 \
+	VMULPS  Y26, Y24, Y24 \
+	VMULPS  Y27, Y25, Y25 \
+	VMOVUPS Y24, off(DX) \
+	VMOVUPS Y25, off+32(DX)
+
+// func mulQ4Kx1AVX512(lanes *[4][16]float32, x *float32, blocks *[4]*byte, scales *[4][16]float32)
 // One super-block of four Q4_K rows: lanes[j] += the 16-lane products of
-// x[0:256] with row j's values, from its 128 bytes q[j] and its sub-block
-// scales dsc[j] and mins dmn[j] (as multiplied by the super-scales).
-TEXT ·mulQ4Kx1AVX512(SB), NOSPLIT, $0-40
+// x[0:256] with the values of block blocks[j]; scales is scratch for the
+// unpacked sub-block scales (0-7) and mins (8-15) of each.
+TEXT ·mulQ4Kx1AVX512(SB), NOSPLIT, $0-32
 	MOVQ lanes+0(FP), DI
 	MOVQ x+8(FP), SI
-	MOVQ q+16(FP), AX
+	MOVQ blocks+16(FP), AX
 	MOVQ 0(AX), R9
 	MOVQ 8(AX), R10
 	MOVQ 16(AX), R11
 	MOVQ 24(AX), R12
-	MOVQ dsc+24(FP), DX
-	MOVQ dmn+32(FP), BX
+	MOVQ scales+24(FP), DX
+	KSCALES(R9, 0)
+	KSCALES(R10, 64)
+	KSCALES(R11, 128)
+	KSCALES(R12, 192)
+	ADDQ $16, R9
+	ADDQ $16, R10
+	ADDQ $16, R11
+	ADDQ $16, R12
+	LEAQ 32(DX), BX
 	MOVL $15, AX
 	VMOVD AX, X30
 	VPBROADCASTD X30, Z30
@@ -129,9 +182,9 @@ chunk:
 	VMOVUPS 128(SI), Z22
 	VMOVUPS 192(SI), Z23
 	Q4ROW(R9, 0, Z0)
-	Q4ROW(R10, 32, Z1)
-	Q4ROW(R11, 64, Z2)
-	Q4ROW(R12, 96, Z3)
+	Q4ROW(R10, 64, Z1)
+	Q4ROW(R11, 128, Z2)
+	Q4ROW(R12, 192, Z3)
 	ADDQ $256, SI
 	ADDQ $32, R9
 	ADDQ $32, R10

@@ -101,7 +101,30 @@ func mulQ6Kx1AVX512(lanes *[tileCols][lanes]float32, x *float32, q *[tileCols]*b
 //go:noescape
 func mulQ6Kx1AVX2(lanes *[tileCols][lanes]float32, x *float32, q *[tileCols]*byte, ds *[tileCols][16]float32)
 
-// mulQ6Kx1 is mulQ4Kx1 for Q6_K.
+// mulQ6Kx1On512 is mulQ4Kx1On512 for Q6_K.
+func mulQ6Kx1On512(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int) {
+	var (
+		l    [tileCols][lanes]float32
+		q    [tileCols]*byte
+		ds   [tileCols][16]float32
+		rows [tileCols][]byte
+	)
+	for j := range tileCols {
+		rows[j] = unsafe.Slice(w[j], nb*210)
+	}
+	xs := unsafe.Slice(x, nb*qk)
+	for b := range nb {
+		for j := range tileCols {
+			q[j] = &rows[j][b*210]
+		}
+		mulQ6Kx1AVX512(&l, &xs[b*qk], &q, &ds)
+	}
+	for j := range tileCols {
+		acc[j] = reduceLanes(&l[j])
+	}
+}
+
+// mulQ6Kx1 is mulQ4Kx1 for Q6_K (asm: mulQ6Kx1AVX2).
 func mulQ6Kx1(asm func(lanes *[tileCols][lanes]float32, x *float32, q *[tileCols]*byte, ds *[tileCols][16]float32), acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int) {
 	var (
 		l    [tileCols][lanes]float32
@@ -227,9 +250,7 @@ func fusedOne(f Format, p Path) func(acc *[tileRows * tileCols]float32, x *float
 	case Q5_K:
 		return mulQ5Kx1
 	case Q6_K:
-		return func(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int) {
-			mulQ6Kx1(mulQ6Kx1AVX512, acc, x, w, nb)
-		}
+		return mulQ6Kx1On512
 	}
 	return nil
 }

@@ -244,10 +244,22 @@ chunk:
 	VFMADD231PS Z22, Z14, acc \
 	VFMADD231PS Z23, Z15, acc
 
+// Q6SCALES multiplies the sixteen int8 sub-block scales of the Q6_K block
+// at (R) by its F16 super-scale, into off(DX), as mulQ6Kx1's Go did.
+#define Q6SCALES(R, off) \
+	VPMOVSXBD 192(R), Z24 \
+	VCVTDQ2PS Z24, Z24 \
+	MOVWLZX   208(R), AX \
+	VMOVD     AX, X25 \
+	VCVTPH2PS X25, X25 \
+	VBROADCASTSS X25, Z25 \
+	VMULPS    Z25, Z24, Z24 \
+	VMOVUPS   Z24, off(DX)
+
 // func mulQ6Kx1AVX512(lanes *[4][16]float32, x *float32, q *[4]*byte, ds *[4][16]float32)
 // One super-block of four Q6_K rows: lanes[j] += the 16-lane products of
-// x[0:256] with row j's values, from its block q[j] and its sixteen
-// sub-block scales ds[j] (as multiplied by the super-scale).
+// x[0:256] with row j's values, from its block q[j]; ds is scratch for
+// the sixteen sub-block scales of each (as multiplied by the super-scale).
 TEXT ·mulQ6Kx1AVX512(SB), NOSPLIT, $0-32
 	MOVQ lanes+0(FP), DI
 	MOVQ x+8(FP), SI
@@ -257,6 +269,10 @@ TEXT ·mulQ6Kx1AVX512(SB), NOSPLIT, $0-32
 	MOVQ 16(AX), R11
 	MOVQ 24(AX), R12
 	MOVQ ds+24(FP), DX
+	Q6SCALES(R9, 0)
+	Q6SCALES(R10, 64)
+	Q6SCALES(R11, 128)
+	Q6SCALES(R12, 192)
 	MOVL $15, AX
 	VMOVD AX, X28
 	VPBROADCASTD X28, Z28

@@ -202,19 +202,38 @@ chunk:
 	VZEROUPPER
 	RET
 
-// Q6VAL makes v = float32(((zl >> lsh) & 15) | ((zh >> hsh) & 3) << 4 − 32)
-// times the scale at soff(DX), with Z24-Z27's spare registers as scratch.
-#define Q6VAL(zl, lsh, zh, hsh, soff, v) \
-	VPSRLD $lsh, zl, v \
-	VPANDD Z28, v, v \
-	VPSRLD $hsh, zh, Z27 \
-	VPANDD Z29, Z27, Z27 \
-	VPSLLD $4, Z27, Z27 \
-	VPORD  Z27, v, v \
-	VPSUBD Z31, v, v \
-	VCVTDQ2PS v, v \
-	VBROADCASTSS soff(DX), Z30 \
-	VMULPS Z30, v, v
+// Q6V00, Q6V02, Q6V44 and Q6V46 make 16 values
+// v = float32((low bits) | (high bit pair) << 4 − 32) · the scale at
+// soff(DX): the low bits are the low (00, 02) or high (44, 46) nibbles of
+// the bytes in zl, the high pair bits 0-1, 2-3, 4-5 or 6-7 of those in zh,
+// moved to bits 4-5 and merged in one ternary logic operation (v | zh&Z29).
+#define Q6V00(zl, zh, soff, v) \
+	VPANDD     Z28, zl, v \
+	VPSLLD     $4, zh, Z27 \
+	VPTERNLOGD $0xf8, Z29, Z27, v \
+	Q6VEND(soff, v)
+
+#define Q6V02(zl, zh, soff, v) \
+	VPANDD     Z28, zl, v \
+	VPSLLD     $2, zh, Z27 \
+	VPTERNLOGD $0xf8, Z29, Z27, v \
+	Q6VEND(soff, v)
+
+#define Q6V44(zl, zh, soff, v) \
+	VPSRLD     $4, zl, v \
+	VPTERNLOGD $0xf8, Z29, zh, v \
+	Q6VEND(soff, v)
+
+#define Q6V46(zl, zh, soff, v) \
+	VPSRLD     $4, zl, v \
+	VPSRLD     $2, zh, Z27 \
+	VPTERNLOGD $0xf8, Z29, Z27, v \
+	Q6VEND(soff, v)
+
+#define Q6VEND(soff, v) \
+	VPSUBD      Z31, v, v \
+	VCVTDQ2PS   v, v \
+	VMULPS.BCST soff(DX), v, v
 
 // Q6HALF adds one 128-value half of the Q6_K row whose low bits are at
 // (RL) and high bits at (RH), scales at soff(DX) on, into acc: the eight
@@ -224,17 +243,17 @@ chunk:
 	VPMOVZXBD (RL), Z24 \
 	VPMOVZXBD 32(RL), Z25 \
 	VPMOVZXBD (RH), Z26 \
-	Q6VAL(Z24, 0, Z26, 0, soff, Z16) \
-	Q6VAL(Z25, 0, Z26, 2, soff+8, Z18) \
-	Q6VAL(Z24, 4, Z26, 4, soff+16, Z20) \
-	Q6VAL(Z25, 4, Z26, 6, soff+24, Z22) \
+	Q6V00(Z24, Z26, soff, Z16) \
+	Q6V02(Z25, Z26, soff+8, Z18) \
+	Q6V44(Z24, Z26, soff+16, Z20) \
+	Q6V46(Z25, Z26, soff+24, Z22) \
 	VPMOVZXBD 16(RL), Z24 \
 	VPMOVZXBD 48(RL), Z25 \
 	VPMOVZXBD 16(RH), Z26 \
-	Q6VAL(Z24, 0, Z26, 0, soff+4, Z17) \
-	Q6VAL(Z25, 0, Z26, 2, soff+12, Z19) \
-	Q6VAL(Z24, 4, Z26, 4, soff+20, Z21) \
-	Q6VAL(Z25, 4, Z26, 6, soff+28, Z23) \
+	Q6V00(Z24, Z26, soff+4, Z17) \
+	Q6V02(Z25, Z26, soff+12, Z19) \
+	Q6V44(Z24, Z26, soff+20, Z21) \
+	Q6V46(Z25, Z26, soff+28, Z23) \
 	VFMADD231PS Z16, Z8, acc \
 	VFMADD231PS Z17, Z9, acc \
 	VFMADD231PS Z18, Z10, acc \
@@ -276,7 +295,7 @@ TEXT ·mulQ6Kx1AVX512(SB), NOSPLIT, $0-32
 	MOVL $15, AX
 	VMOVD AX, X28
 	VPBROADCASTD X28, Z28
-	MOVL $3, AX
+	MOVL $0x30, AX
 	VMOVD AX, X29
 	VPBROADCASTD X29, Z29
 	MOVL $32, AX

@@ -27,10 +27,8 @@
 // Q8ROW dequantizes the Q8_0 block at (R) into za (values 0-15) and zb
 // (16-31) and adds their products with Z20 and Z21 into acc.
 #define Q8ROW(R, acc) \
-	MOVWLZX   (R), BX \
-	VMOVD     BX, X26 \
-	VCVTPH2PS X26, X26 \
-	VBROADCASTSS X26, Z26 \
+	VPBROADCASTW (R), Y26 \
+	VCVTPH2PS Y26, Z26 \
 	VPMOVSXBD 2(R), Z16 \
 	VPMOVSXBD 18(R), Z17 \
 	VCVTDQ2PS Z16, Z16 \
@@ -474,10 +472,8 @@ chunk:
 // Q40ROW dequantizes the Q4_0 block at (R) and adds its products with
 // Z20 (values 0-15, the low nibbles) and Z21 (16-31, the high) into acc.
 #define Q40ROW(R, acc) \
-	MOVWLZX   (R), BX \
-	VMOVD     BX, X26 \
-	VCVTPH2PS X26, X26 \
-	VBROADCASTSS X26, Z26 \
+	VPBROADCASTW (R), Y26 \
+	VCVTPH2PS Y26, Z26 \
 	VPMOVZXBD 2(R), Z16 \
 	VPSRLD    $4, Z16, Z17 \
 	VPANDD    Z30, Z16, Z16 \
@@ -537,10 +533,8 @@ loop:
 // Q8ROW4 dequantizes the Q8_0 block at (R) and adds its products with the
 // four input rows' blocks (Z16/Z17, Z18/Z19, Z20/Z21, Z22/Z23) into a0-a3.
 #define Q8ROW4(R, a0, a1, a2, a3) \
-	MOVWLZX   (R), BX \
-	VMOVD     BX, X26 \
-	VCVTPH2PS X26, X26 \
-	VBROADCASTSS X26, Z26 \
+	VPBROADCASTW (R), Y26 \
+	VCVTPH2PS Y26, Z26 \
 	VPMOVSXBD 2(R), Z24 \
 	VPMOVSXBD 18(R), Z25 \
 	VCVTDQ2PS Z24, Z24 \

@@ -25,11 +25,11 @@ lint: ## go vet, gofmt and staticcheck
 
 check: verify-generate lint race ## what CI runs before the deployment tests: generated code fresh, gofmt, vet, staticcheck, all tests with -race
 
-generate: ## regenerate the gRPC code from proto/moegrid/v1/*.proto (needs protoc)
-	$(GO) generate ./proto/...
+generate: ## regenerate the gRPC code from proto/moegrid/v1/*.proto (needs protoc) and the SIMD tile kernels
+	$(GO) generate ./proto/... ./model/kernel/
 
 verify-generate: generate ## fail if the committed generated code is stale
-	@git diff --exit-code -- proto/ || (echo "generated code is stale: run make generate and commit" && exit 1)
+	@git diff --exit-code -- proto/ model/kernel/tile_amd64.s || (echo "generated code is stale: run make generate and commit" && exit 1)
 
 bench: ## kernel and forward-pass benchmarks
 	$(GO) test -run='^$$' -bench=. -benchmem ./model/... ./router/...

@@ -1,5 +1,7 @@
 package kernel
 
+//go:generate go run ./internal/tilegen -out tile_amd64.s
+
 import "golang.org/x/sys/cpu"
 
 // The SIMD tile kernels of tile_amd64.s; see there for their contract.

@@ -68,15 +68,15 @@ func mulQ4Kx1(asm func(lanes *[tileCols][lanes]float32, x *float32, q *[tileCols
 func mulQ4_0x1AVX512(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int)
 
 //go:noescape
-func mulQ5Kx1AVX512(lanes *[tileCols][lanes]float32, x *float32, q *[tileCols]*byte, dsc, dmn *[tileCols][8]float32)
+func mulQ5Kx1AVX512(lanes *[tileCols][lanes]float32, x *float32, blocks *[tileCols]*byte, scales *[tileCols][16]float32)
 
-// mulQ5Kx1 is mulQ4Kx1 for Q5_K.
+// mulQ5Kx1 is mulQ4Kx1On512 for Q5_K.
 func mulQ5Kx1(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int) {
 	var (
-		l        [tileCols][lanes]float32
-		q        [tileCols]*byte
-		dsc, dmn [tileCols][8]float32
-		rows     [tileCols][]byte
+		l      [tileCols][lanes]float32
+		blocks [tileCols]*byte
+		scales [tileCols][16]float32
+		rows   [tileCols][]byte
 	)
 	for j := range tileCols {
 		rows[j] = unsafe.Slice(w[j], nb*176)
@@ -84,11 +84,9 @@ func mulQ5Kx1(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte,
 	xs := unsafe.Slice(x, nb*qk)
 	for b := range nb {
 		for j := range tileCols {
-			blk := rows[j][b*176 : (b+1)*176]
-			kScales(blk, &dsc[j], &dmn[j])
-			q[j] = &blk[0]
+			blocks[j] = &rows[j][b*176]
 		}
-		mulQ5Kx1AVX512(&l, &xs[b*qk], &q, &dsc, &dmn)
+		mulQ5Kx1AVX512(&l, &xs[b*qk], &blocks, &scales)
 	}
 	for j := range tileCols {
 		acc[j] = reduceLanes(&l[j])

@@ -402,19 +402,23 @@ half:
 	Q4PART(Z18, Z26, Z28, Z22, acc) \
 	Q4PART(Z19, Z26, Z28, Z23, acc)
 
-// func mulQ5Kx1AVX512(lanes *[4][16]float32, x *float32, q *[4]*byte, dsc, dmn *[4][8]float32)
-// mulQ4Kx1AVX512 for Q5_K: q[j] is row j's block (high bits at 16, low
-// nibbles at 48).
-TEXT ·mulQ5Kx1AVX512(SB), NOSPLIT, $0-40
+// func mulQ5Kx1AVX512(lanes *[4][16]float32, x *float32, blocks *[4]*byte, scales *[4][16]float32)
+// mulQ4Kx1AVX512 for Q5_K: blocks[j] is row j's block (high bits at 16,
+// low nibbles at 48); its scales unpack as Q4_K's do.
+TEXT ·mulQ5Kx1AVX512(SB), NOSPLIT, $0-32
 	MOVQ lanes+0(FP), DI
 	MOVQ x+8(FP), SI
-	MOVQ q+16(FP), AX
+	MOVQ blocks+16(FP), AX
 	MOVQ 0(AX), R9
 	MOVQ 8(AX), R10
 	MOVQ 16(AX), R11
 	MOVQ 24(AX), R12
-	MOVQ dsc+24(FP), DX
-	MOVQ dmn+32(FP), BX
+	MOVQ scales+24(FP), DX
+	KSCALES(R9, 0)
+	KSCALES(R10, 64)
+	KSCALES(R11, 128)
+	KSCALES(R12, 192)
+	LEAQ 32(DX), BX
 	MOVL $15, AX
 	VMOVD AX, X30
 	VPBROADCASTD X30, Z30
@@ -447,9 +451,9 @@ chunk:
 	VMOVUPS 128(SI), Z22
 	VMOVUPS 192(SI), Z23
 	Q5ROW(R13, R9, 0, Z0)
-	Q5ROW(R14, R10, 32, Z1)
-	Q5ROW(R15, R11, 64, Z2)
-	Q5ROW(AX, R12, 96, Z3)
+	Q5ROW(R14, R10, 64, Z1)
+	Q5ROW(R15, R11, 128, Z2)
+	Q5ROW(AX, R12, 192, Z3)
 	ADDQ $256, SI
 	ADDQ $32, R13
 	ADDQ $32, R14

@@ -224,7 +224,8 @@ type roundCall struct {
 // Forward sends every batch to a node holding its expert, one call per node,
 // concurrently. Batches whose call fails with a retryable error are sent to
 // another holder; an expert with none waits for the topology to change, up to
-// WaitForHolder. A call running past its expected time is hedged on other
+// WaitForHolder, while a re-placement can give it one (a Topology that can
+// tell says so) and fails at once otherwise. A call running past its expected time is hedged on other
 // holders; one past its deadline, to a node gossip declares dead or one the
 // dispatcher ejects, is abandoned and retried elsewhere.
 func (d *Dispatcher) Forward(ctx context.Context, layer int, batches []model.ExpertBatch) error {
@@ -238,6 +239,10 @@ func (d *Dispatcher) Forward(ctx context.Context, layer int, batches []model.Exp
 		changed := d.topo.Changed()
 		calls, orphans := d.assign(layer, batches, pending, failed, "")
 		if len(orphans) > 0 {
+			// Wait only while a re-placement can give them a holder.
+			if err := unreplaceable(d.topo, layer, batches, orphans); err != nil {
+				return err
+			}
 			if deadline == nil {
 				timer := time.NewTimer(d.cfg.WaitForHolder)
 				defer timer.Stop()

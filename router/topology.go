@@ -2,10 +2,17 @@ package router
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
 	"sync"
+
+	"google.golang.org/grpc/connectivity"
 
 	"github.com/moegrid/moegrid/cluster"
 	"github.com/moegrid/moegrid/coordinator/placement"
+	"github.com/moegrid/moegrid/model"
 )
 
 // clusterTopology is the Topology the router follows in a cluster: the
@@ -21,6 +28,12 @@ type clusterTopology struct {
 	nodes     map[string]cluster.NodeRecord // protected by mu
 	holders   map[[2]int][]Endpoint         // protected by mu; by (expert, layer)
 	changed   chan struct{}                 // protected by mu; closed on change
+	// leader reports whether a coordinator holds the election; known is
+	// false until etcd has answered once.
+	leader, leaderKnown bool // protected by mu
+	// etcdUp reports whether the etcd client is connected now; nil until
+	// run starts.
+	etcdUp func() bool // protected by mu
 
 	// onChange, if set before run, is called after every rebuild with the
 	// addresses of all nodes of the model; it must not block.
@@ -74,10 +87,85 @@ func (t *clusterTopology) Complete(experts, layers int) bool {
 	return true
 }
 
+// errNoLeader and errNoCapacity say why a missing holder cannot come back.
+var (
+	errNoLeader   = errors.New("no coordinator leader is elected to re-place them")
+	errNoCapacity = errors.New("no live node has the capacity to load them")
+)
+
+// Replaceable reports whether expert of layer, which has no live, loaded
+// holder, may get one: nil while a live node is assigned it and loading, or
+// a leader exists and some live node not holding it has the free capacity
+// (its record's capacity less the bytes it has loaded) to take its shard;
+// otherwise an error saying why not. While etcd is unreachable, or before it
+// has answered, what it says is stale, so Replaceable answers nil and the
+// wait stays bounded by WaitForHolder alone.
+func (t *clusterTopology) Replaceable(expert, layer int) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.leaderKnown || t.etcdUp == nil || !t.etcdUp() {
+		return nil
+	}
+	shard := placement.Shard{Expert: expert, First: layer, End: layer + 1}
+	for _, a := range t.placement.Assignments {
+		if a.Shard.Expert != expert || !a.Shard.Contains(layer) {
+			continue
+		}
+		shard = a.Shard
+		for _, id := range a.Nodes {
+			if t.liveLocked(id) {
+				return nil // assigned to a live node that is loading it
+			}
+		}
+	}
+	if !t.leader {
+		return errNoLeader
+	}
+	per := t.bytesPerExpertLayerLocked()
+	need := int64(shard.Layers()) * per
+	for id, rec := range t.nodes {
+		if !t.liveLocked(id) || rec.Holds(shard) {
+			continue
+		}
+		used := int64(0)
+		for _, s := range rec.Loaded {
+			used += int64(s.Layers()) * per
+		}
+		if rec.CapacityBytes-used >= need {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w (%d bytes free needed for a shard)", errNoCapacity, need)
+}
+
+// bytesPerExpertLayerLocked is the size of one expert in one layer, from the
+// placement or, before there is one, any node record.
+func (t *clusterTopology) bytesPerExpertLayerLocked() int64 {
+	if b := t.placement.Model.BytesPerExpertLayer; b > 0 {
+		return b
+	}
+	for _, rec := range t.nodes {
+		return rec.Model.Shape.BytesPerExpertLayer
+	}
+	return 0
+}
+
+// liveLocked reports whether node id is registered, not draining and not
+// declared dead by gossip.
+func (t *clusterTopology) liveLocked(id string) bool {
+	rec, ok := t.nodes[id]
+	return ok && rec.State != cluster.StateDraining && !t.gossip.Dead(id)
+}
+
 // run follows etcd and gossip until ctx is done.
 func (t *clusterTopology) run(ctx context.Context, st *cluster.Store) {
+	conn := st.Client().ActiveConnection()
+	t.mu.Lock()
+	t.etcdUp = func() bool { return conn.GetState() == connectivity.Ready }
+	t.mu.Unlock()
 	places := st.WatchPlacement(ctx)
 	nodes := st.WatchNodes(ctx)
+	leaders := st.WatchLeader(ctx)
 	gossipChanged, unsubscribe := t.gossip.Subscribe()
 	defer unsubscribe()
 	for {
@@ -113,6 +201,16 @@ func (t *clusterTopology) run(ctx context.Context, st *cluster.Store) {
 			if t.onChange != nil {
 				t.onChange(addrs)
 			}
+		case leader, ok := <-leaders:
+			if !ok {
+				return
+			}
+			// A rebuild signals the change: requests waiting for a holder
+			// look again at whether one can come.
+			t.mu.Lock()
+			t.leader, t.leaderKnown = leader, true
+			t.rebuildLocked()
+			t.mu.Unlock()
 		case <-gossipChanged:
 			t.mu.Lock()
 			t.rebuildLocked()
@@ -139,4 +237,42 @@ func (t *clusterTopology) rebuildLocked() {
 	t.holders = holders
 	close(t.changed)
 	t.changed = make(chan struct{})
+}
+
+// replaceable is a Topology that can tell whether an expert without a
+// holder may get one; see clusterTopology.Replaceable.
+type replaceable interface {
+	Replaceable(expert, layer int) error
+}
+
+// unreplaceable returns ErrNoLiveReplica naming the orphans of layer that
+// have no holder at all and cannot get one, and why; nil when every orphan
+// may still get a holder, or the topology cannot tell. Orphans whose holders
+// only failed this layer's calls are left to the wait: gossip or a new
+// placement settles them.
+func unreplaceable(topo Topology, layer int, batches []model.ExpertBatch, orphans []int) error {
+	r, ok := topo.(replaceable)
+	if !ok {
+		return nil
+	}
+	var experts []int
+	var why []string
+	for _, bi := range orphans {
+		e := batches[bi].Expert
+		if len(topo.Holders(e, layer)) > 0 {
+			continue
+		}
+		if err := r.Replaceable(e, layer); err != nil {
+			experts = append(experts, e)
+			if !slices.Contains(why, err.Error()) {
+				why = append(why, err.Error())
+			}
+		}
+	}
+	if len(experts) == 0 {
+		return nil
+	}
+	slices.Sort(experts)
+	return fmt.Errorf("%w: experts %v of layer %d have no live, loaded holder and cannot get one: %s",
+		ErrNoLiveReplica, slices.Compact(experts), layer, strings.Join(why, "; "))
 }

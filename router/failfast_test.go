@@ -1,0 +1,298 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/moegrid/moegrid/cluster"
+	"github.com/moegrid/moegrid/cluster/etcdtest"
+	"github.com/moegrid/moegrid/coordinator/placement"
+	"github.com/moegrid/moegrid/internal/serve"
+)
+
+// failCluster is a router's view of a cluster in embedded etcd: the cluster
+// topology following it, a coordinator election the test campaigns in by
+// hand, and /readyz served by the router's readiness loop.
+type failCluster struct {
+	st       *cluster.Store
+	topo     *clusterTopology
+	shape    placement.Model
+	readyURL string
+	election *concurrency.Election
+}
+
+const failFingerprint = "failfast-fp"
+
+func startFailCluster(t *testing.T) *failCluster {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	srv := etcdtest.Start(t)
+	cli := srv.Client(t)
+	log := slog.New(slog.DiscardHandler)
+	st, err := cluster.Open(ctx, cli, "/moegrid/failfast/", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := cluster.StartGossip(cluster.DefaultGossipConfig("router-ff", cluster.RoleRouter), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc := &failCluster{
+		st:    st,
+		topo:  newClusterTopology(failFingerprint, g),
+		shape: placement.Model{Experts: fx.model.Config.NumLocalExperts, Layers: fx.model.Config.NumHiddenLayers, BytesPerExpertLayer: 1000},
+	}
+	servers, err := serve.Listen(serve.Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0"}, prometheus.NewRegistry(), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc.readyURL = "http://" + servers.HTTPAddr() + "/readyz"
+	r := &Router{model: fx.model, gossipTopo: fc.topo, servers: servers}
+	done := make(chan struct{}, 3)
+	go func() { fc.topo.run(ctx, st); done <- struct{}{} }()
+	go func() { r.followReadiness(ctx); done <- struct{}{} }()
+	go func() {
+		if err := servers.Run(ctx); err != nil {
+			t.Errorf("servers: %v", err)
+		}
+		done <- struct{}{}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		for range 3 {
+			<-done
+		}
+		g.Close()
+	})
+	sess, err := concurrency.NewSession(cli)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sess.Close() })
+	fc.election = concurrency.NewElection(sess, st.Keys().Election())
+	return fc
+}
+
+// register writes n's node record with capacity bytes for expert weights
+// and the shards loaded.
+func (fc *failCluster) register(t *testing.T, n *expertNode, capacity int64, loaded ...placement.Shard) *cluster.Registration {
+	t.Helper()
+	reg, err := fc.st.Register(testContext(t), cluster.NodeRecord{
+		ID: n.id, GRPCAddr: n.addr, State: cluster.StateReady,
+		CapacityBytes: capacity,
+		Device:        cluster.Device{Kind: "cpu"},
+		Model:         cluster.ModelInfo{Shape: fc.shape, Fingerprint: failFingerprint},
+		Loaded:        loaded,
+	}, cluster.LeaseOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	return reg
+}
+
+// place writes a placement of every expert, all layers, on node, as the
+// leader the test campaigned for.
+func (fc *failCluster) place(ctx context.Context, version int64, node string) error {
+	p := placement.Placement{Version: version, Model: fc.shape}
+	for e := range fc.shape.Experts {
+		p.Assignments = append(p.Assignments, placement.Assignment{Shard: fc.allLayers(e), Nodes: []string{node}})
+	}
+	_, rev, err := fc.st.Placement(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = fc.st.WritePlacement(ctx, cluster.GuardOf(fc.election), cluster.PlacementRecord{Placement: p, Fingerprint: failFingerprint}, rev)
+	return err
+}
+
+func (fc *failCluster) allLayers(expert int) placement.Shard {
+	return placement.Shard{Expert: expert, First: 0, End: fc.shape.Layers}
+}
+
+func (fc *failCluster) everyShard() []placement.Shard {
+	var s []placement.Shard
+	for e := range fc.shape.Experts {
+		s = append(s, fc.allLayers(e))
+	}
+	return s
+}
+
+// ready reports /readyz's answer.
+func (fc *failCluster) ready() (bool, error) {
+	resp, err := http.Get(fc.readyURL)
+	if err != nil {
+		return false, err
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK, nil
+}
+
+func (fc *failCluster) waitReady(t *testing.T, want bool) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("/readyz ready=%v", want), func() error {
+		if got, err := fc.ready(); err != nil || got != want {
+			return fmt.Errorf("ready %v, err %v", got, err)
+		}
+		return nil
+	})
+}
+
+func (fc *failCluster) waitLeader(t *testing.T, want bool) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("leader=%v", want), func() error {
+		fc.topo.mu.Lock()
+		defer fc.topo.mu.Unlock()
+		if !fc.topo.leaderKnown || fc.topo.leader != want {
+			return fmt.Errorf("known %v, leader %v", fc.topo.leaderKnown, fc.topo.leader)
+		}
+		return nil
+	})
+}
+
+// When the sole holder goes and nothing can re-place its experts, a step
+// fails UNAVAILABLE at once naming them and why, and /readyz turns false.
+func TestNoHolderPossibleFailsFast(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		leader bool
+		spare  int64 // bytes of capacity of the other node, which holds nothing
+		why    string
+	}{
+		{"no leader", false, 1 << 20, "no coordinator leader"},
+		{"no capacity", true, 500, "no live node has the capacity"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fc := startFailCluster(t)
+			a, b := startExpertNode(t, "a"), startExpertNode(t, "b")
+			ctx := testContext(t)
+			if err := fc.election.Campaign(ctx, "coordinator-test"); err != nil {
+				t.Fatal(err)
+			}
+			if err := fc.place(ctx, 1, "a"); err != nil {
+				t.Fatal(err)
+			}
+			regA := fc.register(t, a, 1<<20, fc.everyShard()...)
+			fc.register(t, b, tc.spare)
+			if !tc.leader {
+				if err := fc.election.Resign(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			fc.waitLeader(t, tc.leader)
+			fc.waitReady(t, true)
+
+			d := newTestDispatcher(t, DispatchConfig{WaitForHolder: 30 * time.Second}, fc.topo)
+			if err := d.Forward(ctx, 0, expertBatches(1, []int{2, 5}, []int{2, 1})); err != nil {
+				t.Fatalf("before the fault: %v", err)
+			}
+			if err := regA.Close(); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, "a no longer a holder", func() error {
+				if h := fc.topo.Holders(2, 0); len(h) > 0 {
+					return fmt.Errorf("holders %v", h)
+				}
+				return nil
+			})
+			start := time.Now()
+			err := d.Forward(ctx, 0, expertBatches(1, []int{2, 5}, []int{2, 1}))
+			elapsed := time.Since(start)
+			t.Logf("failed after %v: %v", elapsed, err)
+			if !errors.Is(err, ErrNoLiveReplica) || !strings.Contains(err.Error(), "experts [2 5] of layer 0") || !strings.Contains(err.Error(), tc.why) {
+				t.Fatalf("got %v, want ErrNoLiveReplica naming experts [2 5] of layer 0 and %q", err, tc.why)
+			}
+			if elapsed > time.Second {
+				t.Errorf("failed after %v, want under 1 s", elapsed)
+			}
+			if got, err := fc.ready(); err != nil || got {
+				t.Errorf("/readyz ready %v (err %v) with no holder, want false", got, err)
+			}
+		})
+	}
+}
+
+// With a leader and a node with room, a step waits for the re-placement
+// and completes on the new holder; losing the leader while it waits fails it
+// at once.
+func TestNoHolderWaitsForReplacement(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		replace bool // re-place on b; otherwise the leader resigns
+	}{
+		{"re-placed", true},
+		{"leader lost while waiting", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fc := startFailCluster(t)
+			a, b := startExpertNode(t, "a"), startExpertNode(t, "b")
+			ctx := testContext(t)
+			if err := fc.election.Campaign(ctx, "coordinator-test"); err != nil {
+				t.Fatal(err)
+			}
+			if err := fc.place(ctx, 1, "a"); err != nil {
+				t.Fatal(err)
+			}
+			regA := fc.register(t, a, 1<<20, fc.everyShard()...)
+			regB := fc.register(t, b, 1<<20)
+			fc.waitLeader(t, true)
+			fc.waitReady(t, true)
+			if err := regA.Close(); err != nil {
+				t.Fatal(err)
+			}
+			fc.waitReady(t, false)
+
+			const delay = 300 * time.Millisecond
+			changed := make(chan error, 1)
+			go func() {
+				time.Sleep(delay)
+				if !tc.replace {
+					changed <- fc.election.Resign(ctx)
+					return
+				}
+				if err := fc.place(ctx, 2, "b"); err != nil {
+					changed <- err
+					return
+				}
+				changed <- regB.Update(ctx, func(r *cluster.NodeRecord) { r.Loaded = fc.everyShard() })
+			}()
+			d := newTestDispatcher(t, DispatchConfig{WaitForHolder: 30 * time.Second}, fc.topo)
+			batches := expertBatches(3, []int{1, 5}, []int{3, 2})
+			start := time.Now()
+			err := d.Forward(ctx, 0, batches)
+			elapsed := time.Since(start)
+			if cerr := <-changed; cerr != nil {
+				t.Fatal(cerr)
+			}
+			t.Logf("Forward returned after %v: %v", elapsed, err)
+			if elapsed < delay {
+				t.Errorf("returned after %v, before the change at %v: it did not wait", elapsed, delay)
+			}
+			if elapsed > delay+time.Second {
+				t.Errorf("returned after %v, more than 1 s after the change", elapsed)
+			}
+			if tc.replace {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := sameBits(inProcess(t, 0, batches), outputs(batches)); err != nil {
+					t.Errorf("outputs differ from in-process: %v", err)
+				}
+				fc.waitReady(t, true)
+				return
+			}
+			if !errors.Is(err, ErrNoLiveReplica) || !strings.Contains(err.Error(), "no coordinator leader") {
+				t.Fatalf("got %v, want ErrNoLiveReplica: no coordinator leader", err)
+			}
+		})
+	}
+}

@@ -225,9 +225,10 @@ type roundCall struct {
 // concurrently. Batches whose call fails with a retryable error are sent to
 // another holder; an expert with none waits for the topology to change, up to
 // WaitForHolder, while a re-placement can give it one (a Topology that can
-// tell says so) and fails at once otherwise. A call running past its expected time is hedged on other
-// holders; one past its deadline, to a node gossip declares dead or one the
-// dispatcher ejects, is abandoned and retried elsewhere.
+// tell says so) and fails at once otherwise. A call running past its
+// expected time is hedged on other holders; one past its deadline, to a node
+// gossip declares dead or one the dispatcher ejects, is abandoned and retried
+// elsewhere.
 func (d *Dispatcher) Forward(ctx context.Context, layer int, batches []model.ExpertBatch) error {
 	pending := make([]int, len(batches))
 	for i := range pending {

@@ -23,6 +23,7 @@ import (
 // topology following it, a coordinator election the test campaigns in by
 // hand, and /readyz served by the router's readiness loop.
 type failCluster struct {
+	etcd     *etcdtest.Server
 	st       *cluster.Store
 	topo     *clusterTopology
 	shape    placement.Model
@@ -47,6 +48,7 @@ func startFailCluster(t *testing.T) *failCluster {
 		t.Fatal(err)
 	}
 	fc := &failCluster{
+		etcd:  srv,
 		st:    st,
 		topo:  newClusterTopology(failFingerprint, g),
 		shape: placement.Model{Experts: fx.model.Config.NumLocalExperts, Layers: fx.model.Config.NumHiddenLayers, BytesPerExpertLayer: 1000},
@@ -294,5 +296,58 @@ func TestNoHolderWaitsForReplacement(t *testing.T) {
 				t.Fatalf("got %v, want ErrNoLiveReplica: no coordinator leader", err)
 			}
 		})
+	}
+}
+
+// While etcd is unreachable what the router knows of the leader and the
+// nodes is stale: a step waits for a holder as before, bounded by
+// WaitForHolder, rather than failing on a stale verdict.
+func TestNoHolderEtcdUnreachableWaits(t *testing.T) {
+	fc := startFailCluster(t)
+	a := startExpertNode(t, "a")
+	ctx := testContext(t)
+	if err := fc.election.Campaign(ctx, "coordinator-test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := fc.place(ctx, 1, "a"); err != nil {
+		t.Fatal(err)
+	}
+	regA := fc.register(t, a, 1<<20, fc.everyShard()...)
+	if err := fc.election.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	fc.waitLeader(t, false)
+	if err := regA.Close(); err != nil {
+		t.Fatal(err)
+	}
+	const wait = time.Second
+	d := newTestDispatcher(t, DispatchConfig{WaitForHolder: wait}, fc.topo)
+	batches := expertBatches(1, []int{3}, []int{2})
+	eventually(t, "a fast failure with etcd up", func() error {
+		if err := d.Forward(ctx, 0, batches); err == nil || !strings.Contains(err.Error(), "cannot get one") {
+			return fmt.Errorf("got %v", err)
+		}
+		return nil
+	})
+
+	fc.etcd.Partition()
+	t.Cleanup(fc.etcd.Heal) // before the registrations close
+	eventually(t, "the etcd connection down", func() error {
+		fc.topo.mu.Lock()
+		defer fc.topo.mu.Unlock()
+		if fc.topo.etcdUp() {
+			return errors.New("still connected")
+		}
+		return nil
+	})
+	start := time.Now()
+	err := d.Forward(ctx, 0, batches)
+	elapsed := time.Since(start)
+	t.Logf("failed after %v: %v", elapsed, err)
+	if !errors.Is(err, ErrNoLiveReplica) || !strings.Contains(err.Error(), "after 1s") {
+		t.Fatalf("got %v, want ErrNoLiveReplica after the 1 s wait", err)
+	}
+	if elapsed < wait {
+		t.Errorf("failed after %v, before the %v wait bound", elapsed, wait)
 	}
 }

@@ -69,15 +69,33 @@ func BenchmarkForwardWorkloads(b *testing.B) {
 		}
 		b.ReportMetric(float64(128*b.N)/b.Elapsed().Seconds(), "tok/s")
 	})
-	b.Run("streams16", func(b *testing.B) {
+	// streams16 decodes 16 sequences of distinct prompts, which route to
+	// most experts; streams16same 16 identical ones, which route alike, as
+	// llama.cpp's batched bench does.
+	for _, same := range []bool{false, true} {
+		name := "streams16"
+		if same {
+			name += "same"
+		}
+		b.Run(name, func(b *testing.B) { benchmarkStreams(b, m, ex, same) })
+	}
+}
+
+func benchmarkStreams(b *testing.B, m *model.Model, ex *model.ExpertSet, same bool) {
+	ctx := b.Context()
+	{
 		const streams = 16
 		inputs := make([]model.Input, streams)
 		for i := range inputs {
+			seed, next := uint64(10+i), 415+i
+			if same {
+				seed, next = 10, 415
+			}
 			inputs[i].Cache = m.NewCache()
-			if _, err := m.Forward(ctx, ex, []model.Input{{Cache: inputs[i].Cache, Tokens: randomTokens(uint64(10+i), 32)}}); err != nil {
+			if _, err := m.Forward(ctx, ex, []model.Input{{Cache: inputs[i].Cache, Tokens: randomTokens(seed, 32)}}); err != nil {
 				b.Fatal(err)
 			}
-			inputs[i].Tokens = []int{415 + i}
+			inputs[i].Tokens = []int{next}
 		}
 		for b.Loop() {
 			for i := range inputs {
@@ -88,5 +106,5 @@ func BenchmarkForwardWorkloads(b *testing.B) {
 			}
 		}
 		b.ReportMetric(float64(streams*b.N)/b.Elapsed().Seconds(), "tok/s")
-	})
+	}
 }

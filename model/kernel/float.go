@@ -114,6 +114,9 @@ func mulHalf(data []uint16, rows, cols int, fused tiling[float32, uint16], widen
 		for j := range nw {
 			widenRow((*buf)[j*cols:(j+1)*cols], data[(r+j)*cols:(r+j+1)*cols])
 		}
+		// The next tile's weights come from memory while this one is
+		// multiplied: the widening pass would otherwise wait for them.
+		prefetchRows(data, cols, r+tileCols, min(r+2*tileCols, hi))
 		mulTiled(*buf, cols, kernels.f32, out, rows, r, x, n, 0, nw)
 	}
 }

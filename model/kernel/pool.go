@@ -4,6 +4,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // The kernels share one pool of worker goroutines per process, started on
@@ -18,6 +19,14 @@ var (
 	poolSize int
 )
 
+// spinFor is how long a worker keeps looking for the next loop before it
+// parks, and how long a caller waits for the last chunks before it yields:
+// the loops of one forward pass follow each other within microseconds, and
+// waking a parked thread costs tens of microseconds on a virtual machine,
+// more than many of those loops take. It is short enough that an idle
+// process gives its cores back at once.
+const spinFor = 30 * time.Microsecond
+
 // workers is the number of goroutines a parallel loop runs on.
 func workers() int {
 	poolOnce.Do(startPool)
@@ -28,11 +37,32 @@ func startPool() {
 	poolSize = runtime.GOMAXPROCS(0)
 	poolWork = make(chan *parallelLoop, poolSize)
 	for range poolSize - 1 {
-		go func() {
-			for l := range poolWork {
-				l.run()
+		go worker()
+	}
+}
+
+// worker runs loops as they come, looking for the next one for spinFor
+// after each before it parks.
+func worker() {
+	for {
+		var l *parallelLoop
+		select {
+		case l = <-poolWork:
+		default:
+			for deadline := time.Now().Add(spinFor); l == nil && time.Now().Before(deadline); {
+				select {
+				case l = <-poolWork:
+				default:
+					// Let goroutines readied on this P (a caller
+					// whose loop just finished, say) run.
+					runtime.Gosched()
+				}
 			}
-		}()
+			if l == nil {
+				l = <-poolWork
+			}
+		}
+		l.run()
 	}
 }
 
@@ -41,11 +71,14 @@ func startPool() {
 // fewer of them.
 type parallelLoop struct {
 	n, grain int
+	chunks   int64
 	fn       func(lo, hi int)
 	next     atomic.Int64
-	// chunks counts the chunks not yet done: the caller waits for the
-	// work, not for the workers, so a loop never waits on a busy pool.
-	chunks sync.WaitGroup
+	// done counts the chunks finished, and finished is closed with the
+	// last: the caller waits for the work, not for the workers, so a loop
+	// never waits on a busy pool.
+	done     atomic.Int64
+	finished chan struct{}
 }
 
 func (l *parallelLoop) run() {
@@ -55,7 +88,9 @@ func (l *parallelLoop) run() {
 			return
 		}
 		l.fn(lo, min(lo+l.grain, l.n))
-		l.chunks.Done()
+		if l.done.Add(1) == l.chunks {
+			close(l.finished)
+		}
 	}
 }
 
@@ -70,14 +105,13 @@ func For(n, grain int, fn func(lo, hi int)) {
 	}
 	grain = max(grain, 1)
 	poolOnce.Do(startPool)
-	chunks := (n + grain - 1) / grain
-	helpers := min(poolSize, chunks) - 1
+	chunks := int64((n + grain - 1) / grain)
+	helpers := min(int64(poolSize), chunks) - 1
 	if helpers <= 0 {
 		fn(0, n)
 		return
 	}
-	l := &parallelLoop{n: n, grain: grain, fn: fn}
-	l.chunks.Add(chunks)
+	l := &parallelLoop{n: n, grain: grain, chunks: chunks, fn: fn, finished: make(chan struct{})}
 	for range helpers {
 		select {
 		case poolWork <- l:
@@ -87,5 +121,9 @@ func For(n, grain int, fn func(lo, hi int)) {
 		}
 	}
 	l.run()
-	l.chunks.Wait()
+	// What is left is at most one chunk per worker, already running: wait
+	// for it spinning a little, then parked.
+	for deadline := time.Now().Add(spinFor); l.done.Load() < chunks && time.Now().Before(deadline); {
+	}
+	<-l.finished
 }

@@ -2,7 +2,11 @@ package kernel
 
 //go:generate go run ./internal/tilegen -out tile_amd64.s
 
-import "golang.org/x/sys/cpu"
+import (
+	"unsafe"
+
+	"golang.org/x/sys/cpu"
+)
 
 // The SIMD tile kernels of tile_amd64.s; see there for their contract.
 
@@ -109,4 +113,18 @@ var bf16DotTiling = tiling[uint16, uint16]{
 	},
 	block: 2 * lanes,
 	mul:   func(x, w uint16) float32 { return widenBF16(x) * widenBF16(w) },
+}
+
+//go:noescape
+func prefetchT0(p *byte, n int)
+
+// prefetchRows asks for the weights of rows [lo, hi) of data, cols each,
+// to be fetched ahead of their use.
+func prefetchRows(data []uint16, cols, lo, hi int) {
+	if lo >= hi {
+		return
+	}
+	if n := (hi - lo) * cols * 2 &^ 63; n > 0 {
+		prefetchT0((*byte)(unsafe.Pointer(&data[lo*cols])), n)
+	}
 }

@@ -787,6 +787,20 @@ wf16y:
 	VZEROUPPER
 	RET
 
+// func prefetchT0(p *byte, n int)
+// Asks for the n bytes at p (n a positive multiple of 64) to be brought into
+// the caches, a line at a time, without waiting for them.
+TEXT ·prefetchT0(SB), NOSPLIT, $0-16
+	MOVQ p+0(FP), SI
+	MOVQ n+8(FP), CX
+	ADDQ SI, CX
+pfloop:
+	PREFETCHT0 (SI)
+	ADDQ       $64, SI
+	CMPQ       SI, CX
+	JLT        pfloop
+	RET
+
 // The fast BF16 compute mode: inputs already rounded to bfloat16, and the
 // AVX-512 BF16 dot product, which adds the products of each pair of
 // adjacent columns into one float32 lane per fused step. Each output has

@@ -10,3 +10,6 @@ const hasBF16Dot = false
 
 // bf16DotTiling is never used off amd64 (SetCompute refuses the mode).
 var bf16DotTiling tiling[uint16, uint16]
+
+// prefetchRows does nothing where the kernels have no assembly.
+func prefetchRows([]uint16, int, int, int) {}

@@ -29,6 +29,7 @@ func main() {
 		avx2Tile(&b, f)
 	}
 	b.WriteString(widen)
+	b.WriteString(prefetch)
 	bf16DotTile(&b)
 	if err := os.WriteFile(*out, []byte(b.String()), 0o644); err != nil {
 		log.Fatal(err)
@@ -398,6 +399,22 @@ wf16y:
 	CMPQ      AX, CX
 	JLT       wf16y
 	VZEROUPPER
+	RET
+
+`
+
+const prefetch = `// func prefetchT0(p *byte, n int)
+// Asks for the n bytes at p (n a positive multiple of 64) to be brought into
+// the caches, a line at a time, without waiting for them.
+TEXT ·prefetchT0(SB), NOSPLIT, $0-16
+	MOVQ p+0(FP), SI
+	MOVQ n+8(FP), CX
+	ADDQ SI, CX
+pfloop:
+	PREFETCHT0 (SI)
+	ADDQ       $64, SI
+	CMPQ       SI, CX
+	JLT        pfloop
 	RET
 
 `

@@ -85,9 +85,9 @@ func TestFairChunkAtLongContext(t *testing.T) {
 		{1, 0},
 		{4, 0},
 		{16, 1},
-		{64, 4},
+		{64, 5},
 	} {
-		decodeWork := float64(tc.decoders) * w.work(decodeContext, 1, 1)
+		decodeWork := float64(tc.decoders)*w.work(decodeContext, 1, 1) + DefaultStepBaseRows*w.row
 		budget := DefaultSchedulerConfig().PrefillShare * decodeWork
 		n := fit(256, budget, func(n int) float64 { return w.work(c, n, 0) })
 		step := (decodeWork + w.work(c, max(n, 1), 0)) / decodeWork

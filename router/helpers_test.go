@@ -45,7 +45,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	// The kernel's worker pool lives as long as the process, by design.
-	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/moegrid/moegrid/model/kernel.startPool.func1"), goleak.Cleanup(func(code int) {
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/moegrid/moegrid/model/kernel.worker"), goleak.Cleanup(func(code int) {
 		fx.experts.Close()
 		fx.model.Close()
 		os.RemoveAll(fx.dir)

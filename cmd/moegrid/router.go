@@ -61,6 +61,7 @@ func newRouterCmd() *cobra.Command {
 	f.IntVar(&cfg.Scheduler.MaxBatchTokens, "max-batch-tokens", cfg.Scheduler.MaxBatchTokens, "tokens per scheduler step, decode and prefill together")
 	f.IntVar(&cfg.Scheduler.PrefillChunk, "prefill-chunk", cfg.Scheduler.PrefillChunk, "most prompt tokens of one sequence per step")
 	f.Float64Var(&cfg.Scheduler.PrefillShare, "prefill-share", cfg.Scheduler.PrefillShare, "work a step may spend on prompts while others decode, as a multiple of the decoding rows' work (1: a prompt at most doubles a step)")
+	f.Float64Var(&cfg.Scheduler.StepBaseRows, "step-base-rows", cfg.Scheduler.StepBaseRows, "what the scheduler's work count takes a step to cost before its rows (reading the weights), in rows; part of the decoding work --prefill-share is taken of")
 	f.Float64Var(&cfg.Scheduler.AttentionPrice, "attention-price", cfg.Scheduler.AttentionPrice, "what the scheduler's work count takes one attention multiply-add to cost, in weight multiply-adds")
 	f.IntVar(&cfg.Scheduler.MaxPromptTokens, "max-prompt-tokens", cfg.Scheduler.MaxPromptTokens, "longest prompt accepted, in tokens; longer is INVALID_ARGUMENT (0: the model's context)")
 	f.Int64Var(&cfg.Scheduler.KVCacheBytes, "kv-cache-bytes", cfg.Scheduler.KVCacheBytes, "KV cache memory the running sequences may reserve, prompt + max_tokens each (0: a quarter of the machine's or cgroup's memory)")

@@ -167,8 +167,13 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		return fmt.Errorf("up: a local cluster (pid %d) already runs with state in %s", old.PID, cfg.StateDir)
 	}
 
+	// The first coordinator listens where the flag says; the others on
+	// free loopback ports, never on every interface.
 	coordinators := make([]string, cfg.Coordinators)
 	coordinators[0] = cfg.CoordinatorGRPC
+	for i := 1; i < len(coordinators); i++ {
+		coordinators[i] = "127.0.0.1:0"
+	}
 	addrs := []*string{&cfg.RouterGRPC, &cfg.RouterHTTP}
 	for i := range coordinators {
 		addrs = append(addrs, &coordinators[i])

@@ -3,9 +3,9 @@ package gguf
 import (
 	"fmt"
 	"math"
-	"os"
 	"sync"
 
+	"github.com/moegrid/moegrid/model/internal/mapped"
 	"github.com/moegrid/moegrid/model/kernel"
 )
 
@@ -20,7 +20,7 @@ type File struct {
 	// Tensor call hands out a slice of a mapping being removed.
 	mu     sync.RWMutex
 	data   []byte // the whole file; nil once closed
-	unmap  func([]byte) error
+	unmap  func() error
 	closed bool
 }
 
@@ -29,38 +29,13 @@ type File struct {
 // truncated or rewritten in place while it is open (replacing it by
 // rename, as [WriteFile] does, is safe).
 func OpenFile(path string) (*File, error) {
-	osf, err := os.Open(path)
+	data, unmap, err := mapped.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("gguf: %w", err)
-	}
-	defer osf.Close() // the mapping outlives the descriptor
-	fi, err := osf.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("gguf: %w", err)
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("gguf: %s: not a regular file", path)
-	}
-	size := fi.Size()
-	if size < 24 {
-		// Too short for a header, and mapping zero bytes is an error.
-		buf := make([]byte, size)
-		if _, err := osf.ReadAt(buf, 0); err != nil {
-			return nil, fmt.Errorf("gguf: %w", err)
-		}
-		_, err := Parse(buf)
-		return nil, fmt.Errorf("reading %s: %w", path, err)
-	}
-	if size > math.MaxInt {
-		return nil, fmt.Errorf("gguf: %s: file of %d bytes exceeds the address space", path, size)
-	}
-	data, unmap, err := mapFile(osf, int(size))
-	if err != nil {
-		return nil, fmt.Errorf("gguf: map %s: %w", path, err)
 	}
 	h, err := Parse(data)
 	if err != nil {
-		unmap(data)
+		unmap()
 		return nil, fmt.Errorf("reading %s: %w", path, err)
 	}
 	f := &File{path: path, header: h, data: data, unmap: unmap, index: make(map[string]int, len(h.Tensors))}
@@ -113,9 +88,8 @@ func (f *File) Close() error {
 		return nil
 	}
 	f.closed = true
-	data := f.data
 	f.data = nil
-	if err := f.unmap(data); err != nil {
+	if err := f.unmap(); err != nil {
 		return fmt.Errorf("gguf: unmap %s: %w", f.path, err)
 	}
 	return nil

@@ -3,10 +3,10 @@ package safetensors
 import (
 	"fmt"
 	"maps"
-	"math"
-	"os"
 	"slices"
 	"sync"
+
+	"github.com/moegrid/moegrid/model/internal/mapped"
 )
 
 // File is an open safetensors file, mapped into memory. Its methods are safe
@@ -19,7 +19,7 @@ type File struct {
 	// Tensor call hands out a slice of a mapping being removed.
 	mu     sync.RWMutex
 	data   []byte // the whole file; nil once closed
-	unmap  func([]byte) error
+	unmap  func() error
 	closed bool
 }
 
@@ -28,34 +28,13 @@ type File struct {
 // must not be truncated or rewritten in place while it is open (replacing it
 // by rename, as [WriteFile] does, is safe).
 func OpenFile(path string) (*File, error) {
-	osf, err := os.Open(path)
+	data, unmap, err := mapped.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("safetensors: %w", err)
 	}
-	defer osf.Close() // the mapping outlives the descriptor
-	fi, err := osf.Stat()
+	h, err := ParseHeader(data, int64(len(data)))
 	if err != nil {
-		return nil, fmt.Errorf("safetensors: %w", err)
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("safetensors: %s: not a regular file", path)
-	}
-	size := fi.Size()
-	if size < 8 {
-		// Too short to hold a header; mapping zero bytes is an error.
-		_, err := ParseHeader(nil, size)
-		return nil, fmt.Errorf("reading %s: %w", path, err)
-	}
-	if size > math.MaxInt {
-		return nil, fmt.Errorf("safetensors: %s: file of %d bytes exceeds the address space", path, size)
-	}
-	data, unmap, err := mapFile(osf, int(size))
-	if err != nil {
-		return nil, fmt.Errorf("safetensors: map %s: %w", path, err)
-	}
-	h, err := ParseHeader(data, size)
-	if err != nil {
-		unmap(data)
+		unmap()
 		return nil, fmt.Errorf("reading %s: %w", path, err)
 	}
 	return &File{path: path, header: h, data: data, unmap: unmap}, nil
@@ -116,9 +95,8 @@ func (f *File) Close() error {
 		return nil
 	}
 	f.closed = true
-	data := f.data
 	f.data = nil
-	if err := f.unmap(data); err != nil {
+	if err := f.unmap(); err != nil {
 		return fmt.Errorf("safetensors: unmap %s: %w", f.path, err)
 	}
 	return nil

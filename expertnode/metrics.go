@@ -15,6 +15,8 @@ type metrics struct {
 	latency     prometheus.Histogram
 	loadedBytes prometheus.Gauge
 	shards      prometheus.Gauge
+	// loadFailures counts shard loads that failed (each retry counts).
+	loadFailures prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -40,9 +42,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "moegrid", Subsystem: "expertnode", Name: "loaded_expert_layers",
 			Help: "Number of (expert, layer) pairs loaded.",
 		}),
+		loadFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "moegrid", Subsystem: "expertnode", Name: "shard_load_failures_total",
+			Help: "Shard loads that failed; each is retried with backoff.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.calls, m.rows, m.latency, m.loadedBytes, m.shards)
+		reg.MustRegister(m.calls, m.rows, m.latency, m.loadedBytes, m.shards, m.loadFailures)
 	}
 	return m
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/moegrid/moegrid/cluster"
 	"github.com/moegrid/moegrid/coordinator/placement"
+	"github.com/moegrid/moegrid/internal/retry"
 	"github.com/moegrid/moegrid/internal/serve"
 	"github.com/moegrid/moegrid/model"
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
@@ -249,25 +250,52 @@ func (n *Node) Run(ctx context.Context) error {
 	return err
 }
 
-// follow loads the shards of each new placement and reports them loaded.
+// follow loads the shards of each new placement and reports them loaded. A
+// load that fails (a file not there yet, a short read) is retried with a
+// doubling delay until it succeeds or a new placement replaces it.
 func (n *Node) follow(ctx context.Context, st *cluster.Store, reg *cluster.Registration) error {
-	var loaded []placement.Shard
-	first := true
-	for rec := range st.WatchPlacement(ctx) {
-		if rec.Fingerprint != "" && rec.Fingerprint != n.info.Fingerprint {
-			n.log.Warn("placement is for another checkpoint; ignoring it", "placement", rec.Fingerprint, "ours", n.info.Fingerprint)
+	var (
+		loaded  []placement.Shard
+		first   = true
+		pending *cluster.PlacementRecord // the newest placement not yet loaded
+		retryC  <-chan time.Time
+		delay   = retry.Delay{Min: loadRetryMin, Max: loadRetryMax}
+	)
+	placements := st.WatchPlacement(ctx)
+	for {
+		select {
+		case rec, ok := <-placements:
+			if !ok {
+				return ctx.Err()
+			}
+			if rec.Fingerprint != "" && rec.Fingerprint != n.info.Fingerprint {
+				n.log.Warn("placement is for another checkpoint; ignoring it", "placement", rec.Fingerprint, "ours", n.info.Fingerprint)
+				continue
+			}
+			if want := rec.ShardsOf(n.cfg.ID); !first && slices.Equal(want, loaded) {
+				pending, retryC = nil, nil
+				continue
+			}
+			pending = &rec
+			delay.Reset()
+		case <-retryC:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if pending == nil {
 			continue
 		}
-		want := rec.ShardsOf(n.cfg.ID)
-		if !first && slices.Equal(want, loaded) {
-			continue
-		}
+		want := pending.ShardsOf(n.cfg.ID)
 		if err := n.loadShards(want); err != nil {
-			n.log.Error("loading shards failed", "shards", want, "err", err)
+			wait := delay.Next()
+			n.metrics.loadFailures.Inc()
+			n.log.Error("loading shards failed; retrying", "shards", want, "retry_in", wait, "err", err)
+			retryC = time.After(wait)
 			continue
 		}
-		loaded, first = want, false
-		n.log.Info("shards loaded", "version", rec.Version, "shards", fmt.Sprint(want), "bytes", n.loadedBytes.Load())
+		loaded, first, retryC = want, false, nil
+		n.log.Info("shards loaded", "version", pending.Version, "shards", fmt.Sprint(want), "bytes", n.loadedBytes.Load())
+		pending = nil
 		if err := reg.Update(ctx, func(r *cluster.NodeRecord) {
 			r.Loaded = slices.Clone(want)
 			r.State = cluster.StateReady
@@ -276,8 +304,13 @@ func (n *Node) follow(ctx context.Context, st *cluster.Store, reg *cluster.Regis
 		}
 		n.servers.SetReady(true, moegridv1.Expert_ServiceDesc.ServiceName)
 	}
-	return ctx.Err()
 }
+
+// The delays between retries of a failed shard load.
+const (
+	loadRetryMin = 500 * time.Millisecond
+	loadRetryMax = 30 * time.Second
+)
 
 // loadShards maps the experts of shards from the checkpoint and swaps them in;
 // calls in flight finish on the old set.

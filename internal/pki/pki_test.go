@@ -308,4 +308,3 @@ func TestReadGossipKeyErrors(t *testing.T) {
 		t.Error("missing file read without error")
 	}
 }
-

@@ -47,6 +47,7 @@ func newRootCmd() *cobra.Command {
 		newDrainCmd(),
 		newModelCmd(),
 		newTokenizeCmd(),
+		newCertsCmd(),
 	} {
 		root.AddCommand(c)
 	}

@@ -124,7 +124,7 @@ func (d Dir) LoadCA() (*CA, error) {
 // earlier pair of that name. The key is written first, so that a process
 // that reloads on a changed certificate finds its matching key in place.
 func (d Dir) WriteKeyPair(name string, kp *KeyPair) error {
-	if err := (Identity{Role: RoleClient, Name: name}).Validate(); err != nil {
+	if err := ValidateName(name); err != nil {
 		return err
 	}
 	if err := writeFileAtomic(d.Key(name), kp.KeyPEM, 0o600); err != nil {

@@ -106,8 +106,8 @@ func (id Identity) URI() *url.URL {
 
 func (id Identity) String() string { return id.URI().String() }
 
-// namePattern is what a holder's name may be: a DNS label or dotted name, so
-// that it is safe in a URI path, a file name and a Kubernetes object name.
+// namePattern is a lower-case DNS name: labels of letters, digits and
+// inner hyphens, joined by dots.
 var namePattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
 
 // Validate reports what is wrong with the identity, if anything.
@@ -115,8 +115,15 @@ func (id Identity) Validate() error {
 	if _, err := ParseRole(string(id.Role)); err != nil {
 		return err
 	}
-	if len(id.Name) > 253 || !namePattern.MatchString(id.Name) {
-		return fmt.Errorf("pki: name %q: want lower-case letters, digits, '-' and '.', like router-0", id.Name)
+	return ValidateName(id.Name)
+}
+
+// ValidateName reports whether name can be a holder's name: a lower-case
+// DNS name like router-0 or expert-3.moegrid, so that it is safe in a URI
+// path, a file name and a Kubernetes object name.
+func ValidateName(name string) error {
+	if len(name) > 253 || !namePattern.MatchString(name) {
+		return fmt.Errorf("pki: name %q: want lower-case letters, digits, '-' and '.', like router-0", name)
 	}
 	return nil
 }
@@ -211,8 +218,8 @@ func NewCA(commonName string, validity time.Duration) (*CA, error) {
 type LeafRequest struct {
 	Identity Identity
 	// Hosts are the DNS names and IP addresses the holder serves under
-	// (localhost, 127.0.0.1, router.moegrid.svc). Only serving roles may
-	// have them.
+	// (localhost, 127.0.0.1, router.moegrid.svc, *.expert.moegrid.svc).
+	// Only serving roles may have them.
 	Hosts []string
 	// Validity is how long the leaf is valid from now; it may not outlast
 	// the CA.
@@ -253,7 +260,9 @@ func (ca *CA) Issue(req LeafRequest) (*KeyPair, error) {
 			ips = append(ips, ip)
 			continue
 		}
-		if !namePattern.MatchString(h) {
+		// A wildcard covers the pods of a headless service,
+		// *.expert.moegrid.svc.cluster.local.
+		if !namePattern.MatchString(strings.TrimPrefix(h, "*.")) {
 			return nil, fmt.Errorf("pki: %s: host %q is neither an IP address nor a DNS name", id, h)
 		}
 		dnsNames = append(dnsNames, h)

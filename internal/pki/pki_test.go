@@ -44,7 +44,7 @@ func TestIssue(t *testing.T) {
 			[]x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}},
 		{RoleExpertNode, []string{"10.0.0.7"}, nil, []string{"10.0.0.7"}, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}},
 		{RoleCoordinator, nil, nil, nil, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}},
-		{RoleEtcd, []string{"etcd-0.etcd"}, []string{"etcd-0.etcd"}, nil, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}},
+		{RoleEtcd, []string{"etcd-0.etcd", "*.etcd.moegrid.svc"}, []string{"etcd-0.etcd", "*.etcd.moegrid.svc"}, nil, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}},
 		{RoleAdmin, nil, nil, nil, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}},
 		{RoleClient, nil, nil, nil, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}},
 	} {
@@ -93,6 +93,7 @@ func TestIssue(t *testing.T) {
 				}
 			}
 			for _, h := range tc.hosts {
+				h = strings.Replace(h, "*", "etcd-1", 1)
 				if err := c.VerifyHostname(h); err != nil {
 					t.Errorf("VerifyHostname(%s): %v", h, err)
 				}
@@ -131,6 +132,7 @@ func TestIssueErrors(t *testing.T) {
 		{"no validity", LeafRequest{Identity: Identity{RoleRouter, "r"}}, "validity 0s"},
 		{"outlasts CA", LeafRequest{Identity: Identity{RoleRouter, "r"}, Validity: 48 * time.Hour}, "would outlast the CA"},
 		{"bad host", LeafRequest{Identity: Identity{RoleRouter, "r"}, Hosts: []string{"a b"}, Validity: time.Hour}, `host "a b"`},
+		{"wildcard inside", LeafRequest{Identity: Identity{RoleRouter, "r"}, Hosts: []string{"a.*.svc"}, Validity: time.Hour}, `host "a.*.svc"`},
 		{"client with hosts", LeafRequest{Identity: Identity{RoleClient, "c"}, Hosts: []string{"localhost"}, Validity: time.Hour}, "only dials"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -44,11 +44,12 @@ Examples:
   moegrid certs init --dir ./certs
   moegrid certs issue --dir ./certs --role expertnode --name expert-3 \
       --hosts expert-3.moegrid.svc,10.0.0.13
-  moegrid certs issue --dir ./certs --role client --name alice --days 30`,
+  moegrid certs issue --dir ./certs --role client --name alice --days 30
+  moegrid certs secrets --dir ./certs --namespace moegrid | kubectl apply -f -`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
-	cmd.AddCommand(newCertsInitCmd(), newCertsIssueCmd(), newCertsAllCmd())
+	cmd.AddCommand(newCertsInitCmd(), newCertsIssueCmd(), newCertsAllCmd(), newCertsSecretsCmd())
 	return cmd
 }
 

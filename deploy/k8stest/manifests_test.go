@@ -58,10 +58,14 @@ func TestRenderAndDecodeStrictly(t *testing.T) {
 		},
 		"gpu+external-etcd+servicemonitor": {
 			"Namespace": 1, "ServiceAccount": 1, "ConfigMap": 4, "Service": 3, "PersistentVolumeClaim": 1,
-			"StatefulSet": 1, "Deployment": 2, "PodDisruptionBudget": 3, "NetworkPolicy": 6, "ServiceMonitor": 2,
+			"StatefulSet": 1, "Deployment": 2, "PodDisruptionBudget": 3, "NetworkPolicy": 6, "ServiceMonitor": 4,
 		},
 	}
 	want["gpu"], want["cpu"] = want["base"], want["base"]
+	want["gpu+cert-manager"] = map[string]int{"Issuer": 2, "Certificate": 6}
+	for k, n := range want["base"] {
+		want["gpu+cert-manager"][k] = n
+	}
 	forEachTarget(t, func(t *testing.T, o *objects) {
 		w := want[strings.TrimPrefix(t.Name(), "TestRenderAndDecodeStrictly/")]
 		for _, k := range sortedKeys(w) {
@@ -512,7 +516,7 @@ func checkListenPorts(t *testing.T, c *corev1.Container, mc moegridCommand) {
 	}
 	if mc.path[0] == "expertnode" {
 		if _, ok := mc.flags["advertise-addr"]; !ok {
-			t.Errorf("container %s: an expert node needs --advertise-addr (the pod IP): it would register 0.0.0.0", c.Name)
+			t.Errorf("container %s: an expert node needs --advertise-addr (its name in the headless Service): it would register 0.0.0.0", c.Name)
 		}
 	}
 	probes := map[string]*corev1.Probe{"startup": c.StartupProbe, "readiness": c.ReadinessProbe, "liveness": c.LivenessProbe}
@@ -529,11 +533,20 @@ func checkListenPorts(t *testing.T, c *corev1.Container, mc moegridCommand) {
 		if pr.HTTPGet != nil && pr.HTTPGet.Path != "/healthz" && pr.HTTPGet.Path != "/readyz" {
 			t.Errorf("container %s: %s probe path %q", c.Name, name, pr.HTTPGet.Path)
 		}
+		// The HTTP server speaks only TLS; the kubelet's gRPC probe
+		// cannot speak mutual TLS at all.
+		if pr.HTTPGet != nil && pr.HTTPGet.Scheme != corev1.URISchemeHTTPS {
+			t.Errorf("container %s: %s probe scheme %q, but moegrid serves HTTPS", c.Name, name, pr.HTTPGet.Scheme)
+		}
+		if pr.GRPC != nil {
+			t.Errorf("container %s: %s probe is a gRPC probe, which gets no client certificate through mutual TLS", c.Name, name)
+		}
 	}
-	// Readiness is the gRPC health status; liveness must not be, since it
-	// says "not ready" while a router misses an expert or a node loads.
-	if c.ReadinessProbe != nil && c.ReadinessProbe.GRPC == nil {
-		t.Errorf("container %s: readiness should be the gRPC health check", c.Name)
+	// Readiness is /readyz, the server-wide gRPC health status; liveness
+	// must not be, since it says "not ready" while a router misses an
+	// expert or a node loads.
+	if c.ReadinessProbe != nil && (c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != "/readyz") {
+		t.Errorf("container %s: readiness should be /readyz", c.Name)
 	}
 	if c.LivenessProbe != nil && (c.LivenessProbe.GRPC != nil || c.LivenessProbe.HTTPGet == nil || c.LivenessProbe.HTTPGet.Path != "/healthz") {
 		t.Errorf("container %s: liveness should be /healthz, which does not depend on the rest of the cluster", c.Name)
@@ -564,13 +577,13 @@ func TestEtcd(t *testing.T) {
 	}
 	n := int(deref(sts.Spec.Replicas, 1))
 	var members, endpoints []string
-	if flags["name"] != "pod-0" || flags["initial-advertise-peer-urls"] != "http://pod-0."+sts.Spec.ServiceName+":2380" {
+	if flags["name"] != "pod-0" || flags["initial-advertise-peer-urls"] != "https://pod-0."+sts.Spec.ServiceName+":2380" {
 		t.Errorf("etcd member name %q and peer URL %q are not the pod's", flags["name"], flags["initial-advertise-peer-urls"])
 	}
 	for i := range n {
 		pod := fmt.Sprintf("%s-%d", sts.Name, i)
-		members = append(members, fmt.Sprintf("%s=http://%s.%s:2380", pod, pod, sts.Spec.ServiceName))
-		endpoints = append(endpoints, fmt.Sprintf("http://%s.%s:2379", pod, sts.Spec.ServiceName))
+		members = append(members, fmt.Sprintf("%s=https://%s.%s:2380", pod, pod, sts.Spec.ServiceName))
+		endpoints = append(endpoints, fmt.Sprintf("https://%s.%s:2379", pod, sts.Spec.ServiceName))
 	}
 	if got := flags["initial-cluster"]; got != strings.Join(members, ",") {
 		t.Errorf("--initial-cluster=%s\nwant          %s", got, strings.Join(members, ","))

@@ -52,8 +52,18 @@ configMapGenerator:
 - name: moegrid
   behavior: merge
   literals:
-  - MOEGRID_ETCD_ENDPOINTS=http://etcd-0.etcd.infra:2379,http://etcd-1.etcd.infra:2379
+  - MOEGRID_ETCD_ENDPOINTS=https://etcd-0.etcd.infra:2379,https://etcd-1.etcd.infra:2379
   - MOEGRID_PREFIX=/moegrid/prod/
+`
+
+// certManagerOverlay is the gpu overlay with its certificates from
+// cert-manager, as deploy/README.md tells operators to write it.
+const certManagerOverlay = `apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+- ../overlays/gpu
+components:
+- ../components/cert-manager
 `
 
 // target is something to render: a directory under deploy/k8s.
@@ -67,11 +77,19 @@ var targets = []target{
 	{"gpu", "overlays/gpu"},
 	{"cpu", "overlays/cpu"},
 	{"gpu+external-etcd+servicemonitor", "zz-test-extra"},
+	{"gpu+cert-manager", "zz-test-cert-manager"},
+}
+
+// testOverlays are the kustomizations the tests add to deploy/k8s, in
+// memory only.
+var testOverlays = map[string]string{
+	"zz-test-extra":        extraOverlay,
+	"zz-test-cert-manager": certManagerOverlay,
 }
 
 // render builds a kustomization under deploy/k8s with the kustomize API. It
-// works on an in-memory copy of deploy/k8s so that the test overlay
-// (extraOverlay, at zz-test-extra) never touches the working tree.
+// works on an in-memory copy of deploy/k8s so that the test overlays
+// (testOverlays) never touch the working tree.
 func render(t testing.TB, dir string) []byte {
 	t.Helper()
 	mem := filesys.MakeFsInMemory()
@@ -95,11 +113,13 @@ func render(t testing.TB, dir string) []byte {
 	if err != nil {
 		t.Fatalf("copying %s: %v", src, err)
 	}
-	if err := mem.MkdirAll(root + "/zz-test-extra"); err != nil {
-		t.Fatal(err)
-	}
-	if err := mem.WriteFile(root+"/zz-test-extra/kustomization.yaml", []byte(extraOverlay)); err != nil {
-		t.Fatal(err)
+	for dir, kustomization := range testOverlays {
+		if err := mem.MkdirAll(root + "/" + dir); err != nil {
+			t.Fatal(err)
+		}
+		if err := mem.WriteFile(root+"/"+dir+"/kustomization.yaml", []byte(kustomization)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
 	m, err := k.Run(mem, filepath.Join(root, dir))
@@ -126,7 +146,61 @@ type serviceMonitor struct {
 			Path          string `json:"path,omitempty"`
 			Interval      string `json:"interval,omitempty"`
 			ScrapeTimeout string `json:"scrapeTimeout,omitempty"`
+			Scheme        string `json:"scheme,omitempty"`
+			TLSConfig     *struct {
+				CA struct {
+					Secret *corev1.SecretKeySelector `json:"secret,omitempty"`
+				} `json:"ca"`
+				ServerName string `json:"serverName,omitempty"`
+			} `json:"tlsConfig,omitempty"`
 		} `json:"endpoints"`
+	} `json:"spec"`
+}
+
+// The parts of cert-manager's cert-manager.io/v1 Issuer and Certificate
+// that the manifests use, named as in its API reference; decoding is
+// strict, so a field outside them (or a misspelt one) fails the test. The
+// server's dry run has only stand-in CRDs (no cert-manager here), so these
+// are the schema check.
+type certIssuer struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              struct {
+		SelfSigned *struct{} `json:"selfSigned,omitempty"`
+		CA         *struct {
+			SecretName string `json:"secretName"`
+		} `json:"ca,omitempty"`
+	} `json:"spec"`
+}
+
+type certificate struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              struct {
+		SecretName string `json:"secretName"`
+		IsCA       bool   `json:"isCA,omitempty"`
+		CommonName string `json:"commonName,omitempty"`
+		Subject    *struct {
+			Organizations       []string `json:"organizations,omitempty"`
+			OrganizationalUnits []string `json:"organizationalUnits,omitempty"`
+		} `json:"subject,omitempty"`
+		URIs        []string         `json:"uris,omitempty"`
+		DNSNames    []string         `json:"dnsNames,omitempty"`
+		IPAddresses []string         `json:"ipAddresses,omitempty"`
+		Usages      []string         `json:"usages,omitempty"`
+		Duration    *metav1.Duration `json:"duration,omitempty"`
+		RenewBefore *metav1.Duration `json:"renewBefore,omitempty"`
+		PrivateKey  *struct {
+			Algorithm      string `json:"algorithm"`
+			Size           int    `json:"size"`
+			Encoding       string `json:"encoding"`
+			RotationPolicy string `json:"rotationPolicy,omitempty"`
+		} `json:"privateKey,omitempty"`
+		IssuerRef struct {
+			Group string `json:"group"`
+			Kind  string `json:"kind"`
+			Name  string `json:"name"`
+		} `json:"issuerRef"`
 	} `json:"spec"`
 }
 
@@ -145,6 +219,8 @@ type objects struct {
 	pdbs         []*policyv1.PodDisruptionBudget
 	policies     []*networkingv1.NetworkPolicy
 	monitors     []*serviceMonitor
+	issuers      []*certIssuer
+	certificates []*certificate
 }
 
 // decodeAll splits a multi-document YAML stream and decodes each document
@@ -201,6 +277,12 @@ func decodeAll(t testing.TB, data []byte) *objects {
 		case "monitoring.coreos.com/v1/ServiceMonitor":
 			x := &serviceMonitor{}
 			o.monitors, obj = append(o.monitors, x), x
+		case "cert-manager.io/v1/Issuer":
+			x := &certIssuer{}
+			o.issuers, obj = append(o.issuers, x), x
+		case "cert-manager.io/v1/Certificate":
+			x := &certificate{}
+			o.certificates, obj = append(o.certificates, x), x
 		default:
 			t.Fatalf("unexpected kind %s in\n%s", gvk, doc)
 		}

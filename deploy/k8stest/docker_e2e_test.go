@@ -22,6 +22,10 @@ import (
 	mrand "math/rand/v2"
 )
 
+// containerTLS runs the container cluster as deploy/k8s runs the pods: mutual
+// TLS between all of them and to etcd, an encrypted gossip ring.
+const containerTLS = true
+
 // The container cluster: what each container runs and where.
 const (
 	nExperts     = 8
@@ -41,6 +45,70 @@ type dockerCluster struct {
 	network string
 	subnet  string // "10.213.N"
 	model   string // host directory with the synthetic checkpoint
+	// certs is the host directory of every member's certificate, the CA
+	// certificate and the gossip key, mounted read-only at certsDir; empty
+	// without containerTLS.
+	certs string
+}
+
+// certsDir is where the containers find their certificates.
+const certsDir = "/etc/moegrid/tls"
+
+// makeCerts makes the cluster's CA and gossip key with the moegrid binary
+// and issues each member a certificate for its address, as an operator
+// would with `moegrid certs`. The CA key is removed afterwards: no
+// container needs it.
+func (c *dockerCluster) makeCerts(t *testing.T, dir string) {
+	t.Helper()
+	bin := moegridBinary(t)
+	if out, err := run(c.ctx, cleanEnv(), bin, "certs", "init", "--dir", dir, "--ca-days", "2"); err != nil {
+		t.Fatal(err, out)
+	}
+	issue := func(role, name string, hosts ...string) {
+		args := []string{"certs", "issue", "--dir", dir, "--role", role, "--name", name, "--days", "1"}
+		if len(hosts) > 0 {
+			args = append(args, "--hosts", strings.Join(hosts, ","))
+		}
+		if out, err := run(c.ctx, cleanEnv(), bin, args...); err != nil {
+			t.Fatal(err, out)
+		}
+	}
+	issue("etcd", "etcd", c.ip(ipEtcd))
+	// moegrid nodes runs inside the coordinator's container and dials it on
+	// loopback.
+	issue("coordinator", "coordinator", c.ip(ipCoordinator), "127.0.0.1")
+	issue("router", "router", c.ip(ipRouter))
+	for i := range nExperts {
+		issue("expertnode", fmt.Sprintf("expert-%d", i), c.ip(ipExpert0+i))
+	}
+	issue("admin", "admin")
+	if err := os.Remove(filepath.Join(dir, "ca.key")); err != nil {
+		t.Fatal(err)
+	}
+	// The servers run as user 65532, not as the owner of these files.
+	if err := makeWorldReadable(dir); err != nil {
+		t.Fatal(err)
+	}
+	c.certs = dir
+}
+
+// tlsFlags are the flags that give a member (or a client) the identity
+// name from the certificates directory.
+func (c *dockerCluster) tlsFlags(name string) []string {
+	if c.certs == "" {
+		return nil
+	}
+	return []string{
+		"--tls-cert", certsDir + "/" + name + ".crt", "--tls-key", certsDir + "/" + name + ".key",
+		"--tls-ca", certsDir + "/ca.crt",
+	}
+}
+
+func (c *dockerCluster) etcdScheme() string {
+	if c.certs == "" {
+		return "http"
+	}
+	return "https"
 }
 
 func (c *dockerCluster) name(role string) string { return c.prefix + role }
@@ -140,7 +208,10 @@ func (c *dockerCluster) start(t *testing.T, role string, ip int, image string, e
 		"--read-only", "--tmpfs", "/tmp:rw,size=16m,mode=1777",
 		"--cap-drop", "ALL", "--security-opt", "no-new-privileges",
 		"--memory", "512m", "--pids-limit", "256",
-		"-e", "MOEGRID_ETCD_ENDPOINTS=http://" + c.ip(ipEtcd) + ":2379", "-e", "MOEGRID_LOG_LEVEL=debug"}
+		"-e", "MOEGRID_ETCD_ENDPOINTS=" + c.etcdScheme() + "://" + c.ip(ipEtcd) + ":2379", "-e", "MOEGRID_LOG_LEVEL=debug"}
+	if c.certs != "" {
+		run = append(run, "-v", c.certs+":"+certsDir+":ro")
+	}
 	run = append(run, extra...)
 	run = append(run, image)
 	c.mustDocker(t, append(run, args...)...)
@@ -152,6 +223,9 @@ func (c *dockerCluster) startMember(t *testing.T, role string, ip int, args ...s
 	t.Helper()
 	addr := c.ip(ip)
 	common := []string{"--id", role, "--gossip-addr", "0.0.0.0:7946", "--gossip-advertise", addr + ":7946"}
+	if c.certs != "" {
+		common = append(append(common, c.tlsFlags(role)...), "--gossip-key-file", certsDir+"/gossip.key")
+	}
 	model := []string{"-v", c.model + ":/models/current:ro"}
 	switch args[0] {
 	case "coordinator":
@@ -160,10 +234,10 @@ func (c *dockerCluster) startMember(t *testing.T, role string, ip int, args ...s
 	c.start(t, role, ip, c.image, model, append(args, common...)...)
 }
 
-// exec runs moegrid inside the coordinator container, so that its calls go
-// over the cluster's private network.
+// moegrid runs moegrid inside the coordinator container, so that its calls
+// go over the cluster's private network, as an admin.
 func (c *dockerCluster) moegrid(args ...string) (string, error) {
-	return c.docker(append([]string{"exec", c.name("coordinator"), "/usr/local/bin/moegrid"}, args...)...)
+	return c.docker(append(append([]string{"exec", c.name("coordinator"), "/usr/local/bin/moegrid"}, args...), c.tlsFlags("admin")...)...)
 }
 
 type shardJSON struct {
@@ -324,11 +398,20 @@ func TestContainerCluster(t *testing.T) {
 	}
 
 	c := newDockerCluster(t, ctx, image, etcdImage, model)
+	if containerTLS {
+		c.makeCerts(t, filepath.Join(t.TempDir(), "tls"))
+	}
 	start := time.Now()
-	c.start(t, "etcd", ipEtcd, c.etcd, []string{"--mount", "type=tmpfs,destination=/var/lib/etcd,tmpfs-mode=1777"},
-		"--name=etcd", "--data-dir=/var/lib/etcd/data",
-		"--listen-client-urls=http://0.0.0.0:2379", "--advertise-client-urls=http://"+c.ip(ipEtcd)+":2379",
-		"--listen-peer-urls=http://127.0.0.1:2380", "--listen-metrics-urls=http://0.0.0.0:2381")
+	etcdArgs := []string{"--name=etcd", "--data-dir=/var/lib/etcd/data",
+		"--listen-client-urls=" + c.etcdScheme() + "://0.0.0.0:2379", "--advertise-client-urls=" + c.etcdScheme() + "://" + c.ip(ipEtcd) + ":2379",
+		"--listen-peer-urls=http://127.0.0.1:2380", "--listen-metrics-urls=http://0.0.0.0:2381"}
+	if c.certs != "" {
+		// As deploy/k8s/base/etcd.yaml: client certificates required. The
+		// one member's peer URL is on loopback.
+		etcdArgs = append(etcdArgs, "--cert-file="+certsDir+"/etcd.crt", "--key-file="+certsDir+"/etcd.key",
+			"--trusted-ca-file="+certsDir+"/ca.crt", "--client-cert-auth")
+	}
+	c.start(t, "etcd", ipEtcd, c.etcd, []string{"--mount", "type=tmpfs,destination=/var/lib/etcd,tmpfs-mode=1777"}, etcdArgs...)
 	c.startMember(t, "coordinator", ipCoordinator, "coordinator", "--grpc-addr", "0.0.0.0:7070", "--http-addr", "0.0.0.0:7071",
 		"--min-replicas", fmt.Sprint(minReplicas), "--lease-ttl", "5s")
 	for i := range nExperts {
@@ -354,6 +437,9 @@ func TestContainerCluster(t *testing.T) {
 	t.Logf("cluster up and generating in %v: %v", time.Since(start).Round(time.Second), want)
 	if !slices.Equal(want, local.IDs) {
 		t.Fatalf("the cluster generated %v, the in-process model %v", want, local.IDs)
+	}
+	if c.certs != "" {
+		c.checkRefusals(t)
 	}
 
 	// 1. Kill an expert container (SIGKILL: no drain, no goodbye) while
@@ -525,6 +611,41 @@ func TestContainerCluster(t *testing.T) {
 			t.Errorf("%d nodes registered, want %d", len(st.Nodes), nExperts)
 		}
 	})
+}
+
+// checkRefusals checks that the cluster's TLS is no decoration: a client
+// without a certificate, and one whose certificate is another CA's, get
+// nothing from the coordinator or the router.
+func (c *dockerCluster) checkRefusals(t *testing.T) {
+	t.Helper()
+	exec := func(args ...string) (string, error) {
+		return c.docker(append([]string{"exec", c.name("coordinator"), "/usr/local/bin/moegrid"}, args...)...)
+	}
+	status := []string{"nodes", "--coordinator", "127.0.0.1:7070", "--output", "json", "--timeout", "5s"}
+	gen := []string{"generate", "--addr", c.ip(ipRouter) + ":7400", "--ids", prompt, "--max-tokens", "1", "--timeout", "10s"}
+	// A certificate of another CA, with the cluster's CA trusted so that
+	// only the server's refusal can fail the call.
+	rogue := filepath.Join(c.certs, "rogue")
+	if out, err := run(c.ctx, cleanEnv(), moegridBinary(t), "certs", "all", "--dir", rogue, "--days", "1", "--ca-days", "2"); err != nil {
+		t.Fatal(err, out)
+	}
+	if err := makeWorldReadable(rogue); err != nil {
+		t.Fatal(err)
+	}
+	other := []string{"--tls-cert", certsDir + "/rogue/admin.crt", "--tls-key", certsDir + "/rogue/admin.key", "--tls-ca", certsDir + "/ca.crt"}
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"status in plaintext", append(slices.Clone(status), "--insecure")},
+		{"status with another CA's certificate", append(slices.Clone(status), other...)},
+		{"generate in plaintext", append(slices.Clone(gen), "--insecure")},
+		{"generate with another CA's certificate", append(slices.Clone(gen), other...)},
+	} {
+		if out, err := exec(tc.args...); err == nil {
+			t.Errorf("%s: succeeded:\n%s", tc.name, out)
+		}
+	}
 }
 
 // holderOf picks a node holding the given expert.

@@ -300,6 +300,49 @@ spec:
             x-kubernetes-preserve-unknown-fields: true
 `
 
+// certManagerCRDs are stand-ins for cert-manager's CRDs (cert-manager is
+// not available offline): enough for the API server to know Issuer and
+// Certificate, so that the component's dry run checks names, namespaces and
+// admission; the offline test decodes their specs strictly into the fields
+// of cert-manager's API reference.
+var certManagerCRDs = func() []byte {
+	var crds [][]byte
+	for _, k := range []struct{ kind, plural string }{{"Issuer", "issuers"}, {"Certificate", "certificates"}} {
+		crds = append(crds, []byte(fmt.Sprintf(`apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: %[2]s.cert-manager.io
+spec:
+  group: cert-manager.io
+  scope: Namespaced
+  names: {kind: %[1]s, listKind: %[1]sList, plural: %[2]s, singular: %[3]s}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            x-kubernetes-preserve-unknown-fields: true
+`, k.kind, k.plural, strings.ToLower(k.kind))))
+	}
+	return docs(crds...)
+}()
+
+// clusterSecrets runs `moegrid certs secrets` for namespace moegrid: the
+// Secrets the pods mount.
+func clusterSecrets(t *testing.T, ctx context.Context) []byte {
+	t.Helper()
+	out, err := run(ctx, cleanEnv(), moegridBinary(t), "certs", "secrets", "--dir", filepath.Join(t.TempDir(), "certs"), "--namespace", "moegrid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []byte(out)
+}
+
 // node is a fake machine for kwok.
 func fakeNode(name string, gpu bool, zone string) []byte {
 	labels := map[string]string{
@@ -419,7 +462,18 @@ func TestKubernetes(t *testing.T) {
 		if _, err := cp.apply(ctx, "servicemonitor-crd", []byte(serviceMonitorCRD)); err != nil {
 			t.Fatal(err)
 		}
-		cp.mustKubectl(t, ctx, "wait", "--for=condition=Established", "--timeout=60s", "crd/servicemonitors.monitoring.coreos.com")
+		if _, err := cp.apply(ctx, "cert-manager-crds", certManagerCRDs); err != nil {
+			t.Fatal(err)
+		}
+		cp.mustKubectl(t, ctx, "wait", "--for=condition=Established", "--timeout=60s", "crd/servicemonitors.monitoring.coreos.com",
+			"crd/issuers.cert-manager.io", "crd/certificates.cert-manager.io")
+		// The Secrets `moegrid certs secrets` prints are valid
+		// kubernetes.io/tls Secrets (the server checks tls.crt and tls.key).
+		if out, err := cp.apply(ctx, "dry-run-secrets", clusterSecrets(t, ctx), "--dry-run=server"); err != nil {
+			t.Errorf("moegrid certs secrets: %v", err)
+		} else if strings.Contains(out, "Warning") {
+			t.Errorf("moegrid certs secrets: warnings:\n%s", out)
+		}
 		for _, tg := range targets {
 			out, err := cp.apply(ctx, "dry-run-"+strings.ReplaceAll(tg.name, "+", "-"), rendered[tg.name], "--dry-run=server")
 			if err != nil {
@@ -489,6 +543,13 @@ func TestKubernetes(t *testing.T) {
 			}
 			return nil
 		})
+		// The Secrets first, as an operator applies them: every pod mounts
+		// its certificate and the gossip key.
+		applied, err := cp.apply(ctx, "secrets", clusterSecrets(t, ctx))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("secrets: %s", strings.TrimSpace(applied))
 		if _, err := cp.apply(ctx, "gpu", rendered["gpu"]); err != nil {
 			t.Fatal(err)
 		}
@@ -515,6 +576,19 @@ func TestKubernetes(t *testing.T) {
 		})
 		t.Logf("all 15 pods scheduled and Running in %v:\n%s", time.Since(start).Round(time.Second),
 			cp.mustKubectl(t, ctx, "get", "pods,pvc", "-n", "moegrid", "-o", "wide"))
+		// Every Secret a pod mounts, but the optional API keys, is there.
+		all, err := cp.pods(ctx, "app.kubernetes.io/name=moegrid")
+		if err != nil {
+			t.Fatal(err)
+		}
+		have := strings.Fields(cp.mustKubectl(t, ctx, "get", "secrets", "-n", "moegrid", "-o", "jsonpath={.items[*].metadata.name}"))
+		for _, p := range all {
+			for _, v := range p.Spec.Volumes {
+				if v.Secret != nil && !deref(v.Secret.Optional, false) && !slices.Contains(have, v.Secret.SecretName) {
+					t.Errorf("pod %s mounts Secret %s, which does not exist (have %v)", p.Name, v.Secret.SecretName, have)
+				}
+			}
+		}
 		pods, err := cp.pods(ctx, expertSelector)
 		if err != nil {
 			t.Fatal(err)

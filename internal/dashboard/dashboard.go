@@ -160,6 +160,10 @@ func (h *Handler) State() State {
 	snap := h.src.Snapshot()
 	now := h.now()
 	base, since := h.advance(now, snap)
+	window := 0.0
+	if !since.IsZero() {
+		window = now.Sub(since).Seconds()
+	}
 	st := State{
 		Time:             now.UTC(),
 		Model:            snap.Model,
@@ -176,7 +180,7 @@ func (h *Handler) State() State {
 		KVUsedBytes:      snap.KVUsedBytes,
 		KVBudgetBytes:    snap.KVBudgetBytes,
 		Latency: Latency{
-			WindowSeconds: now.Sub(since).Seconds(),
+			WindowSeconds: window,
 			TTFT:          percentiles(snap.TTFT.minus(base.ttft)),
 			TBT:           percentiles(snap.TBT.minus(base.tbt)),
 		},
@@ -196,22 +200,22 @@ func (h *Handler) State() State {
 }
 
 // advance records snap's histograms in the history and returns the
-// baseline to subtract: the newest sample at least a window old, or, while
-// the history is younger than the window, its oldest (the zero histograms
-// of the source's start when there is none yet).
+// baseline to subtract and the time it was taken: the newest sample at
+// least a window old, or, while the history is younger than the window,
+// the zero histograms of the source's start (the zero time).
 func (h *Handler) advance(now time.Time, snap Snapshot) (sample, time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	cut := now.Add(-h.window)
-	// Drop samples older than the newest one that is a window old: that
-	// one is the baseline, the older ones will never be again.
+	// Samples older than the newest one a window old will never be the
+	// baseline again.
 	drop := 0
 	for i := 1; i < len(h.history) && !h.history[i].at.After(cut); i++ {
 		drop = i
 	}
 	h.history = h.history[drop:]
-	base := sample{at: now}
-	if len(h.history) > 0 {
+	var base sample
+	if len(h.history) > 0 && !h.history[0].at.After(cut) {
 		base = h.history[0]
 	}
 	if len(h.history) == 0 || now.Sub(h.history[len(h.history)-1].at) >= historyStep {

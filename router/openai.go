@@ -31,6 +31,7 @@ func (r *Router) httpHandler(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/completions", r.handleCompletions)
 	mux.HandleFunc("POST /v1/chat/completions", r.handleChat)
 	mux.HandleFunc("/v1/", handleUnserved)
+	r.handleDashboard(mux)
 }
 
 // apiMethods are the API's paths and the method each takes.

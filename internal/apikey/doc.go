@@ -18,13 +18,13 @@
 // and a token bucket (TokensPerMinute, 0 = unlimited) that starts full,
 // holds at most TokensPerMinute tokens and refills continuously at
 // TokensPerMinute/60 per second. A request is admitted when its key has
-// fewer than MaxInFlight requests in flight and its bucket holds more than
-// zero tokens. The prompt's tokens are charged once the request has been
+// fewer than MaxInFlight requests in flight and its bucket holds at least
+// one token. The prompt's tokens are charged once the request has been
 // read (Charge), the completion's tokens as they are generated; the bucket
 // may go negative, and a running request is never cut short. A refused
 // request gets ResourceExhausted (HTTP 429) with a retry-after of the
-// seconds until the bucket is positive again, or 1 second when the
-// in-flight limit refused it.
+// whole seconds (rounded up, at least 1) until the bucket holds a token
+// again, or 1 second when the in-flight limit refused it.
 //
 // Errors map to UNAUTHENTICATED/401 (no key, malformed or unknown key),
 // PERMISSION_DENIED/403 (a disabled key, or an API the key may not call)

@@ -165,50 +165,45 @@ func (g *Guard) Len() int {
 // The errors are ErrNoKey, ErrInvalidKey, ErrDisabled, ErrNotAllowed and
 // *QuotaError.
 func (g *Guard) Admit(key, api string) (*Admission, error) {
-	a, err := g.admit(key, api)
-	id := ""
-	if a != nil {
-		id = a.id
-	} else if qe, ok := errors.AsType[*QuotaError](err); ok {
-		id = qe.ID
-	}
+	a, id, err := g.admit(key, api)
 	g.metrics.requests.WithLabelValues(id, outcome(err)).Inc()
 	return a, err
 }
 
-func (g *Guard) admit(key, api string) (*Admission, error) {
+// admit returns the key's id once the key is authenticated, "" before.
+func (g *Guard) admit(key, api string) (*Admission, string, error) {
 	if key == "" {
-		return nil, ErrNoKey
+		return nil, "", ErrNoKey
 	}
 	id, ok := keyID(key)
 	if !ok {
-		return nil, ErrInvalidKey
+		return nil, "", ErrInvalidKey
 	}
 	hash := Hash(key)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	ks, ok := g.keys[id]
 	if !ok || subtle.ConstantTimeCompare([]byte(hash), []byte(ks.SHA256)) != 1 {
-		return nil, ErrInvalidKey
+		return nil, "", ErrInvalidKey
 	}
 	switch {
 	case ks.Disabled:
-		return nil, ErrDisabled
+		return nil, id, ErrDisabled
 	case len(ks.Allow) > 0 && !slices.Contains(ks.Allow, api):
-		return nil, fmt.Errorf("%w: %s (allowed: %v)", ErrNotAllowed, api, ks.Allow)
+		return nil, id, fmt.Errorf("%w: %s (allowed: %v)", ErrNotAllowed, api, ks.Allow)
 	case ks.MaxInFlight > 0 && ks.inFlight >= ks.MaxInFlight:
-		return nil, &QuotaError{ID: id, Reason: "max_in_flight", RetryAfter: time.Second}
+		return nil, id, &QuotaError{ID: id, Reason: "max_in_flight", RetryAfter: time.Second}
 	}
 	if ks.TokensPerMinute > 0 {
-		rate := float64(ks.TokensPerMinute) / 60 // tokens per second
 		g.refillLocked(ks)
-		if ks.tokens <= 0 {
-			secs := math.Max(1, math.Ceil(-ks.tokens/rate+1e-9))
-			return nil, &QuotaError{ID: id, Reason: "tokens_per_minute", RetryAfter: time.Duration(secs) * time.Second}
+		if ks.tokens < 1 {
+			rate := float64(ks.TokensPerMinute) / 60 // tokens per second
+			secs := math.Max(1, math.Ceil((1-ks.tokens)/rate))
+			return nil, id, &QuotaError{ID: id, Reason: "tokens_per_minute", RetryAfter: time.Duration(secs) * time.Second}
 		}
 	}
 	ks.inFlight++
-	return &Admission{g: g, ks: ks, id: id}, nil
+	return &Admission{g: g, ks: ks, id: id}, id, nil
 }
 
 // refillLocked adds the tokens earned since the last refill.

@@ -174,6 +174,7 @@ func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Router, error
 			m.Close()
 			return nil, err
 		}
+		r.log.Info("API keys loaded", "file", cfg.APIKeysFile, "keys", r.keys.Len())
 		scfg.UnaryInterceptors = []grpc.UnaryServerInterceptor{r.keys.UnaryServerInterceptor(grpcAPI)}
 		scfg.StreamInterceptors = []grpc.StreamServerInterceptor{r.keys.StreamServerInterceptor(grpcAPI)}
 	}

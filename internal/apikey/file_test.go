@@ -128,3 +128,21 @@ func TestWriteFile(t *testing.T) {
 		t.Errorf("directory holds %d files, want only the key file", len(entries))
 	}
 }
+
+// FuzzKeyID: a presented key, untrusted, either names an id it is built
+// from or is refused, never a panic.
+func FuzzKeyID(f *testing.F) {
+	key, _, _ := NewKey("svc-1")
+	f.Add(key)
+	f.Add("mgk_a_b_" + strings.Repeat("0", 64))
+	f.Add("Bearer x")
+	f.Fuzz(func(t *testing.T, key string) {
+		id, ok := keyID(key)
+		if !ok {
+			return
+		}
+		if !idPattern.MatchString(id) || !strings.HasPrefix(key, prefix+id+"_") || len(key) != len(prefix)+len(id)+1+2*secretBytes {
+			t.Fatalf("keyID(%q) = %q", key, id)
+		}
+	})
+}

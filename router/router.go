@@ -14,8 +14,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 
 	"github.com/moegrid/moegrid/cluster"
+	"github.com/moegrid/moegrid/internal/apikey"
 	"github.com/moegrid/moegrid/internal/serve"
 	"github.com/moegrid/moegrid/model"
 	"github.com/moegrid/moegrid/model/tokenizer"
@@ -56,6 +58,10 @@ type Config struct {
 	LoadReport time.Duration
 	// StopTimeout bounds the graceful stop.
 	StopTimeout time.Duration
+	// APIKeysFile is the key file (see package apikey) that clients of the
+	// Generate and /v1/ APIs authenticate against, reloaded when it
+	// changes; empty lets every client generate.
+	APIKeysFile string
 }
 
 // DefaultConfig returns the local defaults.
@@ -108,6 +114,8 @@ type Router struct {
 	experts atomic.Pointer[Dispatcher]
 	sched   *Scheduler
 	servers *serve.Servers
+	// keys authenticates clients; nil when Config.APIKeysFile is empty.
+	keys    *apikey.Guard
 	seeds   seedSource
 	started time.Time
 
@@ -158,7 +166,19 @@ func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Router, error
 		started:     time.Now(),
 		routed:      make([]atomic.Uint64, m.Config.NumLocalExperts),
 	}
-	r.servers, err = serve.Listen(serve.Config{GRPCAddr: cfg.GRPCAddr, HTTPAddr: cfg.HTTPAddr, StopTimeout: cfg.StopTimeout}, reg, r.log)
+	scfg := serve.Config{GRPCAddr: cfg.GRPCAddr, HTTPAddr: cfg.HTTPAddr, StopTimeout: cfg.StopTimeout}
+	if cfg.APIKeysFile == "" {
+		r.log.Warn("no API keys: every client may generate")
+	} else {
+		if r.keys, err = apikey.New(apikey.Config{File: cfg.APIKeysFile}, r.log, reg); err != nil {
+			m.Close()
+			return nil, err
+		}
+		r.log.Info("API keys loaded", "file", cfg.APIKeysFile, "keys", r.keys.Len())
+		scfg.UnaryInterceptors = []grpc.UnaryServerInterceptor{r.keys.UnaryServerInterceptor(grpcAPI)}
+		scfg.StreamInterceptors = []grpc.StreamServerInterceptor{r.keys.StreamServerInterceptor(grpcAPI)}
+	}
+	r.servers, err = serve.Listen(scfg, reg, r.log)
 	if err != nil {
 		m.Close()
 		return nil, err
@@ -236,7 +256,19 @@ func (r *Router) Run(ctx context.Context) error {
 	g.Go(func() error { defer stopSched(); return r.servers.Run(gctx) })
 	g.Go(func() error { r.followReadiness(gctx); return nil })
 	g.Go(func() error { r.reportLoad(gctx, loads); return nil })
+	if r.keys != nil {
+		g.Go(func() error { r.keys.Run(gctx); return nil })
+	}
 	return g.Wait()
+}
+
+// grpcAPI names the API key permission each gRPC method needs; health and
+// reflection need none.
+func grpcAPI(fullMethod string) string {
+	if fullMethod == moegridv1.Generation_Generate_FullMethodName {
+		return apikey.APIGenerate
+	}
+	return ""
 }
 
 // followReadiness is ready while every expert of every layer has a holder.

@@ -51,6 +51,9 @@ type Config struct {
 	// UnaryInterceptors run after the metrics interceptor, e.g. a
 	// component's error boundary.
 	UnaryInterceptors []grpc.UnaryServerInterceptor
+	// StreamInterceptors run after the metrics interceptor, e.g. a
+	// component's authentication.
+	StreamInterceptors []grpc.StreamServerInterceptor
 	// ReadyCheck, if set, must also pass for /readyz to answer 200, e.g. a
 	// dependency that must answer.
 	ReadyCheck func(context.Context) error
@@ -158,7 +161,7 @@ func Listen(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Servers, 
 		}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: minClientPing, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(append([]grpc.UnaryServerInterceptor{rpcMetrics.UnaryServerInterceptor()}, cfg.UnaryInterceptors...)...),
-		grpc.ChainStreamInterceptor(rpcMetrics.StreamServerInterceptor()),
+		grpc.ChainStreamInterceptor(append([]grpc.StreamServerInterceptor{rpcMetrics.StreamServerInterceptor()}, cfg.StreamInterceptors...)...),
 	}
 	if cfg.MaxMessageBytes > 0 {
 		opts = append(opts, grpc.MaxRecvMsgSize(cfg.MaxMessageBytes), grpc.MaxSendMsgSize(cfg.MaxMessageBytes))

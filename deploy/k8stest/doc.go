@@ -24,7 +24,11 @@
 //     router as containers of the images built from deploy/docker on a
 //     private Docker network, generates through the router while an expert
 //     container is killed and another is cut off the network, and checks the
-//     coordinator's view (moegrid nodes --output json) at each step.
+//     coordinator's view (moegrid nodes --output json) at each step, all on
+//     mutual TLS with certificates the binary made.
+//   - TestEtcdManifest runs the etcd StatefulSet's three members as the
+//     manifest configures them, on TLS with the Secret of `moegrid certs
+//     secrets`, and a coordinator that must lead through them.
 //
 // Neither skips because something is missing: a missing Docker or a failed
 // build fails the test. MOEGRID_E2E_SKIP=kubernetes,docker skips them by

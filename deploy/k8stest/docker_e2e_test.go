@@ -21,6 +21,9 @@ import (
 	"time"
 
 	mrand "math/rand/v2"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
 )
 
 // containerTLS runs the container cluster as deploy/k8s runs the pods: mutual
@@ -722,4 +725,115 @@ func images(t *testing.T, ctx context.Context) (string, string) {
 		t.Fatalf("building the images: %v\n%s", err, out)
 	}
 	return image, etcdImage
+}
+
+// TestEtcdManifest runs the etcd StatefulSet of deploy/k8s/base as it is:
+// three members in containers, each with the arguments the manifest gives
+// its pod, reachable under its pod's DNS name, with the moegrid-etcd-tls
+// Secret of `moegrid certs secrets` mounted where the manifest mounts it.
+// The members must form a cluster over peer TLS, and a coordinator with the
+// manifests' etcd endpoints and its own Secret must reach it and lead.
+func TestEtcdManifest(t *testing.T) {
+	skipIf(t, "docker")
+	ctx := testContext(t, 5*time.Minute)
+	image, etcdImage := images(t, ctx)
+	o := decodeAll(t, render(t, "base"))
+	sts := o.statefulSet("moegrid-etcd")
+	if sts == nil {
+		t.Fatal("no moegrid-etcd StatefulSet")
+	}
+	pod := &sts.Spec.Template.Spec
+	etcd := &pod.Containers[0]
+	mounts := map[string]string{} // Secret → mount path
+	for _, m := range etcd.VolumeMounts {
+		for _, v := range pod.Volumes {
+			if v.Name == m.Name && v.Secret != nil {
+				mounts[v.Secret.SecretName] = m.MountPath
+			}
+		}
+	}
+	if mounts[tlsSecret("etcd")] == "" {
+		t.Fatalf("etcd mounts no %s", tlsSecret("etcd"))
+	}
+	secrets := writeSecrets(t, ctx, t.TempDir())
+
+	c := newDockerCluster(t, ctx, image, etcdImage, "")
+	for i := range int(deref(sts.Spec.Replicas, 1)) {
+		name := fmt.Sprintf("%s-%d", sts.Name, i)
+		var args []string
+		for _, a := range etcd.Args {
+			args = append(args, strings.ReplaceAll(a, "$(POD_NAME)", name))
+		}
+		c.start(t, name, ipExpert0+i, c.etcd, []string{
+			"--network-alias", name + "." + sts.Spec.ServiceName,
+			"--mount", "type=tmpfs,destination=/var/lib/etcd,tmpfs-mode=1777",
+			"-v", secrets[tlsSecret("etcd")] + ":" + mounts[tlsSecret("etcd")] + ":ro",
+		}, args...)
+	}
+	endpoints := o.configMap(findConfigMap(t, o, "moegrid")).Data["MOEGRID_ETCD_ENDPOINTS"]
+	c.start(t, "coordinator", ipCoordinator, c.image, []string{
+		"-v", secrets[tlsSecret("coordinator")] + ":/etc/moegrid/tls:ro",
+		"-v", secrets[gossipSecret] + ":/etc/moegrid/gossip:ro",
+		"-v", secrets[tlsSecret("admin")] + ":/etc/moegrid/admin:ro",
+	}, "coordinator", "--id", "coordinator", "--grpc-addr", "0.0.0.0:7070", "--http-addr", "0.0.0.0:7071",
+		"--gossip-addr", "0.0.0.0:7946", "--gossip-advertise", c.ip(ipCoordinator)+":7946",
+		"--etcd-endpoints", endpoints,
+		"--tls-cert", "/etc/moegrid/tls/tls.crt", "--tls-key", "/etc/moegrid/tls/tls.key", "--tls-ca", "/etc/moegrid/tls/ca.crt",
+		"--gossip-key-file", "/etc/moegrid/gossip/gossip.key")
+	start := time.Now()
+	eventually(t, 2*time.Minute, time.Second, "the coordinator leads through the TLS etcd cluster", func() error {
+		out, err := c.docker("exec", c.name("coordinator"), "/usr/local/bin/moegrid", "nodes", "--coordinator", "127.0.0.1:7070",
+			"--output", "json", "--timeout", "5s",
+			"--tls-cert", "/etc/moegrid/admin/tls.crt", "--tls-key", "/etc/moegrid/admin/tls.key", "--tls-ca", "/etc/moegrid/admin/ca.crt")
+		if err != nil {
+			return err
+		}
+		var st statusJSON
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			return err
+		}
+		if st.Leader != "coordinator" {
+			return fmt.Errorf("leader %q", st.Leader)
+		}
+		return nil
+	})
+	t.Logf("3 etcd members on TLS, coordinator leading in %v (endpoints %s)", time.Since(start).Round(100*time.Millisecond), endpoints)
+	// etcd logs to stderr.
+	stdout, logs, err := run2(ctx, nil, "docker", "logs", c.name(sts.Name+"-0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(stdout+logs, `"peer became active"`); n < 2 {
+		t.Errorf("%s saw %d peers become active, want 2", sts.Name+"-0", n)
+	}
+}
+
+// writeSecrets writes the Secrets of `moegrid certs secrets` (namespace
+// moegrid) as a kubelet mounts them, one directory per Secret with a file
+// per key, readable by the containers' user; it returns the directories by
+// Secret name.
+func writeSecrets(t *testing.T, ctx context.Context, dir string) map[string]string {
+	t.Helper()
+	out, err := run(ctx, cleanEnv(), moegridBinary(t), "certs", "secrets", "--dir", filepath.Join(dir, "ca"), "--namespace", "moegrid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirs := map[string]string{}
+	for _, doc := range strings.Split(out, "\n---\n") {
+		var s corev1.Secret
+		if err := yaml.UnmarshalStrict([]byte(doc), &s); err != nil {
+			t.Fatal(err)
+		}
+		d := filepath.Join(dir, s.Name)
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for k, v := range s.Data {
+			if err := os.WriteFile(filepath.Join(d, k), v, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		dirs[s.Name] = d
+	}
+	return dirs
 }

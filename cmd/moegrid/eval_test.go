@@ -14,10 +14,12 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/moegrid/moegrid/cluster/etcdtest"
 	"github.com/moegrid/moegrid/coordinator"
 	"github.com/moegrid/moegrid/expertnode"
+	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
 	"github.com/moegrid/moegrid/router"
 )
 
@@ -48,10 +50,17 @@ func runInBackground(t *testing.T, name string, run func(ctx context.Context) er
 	})
 }
 
+// evalCluster is a whole cluster on loopback, in this process.
+type evalCluster struct {
+	router      *router.Router
+	coordinator *coordinator.Coordinator
+}
+
 // startEvalCluster starts etcd, a coordinator, nodes expert nodes and a
-// router serving dir on loopback, in this process, and returns the router
-// once it is ready.
-func startEvalCluster(t *testing.T, dir string, nodes int) *router.Router {
+// router serving dir on loopback, in this process, and returns once the
+// router is ready. edit, when set, changes the coordinator's and the
+// router's configurations first.
+func startEvalCluster(t *testing.T, dir string, nodes int, edit func(*coordinator.Config, *router.Config)) evalCluster {
 	t.Helper()
 	etcd := etcdtest.Start(t)
 	log := slog.New(slog.DiscardHandler)
@@ -59,6 +68,13 @@ func startEvalCluster(t *testing.T, dir string, nodes int) *router.Router {
 	ccfg.ID = "coordinator-0"
 	ccfg.EtcdEndpoints = etcd.Endpoints()
 	ccfg.GRPCAddr, ccfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
+	rcfg := router.DefaultConfig()
+	rcfg.ModelDir = dir
+	rcfg.EtcdEndpoints = etcd.Endpoints()
+	rcfg.StopTimeout = 2 * time.Second
+	if edit != nil {
+		edit(&ccfg, &rcfg)
+	}
 	coord, err := coordinator.New(ccfg, log, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
@@ -76,10 +92,6 @@ func startEvalCluster(t *testing.T, dir string, nodes int) *router.Router {
 		}
 		runInBackground(t, cfg.ID, n.Run)
 	}
-	rcfg := router.DefaultConfig()
-	rcfg.ModelDir = dir
-	rcfg.EtcdEndpoints = etcd.Endpoints()
-	rcfg.StopTimeout = 2 * time.Second
 	r, err := router.New(rcfg, log, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
@@ -91,7 +103,7 @@ func startEvalCluster(t *testing.T, dir string, nodes int) *router.Router {
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return r
+				return evalCluster{router: r, coordinator: coord}
 			}
 		}
 		if time.Now().After(deadline) {
@@ -119,7 +131,7 @@ func perplexityJSON(t *testing.T, args ...string) perplexityOutput {
 // F32 activations on the wire: the NLL is the same float64, bit for bit.
 func TestPerplexityLocalEqualsCluster(t *testing.T) {
 	dir, text := writeTiny(t), evalText(t)
-	r := startEvalCluster(t, dir, 2)
+	r := startEvalCluster(t, dir, 2, nil).router
 	for _, tc := range []struct {
 		name    string
 		windows []string
@@ -212,4 +224,79 @@ func TestEvalExperts(t *testing.T) {
 			t.Errorf("table lacks %q:\n%s", want, table)
 		}
 	}
+}
+
+// TestHotExpertReplication shows routing statistics at work: on a cluster
+// with one node more than experts, the coordinator first gives the extra
+// replica to expert 0 (no load yet), then, once the router has scored a
+// text and reported where its gates sent the tokens, to the expert that
+// `eval experts` measures as the busiest on that text in this process. The
+// text is one word repeated, which the synthetic gates send to few experts.
+func TestHotExpertReplication(t *testing.T) {
+	dir := writeTiny(t)
+	text := filepath.Join(t.TempDir(), "skewed.txt")
+	if err := os.WriteFile(text, []byte(strings.Repeat("the ", 300)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runCmd(t, "eval", "experts", "--model", dir, "--text", text, "-o", "json")
+	if err != nil {
+		t.Fatal(err, out)
+	}
+	var load expertLoadOutput
+	if err := json.Unmarshal([]byte(out), &load); err != nil {
+		t.Fatal(err)
+	}
+	// The router reports rows per expert summed over layers.
+	slots := make([]int, len(load.Layers[0].Counts))
+	for _, l := range load.Layers {
+		for e, c := range l.Counts {
+			slots[e] += c
+		}
+	}
+	hot := 0
+	for e, c := range slots {
+		if c > slots[hot] {
+			hot = e
+		}
+	}
+	if hot == 0 || slots[hot] < 2*slots[0] {
+		t.Fatalf("slots per expert %v: the test needs a hottest expert other than 0, with twice its load", slots)
+	}
+
+	experts := len(slots)
+	c := startEvalCluster(t, dir, experts+1, func(cc *coordinator.Config, rc *router.Config) {
+		cc.LoadRebalanceInterval = 0
+		rc.LoadReport = 200 * time.Millisecond
+	})
+	// replicated returns the expert the placement holds twice, loaded on
+	// both nodes, or -1.
+	replicated := func() int {
+		out, err := runCmd(t, "nodes", "--coordinator", c.coordinator.GRPCAddr(), "-o", "json")
+		if err != nil {
+			t.Fatal(err, out)
+		}
+		var st moegridv1.StatusResponse
+		if err := protojson.Unmarshal([]byte(out), &st); err != nil {
+			t.Fatal(err)
+		}
+		for _, sh := range st.Shards {
+			if len(sh.Nodes) == 2 && len(sh.LoadedOn) == 2 {
+				return int(sh.Shard.Expert)
+			}
+		}
+		return -1
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(100 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no %s after 30s", what)
+			}
+		}
+	}
+	waitFor("extra replica of expert 0 before any load", func() bool { return replicated() == 0 })
+	waitFor(fmt.Sprintf("extra replica of the hot expert %d", hot), func() bool {
+		perplexityJSON(t, "--model", dir, "--text", text, "--addr", c.router.HTTPAddr())
+		return replicated() == hot
+	})
 }

@@ -266,7 +266,7 @@ func TestHotExpertReplication(t *testing.T) {
 	experts := len(slots)
 	c := startEvalCluster(t, dir, experts+1, func(cc *coordinator.Config, rc *router.Config) {
 		cc.LoadRebalanceInterval = 0
-		rc.LoadReport = 200 * time.Millisecond
+		rc.LoadReport = time.Second
 	})
 	// replicated returns the expert the placement holds twice, loaded on
 	// both nodes, or -1.
@@ -288,9 +288,9 @@ func TestHotExpertReplication(t *testing.T) {
 	}
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
-		for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(100 * time.Millisecond) {
+		for deadline := time.Now().Add(60 * time.Second); !cond(); time.Sleep(100 * time.Millisecond) {
 			if time.Now().After(deadline) {
-				t.Fatalf("no %s after 30s", what)
+				t.Fatalf("no %s after 60s", what)
 			}
 		}
 	}

@@ -39,6 +39,7 @@ func (g *generationService) generate(req *moegridv1.GenerateRequest, stream moeg
 		// a huge uint32 from wrapping to a small int.
 		logprobs:       int(min(req.Logprobs, MaxLogprobs+1)),
 		promptLogprobs: req.PromptLogprobs,
+		explain:        req.Explain,
 	}
 	switch pr := req.Prompt.(type) {
 	case *moegridv1.GenerateRequest_Text:
@@ -63,6 +64,12 @@ func (g *generationService) generate(req *moegridv1.GenerateRequest, stream moeg
 		}
 		for i, lp := range ch.promptLogprobs {
 			msg.PromptLogprobs = append(msg.PromptLogprobs, tokenLogprobPB(lp, i > 0))
+		}
+		for _, rs := range ch.routes {
+			msg.Routes = append(msg.Routes, tokenRoutesPB(rs))
+		}
+		for _, rs := range ch.promptRoutes {
+			msg.PromptRoutes = append(msg.PromptRoutes, tokenRoutesPB(rs))
 		}
 		return stream.Send(msg)
 	})

@@ -146,6 +146,36 @@ type NodeRecord struct {
 	// Heartbeat is when the node last wrote this record; Registration sets
 	// it on every write.
 	Heartbeat time.Time `json:"heartbeat"`
+	// LoadError is set while the node fails to load the shards the
+	// placement assigns it, and cleared by the load that succeeds.
+	LoadError *LoadError `json:"load_error,omitempty"`
+}
+
+// LoadError is an expert node's last failed attempt to load its shards.
+type LoadError struct {
+	// Message is the error, at most MaxLoadErrorBytes.
+	Message string `json:"message"`
+	// Time is when the attempt failed.
+	Time time.Time `json:"time"`
+	// Attempts counts the failed attempts since the last load that
+	// succeeded.
+	Attempts int `json:"attempts"`
+}
+
+// MaxLoadErrorBytes bounds LoadError.Message, which every reader of the
+// node records fetches.
+const MaxLoadErrorBytes = 1024
+
+func (e *LoadError) validate() error {
+	switch {
+	case e.Message == "" || len(e.Message) > MaxLoadErrorBytes:
+		return fmt.Errorf("load_error message: %d bytes, want 1 to %d", len(e.Message), MaxLoadErrorBytes)
+	case e.Time.IsZero():
+		return errors.New("load_error time is zero")
+	case e.Attempts < 1:
+		return fmt.Errorf("load_error attempts %d: must be at least 1", e.Attempts)
+	}
+	return nil
 }
 
 // Validate checks every field a reader relies on.
@@ -180,6 +210,11 @@ func (r *NodeRecord) Validate() error {
 	for _, s := range r.Loaded {
 		if err := validateShard(s, r.Model.Shape); err != nil {
 			return fmt.Errorf("loaded: %w", err)
+		}
+	}
+	if r.LoadError != nil {
+		if err := r.LoadError.validate(); err != nil {
+			return err
 		}
 	}
 	return r.Load.validate()

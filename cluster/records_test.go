@@ -20,6 +20,7 @@ func TestNodeRecordRoundTrip(t *testing.T) {
 	rec.Load = NodeLoad{ForwardCallsTotal: 7, RowsTotal: 70, Inflight: 1, RowsPerSecond: 3.5}
 	rec.Started = time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
 	rec.Heartbeat = rec.Started.Add(time.Second)
+	rec.LoadError = &LoadError{Message: "open model.safetensors: no such file", Time: rec.Heartbeat, Attempts: 2}
 	b, err := json.Marshal(rec)
 	if err != nil {
 		t.Fatal(err)
@@ -64,6 +65,12 @@ func TestDecodeNodeRecordBad(t *testing.T) {
 		{"loaded outside", k.Node("node-1"), valid(func(r *NodeRecord) { r.Loaded = []placement.Shard{{Expert: 8, End: 1}} }), "model has 8 experts"},
 		{"loaded empty range", k.Node("node-1"), valid(func(r *NodeRecord) { r.Loaded = []placement.Shard{{Expert: 1, First: 2, End: 2}} }), "layers [2,2)"},
 		{"negative rate", k.Node("node-1"), valid(func(r *NodeRecord) { r.Load.RowsPerSecond = -1 }), "rows_per_second"},
+		{"empty load error", k.Node("node-1"), valid(func(r *NodeRecord) { r.LoadError = &LoadError{Time: r.Started, Attempts: 1} }), "load_error message: 0 bytes"},
+		{"long load error", k.Node("node-1"), valid(func(r *NodeRecord) {
+			r.LoadError = &LoadError{Message: strings.Repeat("x", MaxLoadErrorBytes+1), Time: r.Started, Attempts: 1}
+		}), "load_error message: 1025 bytes"},
+		{"load error no time", k.Node("node-1"), valid(func(r *NodeRecord) { r.LoadError = &LoadError{Message: "x", Attempts: 1} }), "load_error time is zero"},
+		{"load error no attempts", k.Node("node-1"), valid(func(r *NodeRecord) { r.LoadError = &LoadError{Message: "x", Time: r.Started} }), "load_error attempts 0"},
 		{"not a node key", k.Placement(), valid(func(*NodeRecord) {}), "not a node key"},
 		{"huge", k.Node("node-1"), `"` + strings.Repeat("x", maxRecordBytes) + `"`, "limit"},
 	} {

@@ -100,6 +100,10 @@ func (r *Registration) Close() error { return r.lk.close() }
 
 func cloneNodeRecord(r NodeRecord) NodeRecord {
 	r.Loaded = slices.Clone(r.Loaded)
+	if r.LoadError != nil {
+		e := *r.LoadError
+		r.LoadError = &e
+	}
 	return r
 }
 

@@ -124,6 +124,9 @@ func buildStatus(snap *cluster.Snapshot, dead func(cluster.NodeRecord) bool) *mo
 		if !rec.Heartbeat.IsZero() {
 			ns.LastHeartbeat = timestamppb.New(rec.Heartbeat)
 		}
+		if e := rec.LoadError; e != nil {
+			ns.LoadError = &moegridv1.LoadError{Message: e.Message, Time: timestamppb.New(e.Time), Attempts: uint32(e.Attempts)}
+		}
 		resp.Nodes = append(resp.Nodes, ns)
 	}
 	for _, a := range p.Assignments {

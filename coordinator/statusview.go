@@ -24,7 +24,9 @@ import (
 // SHARDS and LOADED list shards as e3 (expert 3, every layer) or e3:0-15
 // (layers 0 to 15); MEMORY is assigned weights / capacity; LOAD is the
 // node's recent rows per second and in-flight calls; HEARTBEAT is the age of
-// the node's record relative to now.
+// the node's record relative to now. A node failing to load its shards has
+// a line under its row with the last error, its age and the failed
+// attempts.
 func WriteStatusTable(w io.Writer, s *moegridv1.StatusResponse, now time.Time) error {
 	var layers uint32
 	if m := s.GetModel(); m != nil {
@@ -42,7 +44,10 @@ func WriteStatusTable(w io.Writer, s *moegridv1.StatusResponse, now time.Time) e
 	if e := s.GetPlacementError(); e != "" {
 		fmt.Fprintf(w, "placement error: %s\n", e)
 	}
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	// The table goes through a buffer so that the error lines, which are
+	// not cells, can go under their rows without breaking the columns.
+	var table bytes.Buffer
+	tw := tabwriter.NewWriter(&table, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tSTATE\tALIVE\tSHARDS\tLOADED\tMEMORY\tLOAD\tHEARTBEAT")
 	for _, n := range s.GetNodes() {
 		alive := "no"
@@ -66,7 +71,21 @@ func WriteStatusTable(w io.Writer, s *moegridv1.StatusResponse, now time.Time) e
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.GetId(), n.GetState(), alive,
 			formatShards(n.GetAssigned(), layers), formatShards(n.GetLoaded(), layers), mem, load, hb)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	lines := strings.SplitAfter(table.String(), "\n")
+	var out strings.Builder
+	out.WriteString(lines[0])
+	for i, n := range s.GetNodes() {
+		out.WriteString(lines[i+1])
+		if e := n.GetLoadError(); e != nil {
+			fmt.Fprintf(&out, "  load error (attempt %d, %s ago): %s\n", e.GetAttempts(), age(now.Sub(e.GetTime().AsTime())),
+				strings.Join(strings.Fields(e.GetMessage()), " "))
+		}
+	}
+	_, err := io.WriteString(w, out.String())
+	return err
 }
 
 // formatShards lists shards compactly; layers is the model's layer count

@@ -48,7 +48,8 @@ func goldenStatus() *moegridv1.StatusResponse {
 				Load: &moegridv1.NodeLoad{ForwardCallsTotal: 120345, RowsTotal: 9876543, Inflight: 3, RowsPerSecond: 1523.25}, LastHeartbeat: hb(2 * time.Second)},
 			{Id: "expert-1", GrpcAddr: "10.0.0.11:7100", State: "joining", Alive: true, Device: "cpu (amd64)",
 				MemoryCapacityBytes: 16 * gib, MemoryUsedBytes: 5 * gib, Assigned: []*moegridv1.Shard{sh(2, 0, 16)},
-				Load: &moegridv1.NodeLoad{}, LastHeartbeat: hb(1500 * time.Millisecond)},
+				Load: &moegridv1.NodeLoad{}, LastHeartbeat: hb(1500 * time.Millisecond),
+				LoadError: &moegridv1.LoadError{Message: "model: open /models/mixtral/model-00003-of-00019.safetensors:\nno such file or directory", Time: hb(12 * time.Second), Attempts: 4}},
 			{Id: "expert-2", GrpcAddr: "10.0.0.12:7100", State: "draining", Alive: true, Device: "cpu",
 				MemoryCapacityBytes: 16 * gib, Loaded: []*moegridv1.Shard{sh(2, 16, 32)},
 				Load: &moegridv1.NodeLoad{ForwardCallsTotal: 5, RowsTotal: 40, RowsPerSecond: 0}, LastHeartbeat: hb(3 * time.Minute)},
@@ -123,6 +124,8 @@ func TestBuildStatus(t *testing.T) {
 	snap.Drains["n2"] = cluster.DrainMark{NodeID: "n2", NodeStarted: snap.Nodes[1].Started}
 	snap.Nodes = append(snap.Nodes[:2], nodeRecord("n4", expertBytes))
 	snap.Nodes[2].GossipAddr = "127.0.0.1:1"
+	loadErr := cluster.LoadError{Message: "open model.safetensors: no such file", Time: t0, Attempts: 3}
+	snap.Nodes[1].LoadError = &loadErr
 	dead := func(n cluster.NodeRecord) bool { return n.ID == "n4" }
 	st := buildStatus(snap, dead)
 	var got []string
@@ -138,6 +141,16 @@ func TestBuildStatus(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("nodes (-want +got):\n%s", diff)
+	}
+	wantErr := &moegridv1.LoadError{Message: loadErr.Message, Time: timestamppb.New(t0), Attempts: 3}
+	for _, n := range st.Nodes {
+		var want *moegridv1.LoadError
+		if n.Id == "n2" {
+			want = wantErr
+		}
+		if diff := cmp.Diff(want, n.LoadError, protocmp.Transform()); diff != "" {
+			t.Errorf("%s: load error (-want +got):\n%s", n.Id, diff)
+		}
 	}
 	if st.Leader != "coord" || st.PlacementVersion != 1 || len(st.Shards) != testModel.Experts {
 		t.Errorf("status %v", st)

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
@@ -260,7 +261,16 @@ func (n *Node) follow(ctx context.Context, st *cluster.Store, reg *cluster.Regis
 		pending *cluster.PlacementRecord // the newest placement not yet loaded
 		retryC  <-chan time.Time
 		delay   = retry.Delay{Min: loadRetryMin, Max: loadRetryMax}
+		failed  int // load attempts failed since the last that succeeded
 	)
+	// setLoadError shows the last failure (nil: none) in the node's record
+	// and metrics, for `moegrid nodes` and alerts.
+	setLoadError := func(e *cluster.LoadError) {
+		n.metrics.loadFailing.Set(float64(failed))
+		if err := reg.Update(ctx, func(r *cluster.NodeRecord) { r.LoadError = e }); err != nil && ctx.Err() == nil {
+			n.log.Warn("reporting the load error failed", "err", err)
+		}
+	}
 	placements := st.WatchPlacement(ctx)
 	for {
 		select {
@@ -274,6 +284,11 @@ func (n *Node) follow(ctx context.Context, st *cluster.Store, reg *cluster.Regis
 			}
 			if want := rec.ShardsOf(n.cfg.ID); !first && slices.Equal(want, loaded) {
 				pending, retryC = nil, nil
+				if failed > 0 {
+					// Back to the shards it serves: nothing is failing.
+					failed = 0
+					setLoadError(nil)
+				}
 				continue
 			}
 			pending = &rec
@@ -289,16 +304,21 @@ func (n *Node) follow(ctx context.Context, st *cluster.Store, reg *cluster.Regis
 		if err := n.loadShards(want); err != nil {
 			wait := delay.Next()
 			n.metrics.loadFailures.Inc()
-			n.log.Error("loading shards failed; retrying", "shards", want, "retry_in", wait, "err", err)
+			failed++
+			n.log.Error("loading shards failed; retrying", "shards", want, "retry_in", wait, "attempts", failed, "err", err)
+			setLoadError(&cluster.LoadError{Message: truncateUTF8(err.Error(), cluster.MaxLoadErrorBytes), Time: time.Now(), Attempts: failed})
 			retryC = time.After(wait)
 			continue
 		}
 		loaded, first, retryC = want, false, nil
+		failed = 0
+		n.metrics.loadFailing.Set(0)
 		n.log.Info("shards loaded", "version", pending.Version, "shards", fmt.Sprint(want), "bytes", n.loadedBytes.Load())
 		pending = nil
 		if err := reg.Update(ctx, func(r *cluster.NodeRecord) {
 			r.Loaded = slices.Clone(want)
 			r.State = cluster.StateReady
+			r.LoadError = nil
 		}); err != nil {
 			n.log.Warn("reporting loaded shards failed; the heartbeat retries", "err", err)
 		}
@@ -331,4 +351,15 @@ func (n *Node) loadShards(shards []placement.Shard) error {
 	n.metrics.shards.Set(float64(set.Len()))
 	n.store.swap(set)
 	return nil
+}
+
+// truncateUTF8 cuts s to at most n bytes without splitting a character.
+func truncateUTF8(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }

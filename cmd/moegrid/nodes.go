@@ -66,6 +66,8 @@ func newNodesCmd() *cobra.Command {
   MEMORY     bytes of assigned weights / the node's capacity
   LOAD       recent rows per second and Forward calls in flight
   HEARTBEAT  age of the node's last record update
+A node that fails to load its shards (it retries with backoff) has a line
+under its row: "load error (attempt N, AGE ago): MESSAGE"; JSON: loadError.
 
 --output json prints the StatusResponse in the protobuf JSON mapping:
 lowerCamelCase field names (placementVersion, memoryCapacityBytes, ...),

@@ -109,7 +109,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		GRPCAddr:          c.cfg.GRPCAddr,
 		HTTPAddr:          c.cfg.HTTPAddr,
 		StopTimeout:       c.cfg.ShutdownTimeout,
-		UnaryInterceptors: []grpc.UnaryServerInterceptor{errorBoundary(c.log)},
+		UnaryInterceptors: []grpc.UnaryServerInterceptor{errorBoundary(c.log).Unary()},
 		ReadyCheck:        c.etcdAnswers,
 	}, c.reg, c.log)
 	if err != nil {

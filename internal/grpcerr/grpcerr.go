@@ -33,9 +33,9 @@ type Table []Rule
 type Boundary struct {
 	table Table
 	log   *slog.Logger
-	// Classify, if set, is asked after the table for errors it does not
-	// match, e.g. to map a dependency's transport errors; ok false leaves
-	// the error to the default handling.
+	// Classify, if set, is asked first, e.g. to map a dependency's
+	// transport errors (which carry gRPC statuses of their own) before they
+	// would pass through; ok false leaves the error to the table.
 	Classify func(error) (code codes.Code, ok bool)
 }
 
@@ -48,32 +48,48 @@ func New(table Table, log *slog.Logger) *Boundary {
 	return &Boundary{table: table, log: log}
 }
 
+// Code is the code err maps to by the table alone, and whether it mapped:
+// context errors, the table's sentinels, then errors that carry a status
+// other than Unknown.
+func (t Table) Code(err error) (codes.Code, bool) {
+	switch {
+	case err == nil:
+		return codes.OK, true
+	case errors.Is(err, context.Canceled):
+		return codes.Canceled, true
+	case errors.Is(err, context.DeadlineExceeded):
+		return codes.DeadlineExceeded, true
+	}
+	for _, r := range t {
+		if errors.Is(err, r.Err) {
+			return r.Code, true
+		}
+	}
+	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
+		return st.Code(), true
+	}
+	return codes.Internal, false
+}
+
 // Status converts err, returned by method, to a status error; nil stays nil.
 func (b *Boundary) Status(method string, err error) error {
 	if err == nil {
 		return nil
-	}
-	switch {
-	case errors.Is(err, context.Canceled):
-		return status.Error(codes.Canceled, err.Error())
-	case errors.Is(err, context.DeadlineExceeded):
-		return status.Error(codes.DeadlineExceeded, err.Error())
-	}
-	for _, r := range b.table {
-		if errors.Is(err, r.Err) {
-			return status.Error(r.Code, err.Error())
-		}
 	}
 	if b.Classify != nil {
 		if code, ok := b.Classify(err); ok {
 			return status.Error(code, err.Error())
 		}
 	}
-	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
-		return st.Err()
+	code, ok := b.table.Code(err)
+	if st, isStatus := status.FromError(err); ok && isStatus && st.Code() == code {
+		return err
 	}
-	b.log.Error("internal error", "method", method, "err", err)
-	return status.Error(codes.Internal, "internal error")
+	if !ok {
+		b.log.Error("internal error", "method", method, "err", err)
+		return status.Error(codes.Internal, "internal error")
+	}
+	return status.Error(code, err.Error())
 }
 
 // Unary is the boundary as a unary server interceptor.
@@ -81,7 +97,7 @@ func (b *Boundary) Unary() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		resp, err := handler(ctx, req)
 		if err != nil {
-			return nil, b.Status(info.FullMethod, err)
+			return nil, b.callStatus(ctx, info.FullMethod, err)
 		}
 		return resp, nil
 	}
@@ -90,6 +106,18 @@ func (b *Boundary) Unary() grpc.UnaryServerInterceptor {
 // Stream is the boundary as a stream server interceptor.
 func (b *Boundary) Stream() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		return b.Status(info.FullMethod, handler(srv, ss))
+		if err := handler(srv, ss); err != nil {
+			return b.callStatus(ss.Context(), info.FullMethod, err)
+		}
+		return nil
 	}
+}
+
+// callStatus is Status, except that a caller who cancelled or ran out of
+// time gets that, whatever the handler made of it.
+func (b *Boundary) callStatus(ctx context.Context, method string, err error) error {
+	if ctx.Err() != nil {
+		return status.FromContextError(ctx.Err()).Err()
+	}
+	return b.Status(method, err)
 }

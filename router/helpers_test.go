@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/moegrid/moegrid/internal/grpcerr"
 	"github.com/moegrid/moegrid/model"
 	"github.com/moegrid/moegrid/model/safetensors"
 	"github.com/moegrid/moegrid/model/sample"
@@ -323,7 +324,7 @@ func newTestRouter(t *testing.T, o routerOptions) *testRouter {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(grpc.StreamInterceptor(grpcerr.New(errorCodes, r.log).Stream()))
 	moegridv1.RegisterGenerationServer(srv, &generationService{r: r})
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()

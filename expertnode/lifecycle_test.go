@@ -13,6 +13,7 @@ import (
 
 func TestNewReportsEveryProblem(t *testing.T) {
 	cfg := DefaultConfig()
+	cfg.ID = ""
 	cfg.CapacityBytes = 0
 	cfg.Workers = 0
 	_, err := New(cfg, nil, nil)

@@ -91,6 +91,7 @@ func TestRunServes(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.ModelDir = fx.dir
 	cfg.EtcdEndpoints = srv.Endpoints()
+	cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.StopTimeout = time.Second
 	r, err := New(cfg, nil, nil)
 	if err != nil {

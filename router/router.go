@@ -60,13 +60,14 @@ type Config struct {
 	StopTimeout time.Duration
 }
 
-// DefaultConfig returns the local defaults.
+// DefaultConfig returns the local defaults, which are also the command
+// line's: fixed loopback ports for the servers, a free one for gossip.
 func DefaultConfig() Config {
 	return Config{
 		ID:               "router-0",
 		Prefix:           cluster.DefaultPrefix,
-		GRPCAddr:         "127.0.0.1:0",
-		HTTPAddr:         "127.0.0.1:0",
+		GRPCAddr:         "127.0.0.1:7400",
+		HTTPAddr:         "127.0.0.1:8400",
 		GossipAddr:       "127.0.0.1:0",
 		LeaseTTL:         cluster.DefaultLeaseTTL,
 		Dispatch:         DefaultDispatchConfig(),

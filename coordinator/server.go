@@ -12,8 +12,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/moegrid/moegrid/cluster"
-	"github.com/moegrid/moegrid/internal/grpcerr"
 	"github.com/moegrid/moegrid/coordinator/placement"
+	"github.com/moegrid/moegrid/internal/grpcerr"
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
 )
 

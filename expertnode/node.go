@@ -15,11 +15,11 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/moegrid/moegrid/cluster"
-	"github.com/moegrid/moegrid/coordinator/placement"
 	"github.com/moegrid/moegrid/internal/grpcerr"
 	"github.com/moegrid/moegrid/internal/retry"
 	"github.com/moegrid/moegrid/internal/serve"
 	"github.com/moegrid/moegrid/model"
+	"github.com/moegrid/moegrid/placement"
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
 )
 

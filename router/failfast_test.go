@@ -15,8 +15,8 @@ import (
 
 	"github.com/moegrid/moegrid/cluster"
 	"github.com/moegrid/moegrid/cluster/etcdtest"
-	"github.com/moegrid/moegrid/coordinator/placement"
 	"github.com/moegrid/moegrid/internal/serve"
+	"github.com/moegrid/moegrid/placement"
 )
 
 // failCluster is a router's view of a cluster in embedded etcd: the cluster

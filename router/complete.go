@@ -7,6 +7,7 @@ import (
 	"math"
 	"strings"
 
+	"github.com/moegrid/moegrid/internal/apikey"
 	"github.com/moegrid/moegrid/model/sample"
 	"github.com/moegrid/moegrid/model/tokenizer"
 )
@@ -67,6 +68,9 @@ type completionParams struct {
 	// log-probability (0: none); promptLogprobs asks for the prompt's.
 	logprobs       int
 	promptLogprobs bool
+	// promptOnly scores the prompt: the one token sampled after it is
+	// dropped, never fed back, so the prompt may fill the context.
+	promptOnly bool
 }
 
 // validate turns params into a completion, tokenizing a text prompt with BOS.
@@ -98,6 +102,9 @@ func (r *Router) validate(p completionParams) (completion, error) {
 		return bad("prompt: give text or ids")
 	}
 	room := cfg.MaxPositionEmbeddings - len(prompt)
+	if p.promptOnly {
+		room++
+	}
 	maxTokens := p.maxTokens
 	if maxTokens == 0 {
 		// The default never asks for more than the context holds.
@@ -168,6 +175,7 @@ func (r *Router) complete(ctx context.Context, c completion, emit func(chunk) er
 		return 0, usage{}, err
 	}
 	u := usage{prompt: len(c.prompt)}
+	apikey.Charge(ctx, u.prompt)
 	st := newStopper(r.tok, c.stop)
 	for ev := range events {
 		switch {
@@ -182,6 +190,7 @@ func (r *Router) complete(ctx context.Context, c completion, emit func(chunk) er
 			return ev.Finish, u, nil
 		}
 		u.completion++
+		apikey.Charge(ctx, 1)
 		text, stopped := st.next(ev.Token)
 		ch := chunk{tokens: []int{ev.Token}, text: text, promptLogprobs: ev.PromptLogprobs}
 		if ev.Logprob != nil {

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/moegrid/moegrid/internal/apikey"
 	"github.com/moegrid/moegrid/internal/grpcerr"
 	"github.com/moegrid/moegrid/model"
 	"github.com/moegrid/moegrid/model/safetensors"
@@ -271,6 +272,7 @@ type routerOptions struct {
 	defaultMaxTokens int           // default 16
 	noRun            bool          // do not run the scheduler
 	log              *slog.Logger  // default discards
+	keys             *apikey.Guard // default none: no authentication
 }
 
 func newTestRouter(t *testing.T, o routerOptions) *testRouter {
@@ -300,6 +302,7 @@ func newTestRouter(t *testing.T, o routerOptions) *testRouter {
 		started: time.Now(),
 		routed:  make([]atomic.Uint64, o.model.Config.NumLocalExperts),
 	}
+	r.keys = o.keys
 	r.sched = NewScheduler(o.sched, o.model, o.experts, r.log, r.metrics, r.countRoutes)
 	tr := &testRouter{r: r, stop: func() error { return nil }}
 	tr.start = func() {
@@ -324,7 +327,14 @@ func newTestRouter(t *testing.T, o routerOptions) *testRouter {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer(grpc.StreamInterceptor(grpcerr.New(errorCodes, r.log).Stream()))
+	var unary []grpc.UnaryServerInterceptor
+	var stream []grpc.StreamServerInterceptor
+	if o.keys != nil {
+		unary = append(unary, o.keys.UnaryServerInterceptor(grpcAPI))
+		stream = append(stream, o.keys.StreamServerInterceptor(grpcAPI))
+	}
+	stream = append(stream, grpcerr.New(errorCodes, r.log).Stream())
+	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...))
 	moegridv1.RegisterGenerationServer(srv, &generationService{r: r})
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()

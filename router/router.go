@@ -14,9 +14,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
-	"google.golang.org/grpc"
 
 	"github.com/moegrid/moegrid/cluster"
+	"github.com/moegrid/moegrid/internal/apikey"
 	"github.com/moegrid/moegrid/internal/grpcerr"
 	"github.com/moegrid/moegrid/internal/serve"
 	"github.com/moegrid/moegrid/model"
@@ -58,6 +58,10 @@ type Config struct {
 	LoadReport time.Duration
 	// StopTimeout bounds the graceful stop.
 	StopTimeout time.Duration
+	// APIKeysFile is the key file (see package apikey) that clients of the
+	// Generate and /v1/ APIs authenticate against, reloaded when it
+	// changes; empty lets every client generate.
+	APIKeysFile string
 }
 
 // DefaultConfig returns the local defaults, which are also the command
@@ -134,6 +138,9 @@ type Router struct {
 	grpcAddr, httpAddr string
 	// experts publishes dispatcher, once Run has made it, to Experts.
 	experts atomic.Pointer[Dispatcher]
+	// keys authenticates clients; nil when Config.APIKeysFile is empty. Set
+	// by Run before the servers start.
+	keys *apikey.Guard
 
 	// routed counts tokens routed to each expert (all layers) since the last
 	// load report.
@@ -201,12 +208,25 @@ func (r *Router) Run(ctx context.Context) error {
 	}
 	defer r.model.Close()
 
+	// Authentication runs before the error boundary: its refusals are
+	// statuses already, and a refused call never reaches a handler.
+	scfg := serve.Config{GRPCAddr: r.cfg.GRPCAddr, HTTPAddr: r.cfg.HTTPAddr, StopTimeout: r.cfg.StopTimeout}
+	if r.cfg.APIKeysFile == "" {
+		r.log.Warn("no API keys: every client may generate")
+	} else {
+		keys, err := apikey.New(apikey.Config{File: r.cfg.APIKeysFile}, r.log, r.reg)
+		if err != nil {
+			return fmt.Errorf("router: %w", err)
+		}
+		r.keys = keys
+		r.log.Info("API keys loaded", "file", r.cfg.APIKeysFile, "keys", keys.Len())
+		scfg.UnaryInterceptors = append(scfg.UnaryInterceptors, keys.UnaryServerInterceptor(grpcAPI))
+		scfg.StreamInterceptors = append(scfg.StreamInterceptors, keys.StreamServerInterceptor(grpcAPI))
+	}
 	boundary := grpcerr.New(errorCodes, r.log)
-	servers, err := serve.New(serve.Config{
-		GRPCAddr: r.cfg.GRPCAddr, HTTPAddr: r.cfg.HTTPAddr, StopTimeout: r.cfg.StopTimeout,
-		UnaryInterceptors:  []grpc.UnaryServerInterceptor{boundary.Unary()},
-		StreamInterceptors: []grpc.StreamServerInterceptor{boundary.Stream()},
-	}, r.reg, r.log)
+	scfg.UnaryInterceptors = append(scfg.UnaryInterceptors, boundary.Unary())
+	scfg.StreamInterceptors = append(scfg.StreamInterceptors, boundary.Stream())
+	servers, err := serve.New(scfg, r.reg, r.log)
 	if err != nil {
 		return fmt.Errorf("router: %w", err)
 	}
@@ -262,6 +282,9 @@ func (r *Router) Run(ctx context.Context) error {
 	g.Go(func() error { defer stopSched(); return servers.Run(gctx) })
 	g.Go(func() error { r.followReadiness(gctx); return nil })
 	g.Go(func() error { r.reportLoad(gctx, loads); return nil })
+	if r.keys != nil {
+		g.Go(func() error { r.keys.Run(gctx); return nil })
+	}
 	return g.Wait()
 }
 
@@ -288,6 +311,15 @@ func (r *Router) loadModel() error {
 	r.routed = make([]atomic.Uint64, m.Config.NumLocalExperts)
 	r.started = time.Now()
 	return nil
+}
+
+// grpcAPI names the API key permission each gRPC method needs; health and
+// reflection need none.
+func grpcAPI(fullMethod string) string {
+	if fullMethod == moegridv1.Generation_Generate_FullMethodName {
+		return apikey.APIGenerate
+	}
+	return ""
 }
 
 // followReadiness is ready while every expert of every layer has a holder.

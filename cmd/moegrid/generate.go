@@ -28,6 +28,7 @@ func newGenerateCmd() *cobra.Command {
 		stop              []string
 		ignoreEOS         bool
 		timeout           time.Duration
+		apiKey            string
 	)
 	cmd := &cobra.Command{
 		Use:   `generate [--addr HOST:PORT[,HOST:PORT...]] "prompt" | --ids 1,415`,
@@ -67,7 +68,7 @@ func newGenerateCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ctx := cmd.Context()
+			ctx := withAPIKey(cmd.Context(), apiKey)
 			if timeout > 0 {
 				var cancel func()
 				ctx, cancel = context.WithTimeout(ctx, timeout)
@@ -123,6 +124,7 @@ func newGenerateCmd() *cobra.Command {
 	f.BoolVar(&ignoreEOS, "ignore-eos", false, "keep generating past the end-of-sequence token")
 	f.StringVar(&output, "output", "text", "text (stream the text) or json ({\"ids\": [...], \"text\": ...})")
 	f.DurationVar(&timeout, "timeout", 5*time.Minute, "request deadline")
+	f.StringVar(&apiKey, "api-key", "", "API key sent as a bearer token (also MOEGRID_API_KEY)")
 	return cmd
 }
 

@@ -46,7 +46,10 @@ func newRootCmd() *cobra.Command {
 		newNodesCmd(),
 		newDrainCmd(),
 		newModelCmd(),
+		newEvalGroupCmd(),
 		newTokenizeCmd(),
+		newCertsCmd(),
+		newKeysCmd(),
 	} {
 		root.AddCommand(c)
 	}

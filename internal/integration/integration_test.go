@@ -142,6 +142,7 @@ func startCluster(t testing.TB, o clusterOptions) *testCluster {
 	for i := range o.nodes {
 		cfg := expertnode.DefaultConfig()
 		cfg.ID = fmt.Sprintf("expert-%d", i)
+		cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
 		cfg.ModelDir = cmp.Or(o.model, tinyDir)
 		cfg.EtcdEndpoints = tc.etcd.Endpoints()
 		cfg.LeaseTTL = o.leaseTTL
@@ -159,6 +160,7 @@ func startCluster(t testing.TB, o clusterOptions) *testCluster {
 
 	rcfg := router.DefaultConfig()
 	rcfg.ModelDir = cmp.Or(o.model, tinyDir)
+	rcfg.GRPCAddr, rcfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
 	rcfg.EtcdEndpoints = tc.etcd.Endpoints()
 	rcfg.LeaseTTL = o.leaseTTL
 	rcfg.Dispatch.WaitForHolder = 20 * time.Second
@@ -172,6 +174,7 @@ func startCluster(t testing.TB, o clusterOptions) *testCluster {
 	}
 	tc.router = r
 	component(t, "router", r.Run)
+	awaitReady(t, "router", r.Ready(), 60*time.Second)
 	waitReady(t, "http://"+r.HTTPAddr()+"/readyz", 60*time.Second)
 
 	tc.conn, err = grpc.NewClient(r.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -212,6 +215,17 @@ func (tc *testCluster) startChild(t testing.TB, cfg expertnode.Config) {
 		}
 		logf.Close()
 	})
+}
+
+// awaitReady waits for a component's Ready, after which its addresses are
+// valid.
+func awaitReady(t testing.TB, name string, ready <-chan struct{}, timeout time.Duration) {
+	t.Helper()
+	select {
+	case <-ready:
+	case <-time.After(timeout):
+		t.Fatalf("%s not serving after %v", name, timeout)
+	}
 }
 
 func waitReady(t testing.TB, url string, timeout time.Duration) {

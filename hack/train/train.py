@@ -63,15 +63,9 @@ def stream(enc, chapters):
 
 
 def windows(ids, context):
-    """Non-overlapping [BOS] + context-1 token windows covering ids, as rows."""
-    n = context - 1
-    rows = []
-    for start in range(0, len(ids) - 1, n):
-        chunk = ids[start:start + n + 1]
-        if len(chunk) < 2:
-            break
-        rows.append(np.concatenate(([BOS], chunk)))
-    return rows
+    """Rows [BOS] + chunk for consecutive chunks of context tokens of ids:
+    fed row[:-1], the model predicts every token of ids exactly once."""
+    return [np.concatenate(([BOS], ids[start:start + context])) for start in range(0, len(ids), context)]
 
 
 def lr_at(step):

@@ -36,7 +36,7 @@ GOLDEN_PROMPTS = ["And God said", "In the beginning God created the heaven"]
 GOLDEN_GREEDY = 16
 # The model was trained on train.CONTEXT-token windows; the context it
 # declares is the longest at which its held-out perplexity was measured.
-MAX_POSITIONS = 2 * trainer.CONTEXT
+MAX_POSITIONS = 8 * trainer.CONTEXT
 WORD = re.compile(r"[A-Za-z]+")
 
 

@@ -241,8 +241,8 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
   logs           %s
 
 Try:
-  moegrid generate "The capital of France is"
-  curl -s http://%s/v1/completions -d '{"prompt": "Hello", "max_tokens": 16}'
+  moegrid generate "And God said"
+  curl -s http://%s/v1/completions -d '{"prompt": "In the beginning", "max_tokens": 16}'
 
 A child that dies is restarted. Ctrl-C stops everything.
 `, cfg.Nodes, cfg.Coordinators, modelDir, cfg.RouterGRPC, cfg.RouterHTTP, strings.Join(coordinators, ", "), cfg.CoordinatorGRPC, endpoint, logs, cfg.RouterHTTP)

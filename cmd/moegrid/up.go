@@ -123,7 +123,7 @@ The embedded etcd compacts history older than --etcd-compaction.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.ModelDir, "model", "", "checkpoint directory or GGUF file (default: the synthetic tiny model, generated on first run)")
+	f.StringVar(&cfg.ModelDir, "model", "", "checkpoint directory or GGUF file (default: the built-in demo model, trained on the King James Bible)")
 	f.StringVar(&cfg.CacheDir, "cache-dir", cfg.CacheDir, "where generated models are kept")
 	f.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "etcd data, logs and the state file that `moegrid generate` reads (also MOEGRID_STATE_DIR)")
 	f.IntVar(&cfg.Nodes, "nodes", cfg.Nodes, "number of expert nodes")

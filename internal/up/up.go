@@ -32,16 +32,15 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 
-	"github.com/moegrid/moegrid/model/safetensors"
-	"github.com/moegrid/moegrid/model/synth"
+	"github.com/moegrid/moegrid/model/demo"
 )
 
 // Config configures a local cluster.
 type Config struct {
 	// Executable is the moegrid binary the children run.
 	Executable string
-	// ModelDir is the checkpoint; empty means the synthetic tiny model,
-	// generated into CacheDir on first use.
+	// ModelDir is the checkpoint; empty means the embedded demo model
+	// (package model/demo), written into CacheDir on first use.
 	ModelDir string
 	// CacheDir holds generated models.
 	CacheDir string
@@ -248,8 +247,8 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
   logs           %s
 
 Try:
-  moegrid generate "The capital of France is"
-  curl -s http://%s/v1/completions -d '{"prompt": "Hello", "max_tokens": 16}'
+  moegrid generate "And God said"
+  curl -s http://%s/v1/completions -d '{"prompt": "In the beginning", "max_tokens": 16}'
 
 A child that dies is restarted. Ctrl-C stops everything.
 `, cfg.Nodes, cfg.Coordinators, modelDir, cfg.RouterGRPC, cfg.RouterHTTP, strings.Join(coordinators, ", "), cfg.CoordinatorGRPC, endpoint, logs, cfg.RouterHTTP)
@@ -275,33 +274,17 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	return s.w.Write(p)
 }
 
-// ensureModel returns the checkpoint to serve, synthesising the tiny model
-// into the cache on first use.
+// ensureModel returns the checkpoint to serve: cfg.ModelDir, or else the
+// embedded demo model, written into the cache on first use.
 func ensureModel(cfg Config, out io.Writer) (string, error) {
 	if cfg.ModelDir != "" {
 		return cfg.ModelDir, nil
 	}
-	dir := filepath.Join(cfg.CacheDir, "models", "tiny-seed1-f32")
-	if _, err := os.Stat(filepath.Join(dir, "config.json")); err == nil {
-		return dir, nil
-	}
-	p, err := synth.PresetByName("tiny")
+	dir, err := demo.Ensure(cfg.CacheDir)
 	if err != nil {
-		return "", err
-	}
-	fmt.Fprintf(out, "generating the synthetic tiny model into %s…\n", dir)
-	tmp := dir + ".tmp-" + strconv.Itoa(os.Getpid())
-	if err := synth.Write(tmp, synth.Options{Preset: p, Seed: 1, DType: safetensors.F32, Shards: 1}); err != nil {
-		os.RemoveAll(tmp)
-		return "", err
-	}
-	if err := os.Rename(tmp, dir); err != nil {
-		os.RemoveAll(tmp)
-		if _, serr := os.Stat(filepath.Join(dir, "config.json")); serr == nil {
-			return dir, nil // another process generated it first
-		}
 		return "", fmt.Errorf("up: %w", err)
 	}
+	fmt.Fprintf(out, "serving the built-in demo model %s (trained on the King James Bible)\n", demo.Name)
 	return dir, nil
 }
 

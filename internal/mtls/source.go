@@ -77,6 +77,8 @@ type Source struct {
 	leaf   *x509.Certificate
 	pool   *x509.CertPool
 	server *tls.Config // the per-handshake server config built from the above
+	// httpServer is server with the client certificate optional.
+	httpServer *tls.Config
 }
 
 // NewSource reads the files once and fails if they do not hold a usable
@@ -166,8 +168,10 @@ func (s *Source) Reload() (changed bool, err error) {
 		// gets a full handshake.
 		SessionTicketsDisabled: true,
 	}
+	httpServer := server.Clone()
+	httpServer.ClientAuth = tls.VerifyClientCertIfGiven
 	s.mu.Lock()
-	s.cert, s.leaf, s.pool, s.server = cert, cert.Leaf, pool, server
+	s.cert, s.leaf, s.pool, s.server, s.httpServer = cert, cert.Leaf, pool, server, httpServer
 	s.mu.Unlock()
 	return true, nil
 }
@@ -225,4 +229,10 @@ func (s *Source) serverConfig() *tls.Config {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.server
+}
+
+func (s *Source) httpServerConfig() *tls.Config {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.httpServer
 }

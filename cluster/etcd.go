@@ -4,12 +4,15 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+
+	"github.com/moegrid/moegrid/internal/mtls"
 )
 
 // EtcdOption changes how NewEtcdClient reaches etcd.
@@ -60,4 +63,27 @@ func NewEtcdClient(endpoints []string, opts ...EtcdOption) (*clientv3.Client, er
 		return nil, fmt.Errorf("cluster: etcd client for %v: %w", endpoints, err)
 	}
 	return cli, nil
+}
+
+// EtcdSecurity is how a component with security sec and certificate
+// source src (nil when insecure) reaches etcd at endpoints: the options for
+// NewEtcdClient, and the Source of etcd's own files when they differ from
+// src's, which the caller runs (mtls.RunSources) to follow them.
+func EtcdSecurity(sec mtls.Security, src *mtls.Source, endpoints []string, log *slog.Logger) ([]EtcdOption, *mtls.Source, error) {
+	etcdSrc, err := sec.EtcdSource(src, log)
+	if err != nil {
+		return nil, nil, fmt.Errorf("cluster: etcd certificate: %w", err)
+	}
+	cfg, err := mtls.EtcdClientTLS(etcdSrc, endpoints)
+	if err != nil {
+		return nil, nil, err
+	}
+	password, err := sec.EtcdPassword()
+	if err != nil {
+		return nil, nil, err
+	}
+	if etcdSrc == src {
+		etcdSrc = nil
+	}
+	return []EtcdOption{WithEtcdTLS(cfg), WithEtcdAuth(sec.EtcdUsername, password)}, etcdSrc, nil
 }

@@ -9,50 +9,19 @@ import (
 	"github.com/moegrid/moegrid/cluster/etcdtest"
 	"github.com/moegrid/moegrid/internal/mtls"
 	"github.com/moegrid/moegrid/internal/pki"
+	"github.com/moegrid/moegrid/internal/pki/pkitest"
 )
-
-// testPKI is a certificate directory as `moegrid certs init` makes it.
-func testPKI(t *testing.T) (pki.Dir, *pki.CA) {
-	t.Helper()
-	d := pki.Dir(t.TempDir())
-	ca, err := d.Init(24 * time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d, ca
-}
-
-func issue(t *testing.T, d pki.Dir, ca *pki.CA, role pki.Role, name string) *mtls.Source {
-	t.Helper()
-	var hosts []string
-	if role.Serves() {
-		hosts = []string{"127.0.0.1"}
-	}
-	kp, err := ca.Issue(pki.LeafRequest{Identity: pki.Identity{Role: role, Name: name}, Hosts: hosts, Validity: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.WriteKeyPair(name, kp); err != nil {
-		t.Fatal(err)
-	}
-	src, err := mtls.NewSource(mtls.SourceConfig{Files: mtls.FilesFor(d, name)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return src
-}
 
 // TestEtcdClientTLS checks that NewEtcdClient reaches an etcd that requires
 // client certificates with one from its CA, and that a client without a
 // certificate or with another CA's does not get in.
 func TestEtcdClientTLS(t *testing.T) {
-	dir, ca := testPKI(t)
-	issue(t, dir, ca, pki.RoleEtcd, "etcd-0")
-	coord := issue(t, dir, ca, pki.RoleCoordinator, "coordinator-0")
-	otherDir, otherCA := testPKI(t)
-	foreign := issue(t, otherDir, otherCA, pki.RoleCoordinator, "coordinator-0")
+	p := pkitest.New(t)
+	etcdFiles := p.Issue(t, pki.RoleEtcd, "etcd-0", 0)
+	coord := p.Source(t, pki.RoleCoordinator, "coordinator-0")
+	foreign := pkitest.New(t).Source(t, pki.RoleCoordinator, "coordinator-0")
 	srv := etcdtest.StartTLS(t, etcdtest.TLS{
-		CertFile: dir.Cert("etcd-0"), KeyFile: dir.Key("etcd-0"), CAFile: dir.CACert(),
+		CertFile: etcdFiles.Cert, KeyFile: etcdFiles.Key, CAFile: etcdFiles.CA,
 		Client: mtls.ClientTLS(coord, "127.0.0.1"),
 	})
 	withCA := func(src *mtls.Source) *tls.Config {

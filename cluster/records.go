@@ -146,6 +146,9 @@ type NodeRecord struct {
 	// Heartbeat is when the node last wrote this record; Registration sets
 	// it on every write.
 	Heartbeat time.Time `json:"heartbeat"`
+	// Insecure says the node runs without TLS (--insecure): plaintext
+	// gRPC and gossip, no identity checks.
+	Insecure bool `json:"insecure,omitempty"`
 }
 
 // Validate checks every field a reader relies on.

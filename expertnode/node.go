@@ -15,6 +15,8 @@ import (
 
 	"github.com/moegrid/moegrid/cluster"
 	"github.com/moegrid/moegrid/coordinator/placement"
+	"github.com/moegrid/moegrid/internal/mtls"
+	"github.com/moegrid/moegrid/internal/pki"
 	"github.com/moegrid/moegrid/internal/retry"
 	"github.com/moegrid/moegrid/internal/serve"
 	"github.com/moegrid/moegrid/model"
@@ -57,6 +59,10 @@ type Config struct {
 	LoadReport time.Duration
 	// StopTimeout bounds the graceful drain on shutdown.
 	StopTimeout time.Duration
+	// Security is the node's certificate, the CA it trusts and the gossip
+	// keyring, or Insecure. Routers' certificates may call Forward,
+	// admins' everything else.
+	Security mtls.Security
 }
 
 // DefaultConfig returns the local defaults.
@@ -89,6 +95,9 @@ func (c *Config) validate() error {
 	case c.QueueDepth < 1 || c.Workers < 1:
 		return fmt.Errorf("expertnode: queue depth %d and workers %d must be at least 1", c.QueueDepth, c.Workers)
 	}
+	if err := c.Security.Validate(true); err != nil {
+		return fmt.Errorf("expertnode: %w", err)
+	}
 	return cluster.ValidateID(c.ID)
 }
 
@@ -103,6 +112,7 @@ type Node struct {
 	metrics *metrics
 	svc     *expertService
 	servers *serve.Servers
+	tls     *mtls.Source // nil when insecure
 
 	loadedBytes atomic.Int64
 	// rowsPerSecond holds the float64 bits of the rate at the last report.
@@ -139,9 +149,16 @@ func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Node, error) 
 		metrics: newMetrics(reg),
 	}
 	n.svc = newExpertService(cfg.ID, mc, &n.store, cfg.QueueDepth, cfg.Workers, n.metrics)
+	if n.tls, err = cfg.Security.Source(n.log); err != nil {
+		return nil, fmt.Errorf("expertnode: %w", err)
+	}
+	if cfg.Security.Insecure {
+		n.log.Warn("running INSECURE: plaintext gRPC, HTTP, etcd and gossip, no identity checks (--insecure)")
+	}
 	n.servers, err = serve.Listen(serve.Config{
 		GRPCAddr: cfg.GRPCAddr, HTTPAddr: cfg.HTTPAddr,
 		StopTimeout: cfg.StopTimeout, MaxMessageBytes: 256 << 20,
+		TLS: n.tls, Policy: Policy,
 	}, reg, n.log)
 	if err != nil {
 		return nil, err
@@ -149,6 +166,14 @@ func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Node, error) 
 	moegridv1.RegisterExpertServer(n.servers.GRPC, n.svc)
 	return n, nil
 }
+
+// Policy is who may call an expert node: routers compute with Forward,
+// admins may call everything else.
+var Policy = mtls.Policy{Allow: map[string][]pki.Role{
+	moegridv1.Expert_Forward_FullMethodName:       {pki.RoleRouter},
+	moegridv1.Expert_ForwardStream_FullMethodName: {pki.RoleRouter},
+	"/moegrid.v1.Expert/*":                        {pki.RoleAdmin},
+}}
 
 // ModelInfo describes a checkpoint for the placement: its shape, the
 // stored bytes of one expert in one layer, and its fingerprint.
@@ -174,7 +199,15 @@ func (n *Node) HTTPAddr() string { return n.servers.HTTPAddr() }
 // finished, lease revoked.
 func (n *Node) Run(ctx context.Context) error {
 	defer n.store.swap(nil)
-	cli, err := cluster.NewEtcdClient(n.cfg.EtcdEndpoints)
+	etcdOpts, etcdSrc, err := cluster.EtcdSecurity(n.cfg.Security, n.tls, n.cfg.EtcdEndpoints, n.log)
+	if err != nil {
+		return err
+	}
+	keyring, err := n.cfg.Security.GossipKeyring()
+	if err != nil {
+		return err
+	}
+	cli, err := cluster.NewEtcdClient(n.cfg.EtcdEndpoints, etcdOpts...)
 	if err != nil {
 		return err
 	}
@@ -198,6 +231,7 @@ func (n *Node) Run(ctx context.Context) error {
 	gcfg.BindAddr = n.cfg.GossipAddr
 	gcfg.AdvertiseAddr = n.cfg.GossipAdvertise
 	gcfg.Join = n.cfg.Join
+	gcfg.Keyring = keyring
 	gcfg.Seeds = cluster.FollowGossipSeeds(ctx, st)
 	gcfg.Meta = func() cluster.MemberMeta {
 		l := n.liveLoad()
@@ -217,6 +251,7 @@ func (n *Node) Run(ctx context.Context) error {
 		CapacityBytes: n.cfg.CapacityBytes,
 		Device:        n.cfg.Device,
 		Model:         n.info,
+		Insecure:      n.cfg.Security.Insecure,
 	}, cluster.LeaseOptions{TTL: n.cfg.LeaseTTL, Logger: n.log})
 	if err != nil {
 		return err
@@ -229,6 +264,8 @@ func (n *Node) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- n.servers.Run(serveCtx) }()
+	sourcesDone := make(chan error, 1)
+	go func() { sourcesDone <- mtls.RunSources(serveCtx, n.tls, etcdSrc) }()
 	g.Go(func() error { return n.follow(gctx, st, reg) })
 	g.Go(func() error { return n.reportLoad(gctx, reg) })
 	err = g.Wait()
@@ -244,6 +281,7 @@ func (n *Node) Run(ctx context.Context) error {
 	if serr := <-serveErr; serr != nil && err == nil {
 		err = serr
 	}
+	<-sourcesDone
 	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 		err = nil
 	}

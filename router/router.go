@@ -16,6 +16,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/moegrid/moegrid/cluster"
+	"github.com/moegrid/moegrid/internal/mtls"
+	"github.com/moegrid/moegrid/internal/pki"
 	"github.com/moegrid/moegrid/internal/serve"
 	"github.com/moegrid/moegrid/model"
 	"github.com/moegrid/moegrid/model/tokenizer"
@@ -56,6 +58,10 @@ type Config struct {
 	LoadReport time.Duration
 	// StopTimeout bounds the graceful stop.
 	StopTimeout time.Duration
+	// Security is the router's certificate (served to clients, shown to
+	// expert nodes), the CA it trusts and the gossip keyring, or Insecure.
+	// Client, admin and router certificates may call Generation.
+	Security mtls.Security
 }
 
 // DefaultConfig returns the local defaults.
@@ -90,8 +96,17 @@ func (c *Config) validate() error {
 	case c.Dispatch.WaitForHolder <= 0:
 		return fmt.Errorf("router: wait for holder %v must be positive", c.Dispatch.WaitForHolder)
 	}
+	if err := c.Security.Validate(true); err != nil {
+		return fmt.Errorf("router: %w", err)
+	}
 	return cluster.ValidateID(c.ID)
 }
+
+// Policy is who may call a router: clients, admins and other routers
+// generate.
+var Policy = mtls.Policy{Allow: map[string][]pki.Role{
+	"/" + moegridv1.Generation_ServiceDesc.ServiceName + "/*": {pki.RoleClient, pki.RoleAdmin, pki.RoleRouter},
+}}
 
 // Router is a running router.
 type Router struct {
@@ -108,6 +123,7 @@ type Router struct {
 	experts atomic.Pointer[Dispatcher]
 	sched   *Scheduler
 	servers *serve.Servers
+	tls     *mtls.Source // nil when insecure
 	seeds   seedSource
 	started time.Time
 
@@ -158,7 +174,18 @@ func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Router, error
 		started:     time.Now(),
 		routed:      make([]atomic.Uint64, m.Config.NumLocalExperts),
 	}
-	r.servers, err = serve.Listen(serve.Config{GRPCAddr: cfg.GRPCAddr, HTTPAddr: cfg.HTTPAddr, StopTimeout: cfg.StopTimeout}, reg, r.log)
+	if r.tls, err = cfg.Security.Source(r.log); err != nil {
+		m.Close()
+		return nil, fmt.Errorf("router: %w", err)
+	}
+	if cfg.Security.Insecure {
+		r.log.Warn("running INSECURE: plaintext gRPC, HTTP, etcd and gossip, no identity checks (--insecure)")
+	}
+	r.cfg.Dispatch.TLS = r.tls
+	r.servers, err = serve.Listen(serve.Config{
+		GRPCAddr: cfg.GRPCAddr, HTTPAddr: cfg.HTTPAddr, StopTimeout: cfg.StopTimeout,
+		TLS: r.tls, Policy: Policy,
+	}, reg, r.log)
 	if err != nil {
 		m.Close()
 		return nil, err
@@ -188,7 +215,15 @@ func (r *Router) HTTPAddr() string { return r.servers.HTTPAddr() }
 // Run joins the cluster and serves until ctx is done.
 func (r *Router) Run(ctx context.Context) error {
 	defer r.model.Close()
-	cli, err := cluster.NewEtcdClient(r.cfg.EtcdEndpoints)
+	etcdOpts, etcdSrc, err := cluster.EtcdSecurity(r.cfg.Security, r.tls, r.cfg.EtcdEndpoints, r.log)
+	if err != nil {
+		return err
+	}
+	keyring, err := r.cfg.Security.GossipKeyring()
+	if err != nil {
+		return err
+	}
+	cli, err := cluster.NewEtcdClient(r.cfg.EtcdEndpoints, etcdOpts...)
 	if err != nil {
 		return err
 	}
@@ -204,6 +239,7 @@ func (r *Router) Run(ctx context.Context) error {
 	gcfg.BindAddr = r.cfg.GossipAddr
 	gcfg.AdvertiseAddr = r.cfg.GossipAdvertise
 	gcfg.Join = r.cfg.Join
+	gcfg.Keyring = keyring
 	gcfg.Seeds = cluster.FollowGossipSeeds(ctx, st)
 	gossip, err := cluster.StartGossip(gcfg, r.log)
 	if err != nil {
@@ -236,6 +272,7 @@ func (r *Router) Run(ctx context.Context) error {
 	g.Go(func() error { defer stopSched(); return r.servers.Run(gctx) })
 	g.Go(func() error { r.followReadiness(gctx); return nil })
 	g.Go(func() error { r.reportLoad(gctx, loads); return nil })
+	g.Go(func() error { return mtls.RunSources(gctx, r.tls, etcdSrc) })
 	return g.Wait()
 }
 

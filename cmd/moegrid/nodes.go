@@ -58,7 +58,7 @@ func newNodesCmd() *cobra.Command {
 		Long: `Show the cluster's nodes as a coordinator reports them (moegrid.v1.Cluster/Status).
 
 --output table (the default) prints a summary line and one row per node:
-  NODE       node ID
+  NODE       node ID, followed by INSECURE when the node runs with --insecure
   STATE      joining, ready or draining; down: assigned shards but no longer registered
   ALIVE      the gossip view: no once memberlist declared the node dead
   SHARDS     shards the placement assigns: e3 is expert 3 over every layer, e3:0-15 layers 0 to 15

@@ -236,3 +236,22 @@ func (s *Source) httpServerConfig() *tls.Config {
 	defer s.mu.RUnlock()
 	return s.httpServer
 }
+
+// RunSources runs every non-nil source until ctx is done and returns nil
+// when they have all stopped, at once if there are none: a component's
+// certificate sources, some of which its settings leave out.
+func RunSources(ctx context.Context, srcs ...*Source) error {
+	var wg sync.WaitGroup
+	for _, s := range srcs {
+		if s == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = s.Run(ctx)
+		}()
+	}
+	wg.Wait()
+	return nil
+}

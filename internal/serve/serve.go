@@ -4,6 +4,12 @@
 // whatever the component adds. Every moegrid server (coordinator, expert
 // node, router) is built on it, so they all answer the same probes.
 //
+// With Config.TLS set, gRPC is mutual TLS (a client certificate from the
+// cluster CA is required at the handshake, and Config.Policy decides each
+// call by the caller's role; health and reflection stay open to every
+// holder of a certificate) and HTTP is TLS with the client certificate
+// optional, so that probes and API clients without one get in.
+//
 // Both servers defend themselves against clients that hold connections
 // without using them: a bounded number of connections (more wait in the
 // kernel's accept queue), deadlines on a request's headers and body and on
@@ -14,12 +20,14 @@ package serve
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,10 +38,13 @@ import (
 	"golang.org/x/net/netutil"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
+
+	"github.com/moegrid/moegrid/internal/mtls"
 )
 
 // Config says where to listen. An address with port 0 picks a free port;
@@ -51,6 +62,13 @@ type Config struct {
 	// UnaryInterceptors run after the metrics interceptor, e.g. a
 	// component's error boundary.
 	UnaryInterceptors []grpc.UnaryServerInterceptor
+	// TLS is the server's certificate and the CA its clients' must chain
+	// to, read for every handshake, so that a reload applies to the next
+	// connection. Nil serves plaintext.
+	TLS *mtls.Source
+	// Policy says which roles may call which gRPC methods when TLS is
+	// set; a method it does not name is denied.
+	Policy mtls.Policy
 	// ReadyCheck, if set, must also pass for /readyz to answer 200, e.g. a
 	// dependency that must answer.
 	ReadyCheck func(context.Context) error
@@ -141,6 +159,24 @@ func Listen(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Servers, 
 			return nil, fmt.Errorf("serve: http listen %s: %w", cfg.HTTPAddr, err)
 		}
 	}
+	var unary []grpc.UnaryServerInterceptor
+	var stream []grpc.StreamServerInterceptor
+	var creds []grpc.ServerOption
+	if cfg.TLS != nil {
+		policy := cfg.Policy
+		policy.Open = append(slices.Clone(policy.Open), mtls.HealthService, mtls.ReflectionService, mtls.ReflectionV1Alpha)
+		authz, err := mtls.NewAuthorizer(policy)
+		if err != nil {
+			gl.Close()
+			if hl != nil {
+				hl.Close()
+			}
+			return nil, fmt.Errorf("serve: %w", err)
+		}
+		unary = append(unary, authz.UnaryInterceptor())
+		stream = append(stream, authz.StreamInterceptor())
+		creds = append(creds, grpc.Creds(credentials.NewTLS(mtls.ServerTLS(cfg.TLS))))
+	}
 	rpcMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	if err := reg.Register(rpcMetrics); err != nil {
 		gl.Close()
@@ -157,9 +193,10 @@ func Listen(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Servers, 
 			Timeout:           pingTimeout,
 		}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: minClientPing, PermitWithoutStream: true}),
-		grpc.ChainUnaryInterceptor(append([]grpc.UnaryServerInterceptor{rpcMetrics.UnaryServerInterceptor()}, cfg.UnaryInterceptors...)...),
-		grpc.ChainStreamInterceptor(rpcMetrics.StreamServerInterceptor()),
+		grpc.ChainUnaryInterceptor(append(append([]grpc.UnaryServerInterceptor{rpcMetrics.UnaryServerInterceptor()}, unary...), cfg.UnaryInterceptors...)...),
+		grpc.ChainStreamInterceptor(append([]grpc.StreamServerInterceptor{rpcMetrics.StreamServerInterceptor()}, stream...)...),
 	}
+	opts = append(opts, creds...)
 	if cfg.MaxMessageBytes > 0 {
 		opts = append(opts, grpc.MaxRecvMsgSize(cfg.MaxMessageBytes), grpc.MaxSendMsgSize(cfg.MaxMessageBytes))
 	}
@@ -174,6 +211,9 @@ func Listen(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Servers, 
 	}
 	if hl != nil {
 		s.httpLis = netutil.LimitListener(hl, cfg.MaxConns)
+		if cfg.TLS != nil {
+			s.httpLis = tls.NewListener(s.httpLis, mtls.HTTPServerTLS(cfg.TLS))
+		}
 	}
 	healthpb.RegisterHealthServer(s.GRPC, s.health)
 	reflection.Register(s.GRPC)

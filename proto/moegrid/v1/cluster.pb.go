@@ -284,8 +284,10 @@ type NodeStatus struct {
 	Loaded              []*Shard               `protobuf:"bytes,10,rep,name=loaded,proto3" json:"loaded,omitempty"`
 	Load                *NodeLoad              `protobuf:"bytes,11,opt,name=load,proto3" json:"load,omitempty"`
 	LastHeartbeat       *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=last_heartbeat,json=lastHeartbeat,proto3" json:"last_heartbeat,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// insecure: the node runs with --insecure (plaintext, no identity checks).
+	Insecure      bool `protobuf:"varint,13,opt,name=insecure,proto3" json:"insecure,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeStatus) Reset() {
@@ -400,6 +402,13 @@ func (x *NodeStatus) GetLastHeartbeat() *timestamppb.Timestamp {
 		return x.LastHeartbeat
 	}
 	return nil
+}
+
+func (x *NodeStatus) GetInsecure() bool {
+	if x != nil {
+		return x.Insecure
+	}
+	return false
 }
 
 type NodeLoad struct {
@@ -635,7 +644,7 @@ const file_proto_moegrid_v1_cluster_proto_rawDesc = "" +
 	"\x06expert\x18\x01 \x01(\rR\x06expert\x12\x1f\n" +
 	"\vfirst_layer\x18\x02 \x01(\rR\n" +
 	"firstLayer\x12\x1b\n" +
-	"\tend_layer\x18\x03 \x01(\rR\bendLayer\"\xc5\x03\n" +
+	"\tend_layer\x18\x03 \x01(\rR\bendLayer\"\xe1\x03\n" +
 	"\n" +
 	"NodeStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
@@ -651,7 +660,8 @@ const file_proto_moegrid_v1_cluster_proto_rawDesc = "" +
 	"\x06loaded\x18\n" +
 	" \x03(\v2\x11.moegrid.v1.ShardR\x06loaded\x12(\n" +
 	"\x04load\x18\v \x01(\v2\x14.moegrid.v1.NodeLoadR\x04load\x12A\n" +
-	"\x0elast_heartbeat\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\rlastHeartbeat\"\x9d\x01\n" +
+	"\x0elast_heartbeat\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\rlastHeartbeat\x12\x1a\n" +
+	"\binsecure\x18\r \x01(\bR\binsecure\"\x9d\x01\n" +
 	"\bNodeLoad\x12.\n" +
 	"\x13forward_calls_total\x18\x01 \x01(\x04R\x11forwardCallsTotal\x12\x1d\n" +
 	"\n" +

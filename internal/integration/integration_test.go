@@ -99,6 +99,10 @@ type testCluster struct {
 	pki *pkitest.PKI
 	// http is an HTTP client that trusts the cluster's CA.
 	http *http.Client
+	// coordinator is the coordinator, and nodes the in-process expert
+	// nodes.
+	coordinator *coordinator.Coordinator
+	nodes       []*expertnode.Node
 	// children are expert nodes running as child processes, by ID.
 	children map[string]*exec.Cmd
 }
@@ -166,6 +170,7 @@ func startCluster(t testing.TB, o clusterOptions) *testCluster {
 		t.Fatal(err)
 	}
 	component(t, "coordinator", coord.Run)
+	tc.coordinator = coord
 
 	for i := range o.nodes {
 		cfg := expertnode.DefaultConfig()
@@ -184,6 +189,7 @@ func startCluster(t testing.TB, o clusterOptions) *testCluster {
 			t.Fatal(err)
 		}
 		component(t, cfg.ID, n.Run)
+		tc.nodes = append(tc.nodes, n)
 	}
 
 	rcfg := router.DefaultConfig()

@@ -7,6 +7,7 @@ import (
 	"math"
 	"strings"
 
+	"github.com/moegrid/moegrid/internal/apikey"
 	"github.com/moegrid/moegrid/model/sample"
 	"github.com/moegrid/moegrid/model/tokenizer"
 )
@@ -168,6 +169,7 @@ func (r *Router) complete(ctx context.Context, c completion, emit func(chunk) er
 		return 0, usage{}, err
 	}
 	u := usage{prompt: len(c.prompt)}
+	apikey.Charge(ctx, u.prompt)
 	st := newStopper(r.tok, c.stop)
 	for ev := range events {
 		switch {
@@ -182,6 +184,7 @@ func (r *Router) complete(ctx context.Context, c completion, emit func(chunk) er
 			return ev.Finish, u, nil
 		}
 		u.completion++
+		apikey.Charge(ctx, 1)
 		text, stopped := st.next(ev.Token)
 		ch := chunk{tokens: []int{ev.Token}, text: text, promptLogprobs: ev.PromptLogprobs}
 		if ev.Logprob != nil {

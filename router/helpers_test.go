@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/moegrid/moegrid/internal/apikey"
 	"github.com/moegrid/moegrid/model"
 	"github.com/moegrid/moegrid/model/safetensors"
 	"github.com/moegrid/moegrid/model/sample"
@@ -270,6 +271,7 @@ type routerOptions struct {
 	defaultMaxTokens int           // default 16
 	noRun            bool          // do not run the scheduler
 	log              *slog.Logger  // default discards
+	keys             *apikey.Guard // default none: no authentication
 }
 
 func newTestRouter(t *testing.T, o routerOptions) *testRouter {
@@ -299,6 +301,7 @@ func newTestRouter(t *testing.T, o routerOptions) *testRouter {
 		started: time.Now(),
 		routed:  make([]atomic.Uint64, o.model.Config.NumLocalExperts),
 	}
+	r.keys = o.keys
 	r.sched = NewScheduler(o.sched, o.model, o.experts, r.log, r.metrics, r.countRoutes)
 	tr := &testRouter{r: r, stop: func() error { return nil }}
 	tr.start = func() {
@@ -323,7 +326,11 @@ func newTestRouter(t *testing.T, o routerOptions) *testRouter {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer()
+	var opts []grpc.ServerOption
+	if o.keys != nil {
+		opts = append(opts, grpc.UnaryInterceptor(o.keys.UnaryServerInterceptor(grpcAPI)), grpc.StreamInterceptor(o.keys.StreamServerInterceptor(grpcAPI)))
+	}
+	srv := grpc.NewServer(opts...)
 	moegridv1.RegisterGenerationServer(srv, &generationService{r: r})
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()

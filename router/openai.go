@@ -11,6 +11,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/moegrid/moegrid/internal/apikey"
 )
 
 // The OpenAI-compatible HTTP API: /v1/models, /v1/completions and
@@ -25,12 +27,21 @@ import (
 const maxRequestBody = 4 << 20
 
 func (r *Router) httpHandler(mux *http.ServeMux) {
-	mux.HandleFunc("GET /v1/models", r.handleModels)
+	mux.Handle("GET /v1/models", r.authorized(apikey.APIModels, r.handleModels))
 	// Served model names may contain slashes ("org/name").
-	mux.HandleFunc("GET /v1/models/{model...}", r.handleModel)
-	mux.HandleFunc("POST /v1/completions", r.handleCompletions)
-	mux.HandleFunc("POST /v1/chat/completions", r.handleChat)
+	mux.Handle("GET /v1/models/{model...}", r.authorized(apikey.APIModels, r.handleModel))
+	mux.Handle("POST /v1/completions", r.authorized(apikey.APICompletions, r.handleCompletions))
+	mux.Handle("POST /v1/chat/completions", r.authorized(apikey.APIChat, r.handleChat))
 	mux.HandleFunc("/v1/", handleUnserved)
+	r.handleDashboard(mux)
+}
+
+// authorized puts h behind the API keys, if the router has any.
+func (r *Router) authorized(api string, h http.HandlerFunc) http.Handler {
+	if r.keys == nil {
+		return h
+	}
+	return r.keys.HTTP(api, h)
 }
 
 // apiMethods are the API's paths and the method each takes.

@@ -12,6 +12,8 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc/status"
+
+	"github.com/moegrid/moegrid/internal/apikey"
 )
 
 // The JSON of completions and of their stream chunks.
@@ -158,6 +160,9 @@ func (r *Router) serveAPI(w http.ResponseWriter, req *http.Request, a *apiReques
 	u := totalUsage(choices, outcomes)
 	attrs := []any{"endpoint", a.endpoint, "user", a.user, "stream", a.stream, "choices", len(choices),
 		"prompt_tokens", u.prompt, "completion_tokens", u.completion, "duration", time.Since(start)}
+	if id, ok := apikey.IDFromContext(req.Context()); ok {
+		attrs = append(attrs, "key_id", id)
+	}
 	if err != nil {
 		attrs = append(attrs, "code", code.String(), "err", err)
 	} else {

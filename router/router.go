@@ -14,8 +14,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 
 	"github.com/moegrid/moegrid/cluster"
+	"github.com/moegrid/moegrid/internal/apikey"
 	"github.com/moegrid/moegrid/internal/mtls"
 	"github.com/moegrid/moegrid/internal/pki"
 	"github.com/moegrid/moegrid/internal/serve"
@@ -62,6 +64,10 @@ type Config struct {
 	// expert nodes), the CA it trusts and the gossip keyring, or Insecure.
 	// Client, admin and router certificates may call Generation.
 	Security mtls.Security
+	// APIKeysFile is the key file (see package apikey) that clients of the
+	// Generate and /v1/ APIs authenticate against, reloaded when it
+	// changes; empty lets every client generate.
+	APIKeysFile string
 }
 
 // DefaultConfig returns the local defaults.
@@ -124,6 +130,8 @@ type Router struct {
 	sched   *Scheduler
 	servers *serve.Servers
 	tls     *mtls.Source // nil when insecure
+	// keys authenticates clients; nil when Config.APIKeysFile is empty.
+	keys    *apikey.Guard
 	seeds   seedSource
 	started time.Time
 
@@ -182,10 +190,22 @@ func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Router, error
 		r.log.Warn("running INSECURE: plaintext gRPC, HTTP, etcd and gossip, no identity checks (--insecure)")
 	}
 	r.cfg.Dispatch.TLS = r.tls
-	r.servers, err = serve.Listen(serve.Config{
+	scfg := serve.Config{
 		GRPCAddr: cfg.GRPCAddr, HTTPAddr: cfg.HTTPAddr, StopTimeout: cfg.StopTimeout,
 		TLS: r.tls, Policy: Policy,
-	}, reg, r.log)
+	}
+	if cfg.APIKeysFile == "" {
+		r.log.Warn("no API keys: every client may generate")
+	} else {
+		if r.keys, err = apikey.New(apikey.Config{File: cfg.APIKeysFile}, r.log, reg); err != nil {
+			m.Close()
+			return nil, err
+		}
+		r.log.Info("API keys loaded", "file", cfg.APIKeysFile, "keys", r.keys.Len())
+		scfg.UnaryInterceptors = []grpc.UnaryServerInterceptor{r.keys.UnaryServerInterceptor(grpcAPI)}
+		scfg.StreamInterceptors = []grpc.StreamServerInterceptor{r.keys.StreamServerInterceptor(grpcAPI)}
+	}
+	r.servers, err = serve.Listen(scfg, reg, r.log)
 	if err != nil {
 		m.Close()
 		return nil, err
@@ -273,7 +293,19 @@ func (r *Router) Run(ctx context.Context) error {
 	g.Go(func() error { r.followReadiness(gctx); return nil })
 	g.Go(func() error { r.reportLoad(gctx, loads); return nil })
 	g.Go(func() error { return mtls.RunSources(gctx, r.tls, etcdSrc) })
+	if r.keys != nil {
+		g.Go(func() error { r.keys.Run(gctx); return nil })
+	}
 	return g.Wait()
+}
+
+// grpcAPI names the API key permission each gRPC method needs; health and
+// reflection need none.
+func grpcAPI(fullMethod string) string {
+	if fullMethod == moegridv1.Generation_Generate_FullMethodName {
+		return apikey.APIGenerate
+	}
+	return ""
 }
 
 // followReadiness is ready while every expert of every layer has a holder.

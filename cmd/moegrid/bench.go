@@ -16,7 +16,7 @@ import (
 func newBenchCmd() *cobra.Command {
 	cfg := bench.Config{Requests: 64, Concurrency: 8, PromptTokens: 32, MaxTokens: 32, Vocab: 32000, Seed: 1, Timeout: 5 * time.Minute}
 	sched := router.DefaultSchedulerConfig()
-	var addr, output, modelDir string
+	var addr, output, modelDir, apiKey string
 	var inProcess bool
 	var tlsFlags dialFlags
 	cmd := &cobra.Command{
@@ -69,7 +69,7 @@ The command fails when any request failed.`,
 					return err
 				}
 				defer conn.Close()
-				if res, err = bench.Run(cmd.Context(), moegridv1.NewGenerationClient(conn), cfg); err != nil {
+				if res, err = bench.Run(withAPIKey(cmd.Context(), apiKey), moegridv1.NewGenerationClient(conn), cfg); err != nil {
 					return err
 				}
 			}
@@ -88,6 +88,7 @@ The command fails when any request failed.`,
 	tlsFlags.register(f)
 	f.BoolVar(&inProcess, "in-process", false, "run the router's scheduler over --model in this process instead of calling a router")
 	f.StringVar(&modelDir, "model", "", "checkpoint directory for --in-process")
+	f.StringVar(&apiKey, "api-key", "", "API key sent as a bearer token (also MOEGRID_API_KEY)")
 	f.IntVar(&cfg.Requests, "requests", cfg.Requests, "requests to send in all")
 	f.IntVar(&cfg.Concurrency, "concurrency", cfg.Concurrency, "requests in flight at once")
 	f.IntVar(&cfg.PromptTokens, "prompt-tokens", cfg.PromptTokens, "prompt length in tokens (BOS and random ids)")

@@ -27,6 +27,7 @@ func newGenerateCmd() *cobra.Command {
 		ignoreEOS         bool
 		timeout           time.Duration
 		tlsFlags          dialFlags
+		apiKey            string
 	)
 	cmd := &cobra.Command{
 		Use:   `generate [--addr HOST:PORT[,HOST:PORT...]] "prompt" | --ids 1,415`,
@@ -66,7 +67,7 @@ func newGenerateCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ctx := cmd.Context()
+			ctx := withAPIKey(cmd.Context(), apiKey)
 			if timeout > 0 {
 				var cancel func()
 				ctx, cancel = context.WithTimeout(ctx, timeout)
@@ -123,6 +124,7 @@ func newGenerateCmd() *cobra.Command {
 	f.StringVar(&output, "output", "text", "text (stream the text) or json ({\"ids\": [...], \"text\": ...})")
 	f.DurationVar(&timeout, "timeout", 5*time.Minute, "request deadline")
 	tlsFlags.register(f)
+	f.StringVar(&apiKey, "api-key", "", "API key sent as a bearer token (also MOEGRID_API_KEY)")
 	return cmd
 }
 

@@ -48,6 +48,7 @@ func newRootCmd() *cobra.Command {
 		newModelCmd(),
 		newTokenizeCmd(),
 		newCertsCmd(),
+		newKeysCmd(),
 	} {
 		root.AddCommand(c)
 	}

@@ -72,6 +72,7 @@ func newRouterCmd() *cobra.Command {
 	f.DurationVar(&cfg.RequestTimeout, "request-timeout", cfg.RequestTimeout, "deadline of requests whose client sets none (0: none)")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", cfg.LeaseTTL, "etcd lease time to live of the load record")
 	f.DurationVar(&cfg.StopTimeout, "stop-timeout", cfg.StopTimeout, "graceful stop bound")
+	f.StringVar(&cfg.APIKeysFile, "api-keys", "", "API key file (`moegrid keys create`), reloaded when it changes; clients send Authorization: Bearer KEY (default: no authentication)")
 	cmd.MarkFlagRequired("model")
 	return cmd
 }

@@ -130,6 +130,7 @@ The embedded etcd compacts history older than --etcd-compaction.`,
 	f.IntVar(&cfg.MinReplicas, "min-replicas", cfg.MinReplicas, "minimum replicas of every expert")
 	f.StringVar(&cfg.RouterGRPC, "router-grpc-addr", cfg.RouterGRPC, "router gRPC address (port 0 picks one)")
 	f.StringVar(&cfg.RouterHTTP, "router-http-addr", cfg.RouterHTTP, "router HTTP address (port 0 picks one)")
+	f.StringVar(&cfg.APIKeysFile, "api-keys", "", "the router's API key file (see `moegrid keys`; default: no authentication)")
 	f.StringVar(&cfg.CoordinatorGRPC, "coordinator-addr", cfg.CoordinatorGRPC, "coordinator gRPC address (port 0 picks one)")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", cfg.LeaseTTL, "etcd lease time to live of the nodes")
 	f.DurationVar(&cfg.ReadyTimeout, "ready-timeout", cfg.ReadyTimeout, "how long to wait for the cluster to be ready")

@@ -62,6 +62,9 @@ type Config struct {
 	// UnaryInterceptors run after the metrics interceptor, e.g. a
 	// component's error boundary.
 	UnaryInterceptors []grpc.UnaryServerInterceptor
+	// StreamInterceptors run after the metrics interceptor, e.g. a
+	// component's authentication.
+	StreamInterceptors []grpc.StreamServerInterceptor
 	// TLS is the server's certificate and the CA its clients' must chain
 	// to, read for every handshake, so that a reload applies to the next
 	// connection. Nil serves plaintext.
@@ -194,7 +197,7 @@ func Listen(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Servers, 
 		}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: minClientPing, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(append(append([]grpc.UnaryServerInterceptor{rpcMetrics.UnaryServerInterceptor()}, unary...), cfg.UnaryInterceptors...)...),
-		grpc.ChainStreamInterceptor(append([]grpc.StreamServerInterceptor{rpcMetrics.StreamServerInterceptor()}, stream...)...),
+		grpc.ChainStreamInterceptor(append(append([]grpc.StreamServerInterceptor{rpcMetrics.StreamServerInterceptor()}, stream...), cfg.StreamInterceptors...)...),
 	}
 	opts = append(opts, creds...)
 	if cfg.MaxMessageBytes > 0 {

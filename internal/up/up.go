@@ -62,6 +62,8 @@ type Config struct {
 	// port 0 picks a free port. CoordinatorGRPC is the first coordinator's;
 	// the others listen on free ports.
 	RouterGRPC, RouterHTTP, CoordinatorGRPC string
+	// APIKeysFile, if set, is the router's API key file (router --api-keys).
+	APIKeysFile string
 	// LeaseTTL is the etcd lease time to live of the nodes and of the
 	// coordinators' election.
 	LeaseTTL time.Duration
@@ -251,8 +253,12 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 			return err
 		}
 	}
-	if err := sup.start("router", true, append([]string{"router", "--id", "router-0", "--model", modelDir,
-		"--grpc-addr", cfg.RouterGRPC, "--http-addr", cfg.RouterHTTP, "--lease-ttl", ttl}, slices.Concat(common, security(pki.RoleRouter))...)); err != nil {
+	routerArgs := []string{"router", "--id", "router-0", "--model", modelDir,
+		"--grpc-addr", cfg.RouterGRPC, "--http-addr", cfg.RouterHTTP, "--lease-ttl", ttl}
+	if cfg.APIKeysFile != "" {
+		routerArgs = append(routerArgs, "--api-keys", cfg.APIKeysFile)
+	}
+	if err := sup.start("router", true, append(routerArgs, slices.Concat(common, security(pki.RoleRouter))...)); err != nil {
 		return err
 	}
 

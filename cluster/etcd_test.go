@@ -73,3 +73,42 @@ func TestEtcdClientTLSEndpoints(t *testing.T) {
 		t.Errorf("plaintext endpoint: %v, %v; want no TLS", cfg, err)
 	}
 }
+
+// TestEtcdClientAuth checks that WithEtcdAuth logs in to an etcd with auth
+// enabled, and that a client without the password is refused.
+func TestEtcdClientAuth(t *testing.T) {
+	srv := etcdtest.Start(t)
+	admin := srv.Client(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if _, err := admin.UserAdd(ctx, "root", "s3cret"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.UserGrantRole(ctx, "root", "root"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.AuthEnable(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, user, password string
+		ok                   bool
+	}{
+		{"right password", "root", "s3cret", true},
+		{"wrong password", "root", "guess", false},
+		{"no user", "", "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cli, err := NewEtcdClient(srv.Endpoints(), WithEtcdAuth(tc.user, tc.password))
+			if err == nil {
+				defer cli.Close()
+				ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+				defer cancel()
+				_, err = cli.Put(ctx, "/auth/probe", "x")
+			}
+			if tc.ok != (err == nil) {
+				t.Errorf("Put as %q: %v, want success %v", tc.user, err, tc.ok)
+			}
+		})
+	}
+}

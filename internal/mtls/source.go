@@ -2,7 +2,9 @@
 // source that follows its files as they are replaced (Kubernetes Secrets,
 // `moegrid certs issue`), the server and client tls.Configs built on it,
 // and authorization by the role a verified peer certificate names, for gRPC
-// (interceptors) and HTTP (middleware).
+// (interceptors) and HTTP (middleware). Security is a component's settings
+// as its flags give them (--tls-*, --etcd-*, --gossip-key-file,
+// --insecure), validated with errors that name the flags.
 //
 // Rotation never touches a connection in flight: a handshake takes the
 // certificate, key and CA bundle current at that moment, and the connection

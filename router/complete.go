@@ -68,6 +68,9 @@ type completionParams struct {
 	// log-probability (0: none); promptLogprobs asks for the prompt's.
 	logprobs       int
 	promptLogprobs bool
+	// promptOnly scores the prompt: the one token sampled after it is
+	// dropped, never fed back, so the prompt may fill the context.
+	promptOnly bool
 }
 
 // validate turns params into a completion, tokenizing a text prompt with BOS.
@@ -99,6 +102,9 @@ func (r *Router) validate(p completionParams) (completion, error) {
 		return bad("prompt: give text or ids")
 	}
 	room := cfg.MaxPositionEmbeddings - len(prompt)
+	if p.promptOnly {
+		room++
+	}
 	maxTokens := p.maxTokens
 	if maxTokens == 0 {
 		// The default never asks for more than the context holds.

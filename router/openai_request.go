@@ -153,7 +153,7 @@ func (a *apiRequest) parseCommon(f *commonFields, maxTokens *int, param string) 
 		case n == 0 && !a.echo:
 			return badParam(param, "%s 0 generates nothing; give a positive number, or 0 with echo to score the prompt", param)
 		case n == 0:
-			a.promptOnly = true
+			a.promptOnly, a.params.promptOnly = true, true
 			a.params.maxTokens = 1 // validated as a one-token request: the prompt must fit
 		default:
 			a.params.maxTokens = n

@@ -9,7 +9,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/moegrid/moegrid/coordinator/placement"
+	"github.com/moegrid/moegrid/placement"
 )
 
 // maxRecordBytes bounds every record value read from etcd before it is

@@ -9,7 +9,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/moegrid/moegrid/coordinator/placement"
+	"github.com/moegrid/moegrid/placement"
 )
 
 func TestNodeRecordRoundTrip(t *testing.T) {

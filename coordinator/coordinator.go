@@ -129,16 +129,21 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	}
 	defer cli.Close()
 
-	srv, err := serve.Listen(serve.Config{
-		GRPCAddr:          c.cfg.GRPCAddr,
-		HTTPAddr:          c.cfg.HTTPAddr,
-		StopTimeout:       c.cfg.ShutdownTimeout,
-		UnaryInterceptors: []grpc.UnaryServerInterceptor{errorBoundary(c.log)},
-		ReadyCheck:        c.etcdAnswers,
-		TLS:               src,
-		Policy:            Policy,
+	boundary := errorBoundary(c.log)
+	srv, err := serve.New(serve.Config{
+		GRPCAddr:           c.cfg.GRPCAddr,
+		HTTPAddr:           c.cfg.HTTPAddr,
+		StopTimeout:        c.cfg.ShutdownTimeout,
+		UnaryInterceptors:  []grpc.UnaryServerInterceptor{boundary.Unary()},
+		StreamInterceptors: []grpc.StreamServerInterceptor{boundary.Stream()},
+		ReadyCheck:         c.etcdAnswers,
+		TLS:                src,
+		Policy:             Policy,
 	}, c.reg, c.log)
 	if err != nil {
+		return fmt.Errorf("coordinator: %w", err)
+	}
+	if err := srv.Bind(); err != nil {
 		return fmt.Errorf("coordinator: %w", err)
 	}
 	c.servers = srv

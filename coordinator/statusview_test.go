@@ -155,7 +155,7 @@ func TestBuildStatus(t *testing.T) {
 }
 
 func TestErrorBoundary(t *testing.T) {
-	boundary := errorBoundary(testLoggerDiscard())
+	boundary := errorBoundary(testLoggerDiscard()).Unary()
 	for _, tc := range []struct {
 		err  error
 		code codes.Code

@@ -54,14 +54,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 }
 
 func (m *metrics) observe(rows int, d time.Duration, err error) {
-	m.calls.WithLabelValues(status.Code(toStatusOrNil(err)).String()).Inc()
+	m.calls.WithLabelValues(status.Code(toStatus(err)).String()).Inc()
 	m.rows.Add(float64(rows))
 	m.latency.Observe(d.Seconds())
-}
-
-func toStatusOrNil(err error) error {
-	if err == nil {
-		return nil
-	}
-	return toStatus(err)
 }

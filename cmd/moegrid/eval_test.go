@@ -83,6 +83,7 @@ func startEvalCluster(t *testing.T, dir string, nodes int, edit func(*coordinato
 	rcfg := router.DefaultConfig()
 	rcfg.ModelDir = dir
 	rcfg.EtcdEndpoints = etcd.Endpoints()
+	rcfg.GRPCAddr, rcfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
 	rcfg.StopTimeout = 2 * time.Second
 	rcfg.Security = p.Security(t, pki.RoleRouter, rcfg.ID)
 	if edit != nil {
@@ -96,6 +97,7 @@ func startEvalCluster(t *testing.T, dir string, nodes int, edit func(*coordinato
 	for i := range nodes {
 		cfg := expertnode.DefaultConfig()
 		cfg.ID = fmt.Sprintf("expert-%d", i)
+		cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
 		cfg.ModelDir = dir
 		cfg.EtcdEndpoints = etcd.Endpoints()
 		cfg.StopTimeout = 2 * time.Second
@@ -111,6 +113,11 @@ func startEvalCluster(t *testing.T, dir string, nodes int, edit func(*coordinato
 		t.Fatal(err)
 	}
 	runInBackground(t, "router", r.Run)
+	select {
+	case <-r.Ready():
+	case <-time.After(60 * time.Second):
+		t.Fatal("router not serving after 60s")
+	}
 	probe := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: p.Pool()}}}
 	deadline := time.Now().Add(60 * time.Second)
 	for {

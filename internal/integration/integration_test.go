@@ -175,6 +175,7 @@ func startCluster(t testing.TB, o clusterOptions) *testCluster {
 	for i := range o.nodes {
 		cfg := expertnode.DefaultConfig()
 		cfg.ID = fmt.Sprintf("expert-%d", i)
+		cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
 		cfg.ModelDir = cmp.Or(o.model, tinyDir)
 		cfg.EtcdEndpoints = tc.etcd.Endpoints()
 		cfg.LeaseTTL = o.leaseTTL
@@ -194,6 +195,7 @@ func startCluster(t testing.TB, o clusterOptions) *testCluster {
 
 	rcfg := router.DefaultConfig()
 	rcfg.ModelDir = cmp.Or(o.model, tinyDir)
+	rcfg.GRPCAddr, rcfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
 	rcfg.EtcdEndpoints = tc.etcd.Endpoints()
 	rcfg.LeaseTTL = o.leaseTTL
 	rcfg.Dispatch.WaitForHolder = 20 * time.Second
@@ -208,6 +210,7 @@ func startCluster(t testing.TB, o clusterOptions) *testCluster {
 	}
 	tc.router = r
 	component(t, "router", r.Run)
+	awaitReady(t, "router", r.Ready(), 60*time.Second)
 	tc.waitReady(t, tc.url(r.HTTPAddr(), "/readyz"), 60*time.Second)
 
 	creds := insecure.NewCredentials()
@@ -252,6 +255,17 @@ func (tc *testCluster) startChild(t testing.TB, cfg expertnode.Config) {
 		}
 		logf.Close()
 	})
+}
+
+// awaitReady waits for a component's Ready, after which its addresses are
+// valid.
+func awaitReady(t testing.TB, name string, ready <-chan struct{}, timeout time.Duration) {
+	t.Helper()
+	select {
+	case <-ready:
+	case <-time.After(timeout):
+		t.Fatalf("%s not serving after %v", name, timeout)
+	}
 }
 
 // url is the address of path on a component's HTTP server at addr.

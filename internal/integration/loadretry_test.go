@@ -44,10 +44,10 @@ func TestExpertNodeRetriesFailedLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	component(t, "coordinator", coord.Run)
 
 	cfg := expertnode.DefaultConfig()
 	cfg.ID = "expert-0"
+	cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.ModelDir = dir
 	cfg.EtcdEndpoints = tc.Endpoints()
 	cfg.LeaseTTL = 3 * time.Second
@@ -57,8 +57,10 @@ func TestExpertNodeRetriesFailedLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The weights go away after the node has read the checkpoint's
-	// headers, before its shards are placed and loaded.
+	component(t, cfg.ID, n.Run)
+	// The weights go away once the node has read the checkpoint's headers
+	// and registered, before the coordinator runs to place its shards.
+	awaitReady(t, cfg.ID, n.Ready(), 30*time.Second)
 	weights, err := filepath.Glob(filepath.Join(dir, "*.safetensors"))
 	if err != nil || len(weights) == 0 {
 		t.Fatalf("no weight files in %s: %v", dir, err)
@@ -68,7 +70,7 @@ func TestExpertNodeRetriesFailedLoad(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	component(t, cfg.ID, n.Run)
+	component(t, "coordinator", coord.Run)
 
 	ready := func() bool {
 		resp, err := http.Get("http://" + n.HTTPAddr() + "/readyz")

@@ -26,13 +26,16 @@ import (
 // over TLS without a client certificate and not in plaintext.
 func TestTLS(t *testing.T) {
 	p := pkitest.New(t)
-	s, err := Listen(Config{
+	s, err := New(Config{
 		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
 		TLS: p.Source(t, pki.RoleExpertNode, "expert-0"),
 		// Only admins may list: the rest of health stays open.
 		Policy: mtls.Policy{Allow: map[string][]pki.Role{"/grpc.health.v1.Health/List": {pki.RoleAdmin}}},
 	}, prometheus.NewRegistry(), nil)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Bind(); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(t.Context())

@@ -15,6 +15,9 @@ type JoinConfig struct {
 	// prefix.
 	EtcdEndpoints []string
 	Prefix        string
+	// Etcd are the options of the etcd client: its TLS and login (see
+	// EtcdSecurity).
+	Etcd []EtcdOption
 	// Gossip configures the component's gossip member. When its Seeds is
 	// nil, the seeds are the gossip addresses of the node records in etcd.
 	Gossip GossipConfig
@@ -35,7 +38,7 @@ type Membership struct {
 // checks the prefix, and then joins the gossip ring. It returns ctx's error
 // if ctx is done first. When Join fails it holds nothing.
 func Join(ctx context.Context, cfg JoinConfig, log *slog.Logger) (*Membership, error) {
-	cli, err := NewEtcdClient(cfg.EtcdEndpoints)
+	cli, err := NewEtcdClient(cfg.EtcdEndpoints, cfg.Etcd...)
 	if err != nil {
 		return nil, err
 	}

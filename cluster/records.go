@@ -149,6 +149,9 @@ type NodeRecord struct {
 	// LoadError is set while the node fails to load the shards the
 	// placement assigns it, and cleared by the load that succeeds.
 	LoadError *LoadError `json:"load_error,omitempty"`
+	// Insecure says the node runs without TLS (--insecure): plaintext
+	// gRPC and gossip, no identity checks.
+	Insecure bool `json:"insecure,omitempty"`
 }
 
 // LoadError is an expert node's last failed attempt to load its shards.

@@ -107,6 +107,7 @@ func buildStatus(snap *cluster.Snapshot, dead func(cluster.NodeRecord) bool) *mo
 			continue
 		}
 		ns.GrpcAddr, ns.GossipAddr = rec.GRPCAddr, rec.GossipAddr
+		ns.Insecure = rec.Insecure
 		ns.State = string(rec.State)
 		if snap.Drained(id) {
 			ns.State = string(cluster.StateDraining)

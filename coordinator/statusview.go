@@ -68,7 +68,11 @@ func WriteStatusTable(w io.Writer, s *moegridv1.StatusResponse, now time.Time) e
 		if t := n.GetLastHeartbeat(); t != nil {
 			hb = age(now.Sub(t.AsTime())) + " ago"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.GetId(), n.GetState(), alive,
+		id := n.GetId()
+		if n.GetInsecure() {
+			id += " INSECURE"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", id, n.GetState(), alive,
 			formatShards(n.GetAssigned(), layers), formatShards(n.GetLoaded(), layers), mem, load, hb)
 	}
 	if err := tw.Flush(); err != nil {

@@ -46,7 +46,7 @@ func goldenStatus() *moegridv1.StatusResponse {
 				Device: "cuda (NVIDIA H100 80GB HBM3)", MemoryCapacityBytes: 80 * gib, MemoryUsedBytes: 21 * gib,
 				Assigned: []*moegridv1.Shard{sh(0, 0, 32), sh(1, 0, 32)}, Loaded: []*moegridv1.Shard{sh(0, 0, 32), sh(1, 0, 32)},
 				Load: &moegridv1.NodeLoad{ForwardCallsTotal: 120345, RowsTotal: 9876543, Inflight: 3, RowsPerSecond: 1523.25}, LastHeartbeat: hb(2 * time.Second)},
-			{Id: "expert-1", GrpcAddr: "10.0.0.11:7100", State: "joining", Alive: true, Device: "cpu (amd64)",
+			{Id: "expert-1", GrpcAddr: "10.0.0.11:7100", State: "joining", Alive: true, Device: "cpu (amd64)", Insecure: true,
 				MemoryCapacityBytes: 16 * gib, MemoryUsedBytes: 5 * gib, Assigned: []*moegridv1.Shard{sh(2, 0, 16)},
 				Load: &moegridv1.NodeLoad{}, LastHeartbeat: hb(1500 * time.Millisecond),
 				LoadError: &moegridv1.LoadError{Message: "model: open /models/mixtral/model-00003-of-00019.safetensors:\nno such file or directory", Time: hb(12 * time.Second), Attempts: 4}},

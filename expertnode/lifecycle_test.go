@@ -49,6 +49,7 @@ func assertFree(t *testing.T, addr string) {
 
 func nodeConfig(t *testing.T, etcd []string) Config {
 	cfg := DefaultConfig()
+	cfg.Security.Insecure = true // the lifecycle, not the security, is under test
 	cfg.ID = "n1"
 	cfg.ModelDir = tinyDir
 	cfg.EtcdEndpoints = etcd

@@ -17,6 +17,8 @@ import (
 
 	"github.com/moegrid/moegrid/cluster"
 	"github.com/moegrid/moegrid/internal/grpcerr"
+	"github.com/moegrid/moegrid/internal/mtls"
+	"github.com/moegrid/moegrid/internal/pki"
 	"github.com/moegrid/moegrid/internal/retry"
 	"github.com/moegrid/moegrid/internal/serve"
 	"github.com/moegrid/moegrid/model"
@@ -60,6 +62,10 @@ type Config struct {
 	LoadReport time.Duration
 	// StopTimeout bounds the graceful drain on shutdown.
 	StopTimeout time.Duration
+	// Security is the node's certificate, the CA it trusts and the gossip
+	// keyring, or Insecure. Routers' certificates may call Forward,
+	// admins' everything else.
+	Security mtls.Security
 }
 
 // DefaultConfig returns the local defaults, which are also the command
@@ -105,8 +111,19 @@ func (c *Config) validate() error {
 	if c.LoadReport <= 0 {
 		errs = append(errs, fmt.Errorf("load report interval %v must be positive", c.LoadReport))
 	}
+	if err := c.Security.Validate(true); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
+
+// Policy is who may call an expert node: routers compute with Forward,
+// admins may call everything else.
+var Policy = mtls.Policy{Allow: map[string][]pki.Role{
+	moegridv1.Expert_Forward_FullMethodName:       {pki.RoleRouter},
+	moegridv1.Expert_ForwardStream_FullMethodName: {pki.RoleRouter},
+	"/moegrid.v1.Expert/*":                        {pki.RoleAdmin},
+}}
 
 // Node is one expert node. Build it with New and run it with Run; its
 // accessors are safe for concurrent use.
@@ -211,6 +228,21 @@ func (n *Node) Run(ctx context.Context) error {
 		return err
 	}
 	defer n.store.swap(nil)
+	src, err := n.cfg.Security.Source(n.log)
+	if err != nil {
+		return fmt.Errorf("expertnode: %w", err)
+	}
+	if n.cfg.Security.Insecure {
+		n.log.Warn("running INSECURE: plaintext gRPC, HTTP, etcd and gossip, no identity checks (--insecure)")
+	}
+	etcdOpts, etcdSrc, err := cluster.EtcdSecurity(n.cfg.Security, src, n.cfg.EtcdEndpoints, n.log)
+	if err != nil {
+		return fmt.Errorf("expertnode: %w", err)
+	}
+	keyring, err := n.cfg.Security.GossipKeyring()
+	if err != nil {
+		return fmt.Errorf("expertnode: %w", err)
+	}
 	boundary := grpcerr.New(errorCodes, n.log)
 	n.svc = newExpertService(n.cfg.ID, n.model, &n.store, n.cfg.QueueDepth, n.cfg.Workers, n.metrics, boundary)
 	servers, err := serve.New(serve.Config{
@@ -218,6 +250,7 @@ func (n *Node) Run(ctx context.Context) error {
 		StopTimeout: n.cfg.StopTimeout, MaxMessageBytes: 256 << 20,
 		UnaryInterceptors:  []grpc.UnaryServerInterceptor{boundary.Unary()},
 		StreamInterceptors: []grpc.StreamServerInterceptor{boundary.Stream()},
+		TLS:                src, Policy: Policy,
 	}, n.reg, n.log)
 	if err != nil {
 		return fmt.Errorf("expertnode: %w", err)
@@ -240,11 +273,12 @@ func (n *Node) Run(ctx context.Context) error {
 	gcfg.BindAddr = n.cfg.GossipAddr
 	gcfg.AdvertiseAddr = n.cfg.GossipAdvertise
 	gcfg.Join = n.cfg.Join
+	gcfg.Keyring = keyring
 	gcfg.Meta = func() cluster.MemberMeta {
 		l := n.liveLoad()
 		return cluster.MemberMeta{GRPCAddr: advertise, Load: &l}
 	}
-	member, err := cluster.Join(ctx, cluster.JoinConfig{EtcdEndpoints: n.cfg.EtcdEndpoints, Prefix: n.cfg.Prefix, Gossip: gcfg}, n.log)
+	member, err := cluster.Join(ctx, cluster.JoinConfig{EtcdEndpoints: n.cfg.EtcdEndpoints, Prefix: n.cfg.Prefix, Etcd: etcdOpts, Gossip: gcfg}, n.log)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil // stopped while waiting for etcd
@@ -262,6 +296,7 @@ func (n *Node) Run(ctx context.Context) error {
 		CapacityBytes: n.cfg.CapacityBytes,
 		Device:        n.cfg.Device,
 		Model:         n.info,
+		Insecure:      n.cfg.Security.Insecure,
 	}, cluster.LeaseOptions{TTL: n.cfg.LeaseTTL, Logger: n.log})
 	if err != nil {
 		if ctx.Err() != nil {
@@ -279,6 +314,8 @@ func (n *Node) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- servers.Run(serveCtx) }()
+	sourcesDone := make(chan error, 1)
+	go func() { sourcesDone <- mtls.RunSources(serveCtx, src, etcdSrc) }()
 	g.Go(func() error { return n.follow(gctx, st, reg) })
 	g.Go(func() error { return n.reportLoad(gctx, reg) })
 	err = g.Wait()
@@ -294,6 +331,7 @@ func (n *Node) Run(ctx context.Context) error {
 	if serr := <-serveErr; serr != nil && err == nil {
 		err = serr
 	}
+	<-sourcesDone
 	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 		err = nil
 	}

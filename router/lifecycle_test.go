@@ -63,6 +63,7 @@ func TestRunReleasesOnEarlyReturn(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := DefaultConfig()
+			cfg.Security.Insecure = true // the lifecycle, not the security, is under test
 			cfg.ModelDir = fx.dir
 			cfg.EtcdEndpoints = []string{"http://127.0.0.1:1"}
 			cfg.GRPCAddr, cfg.HTTPAddr = freeAddr(t), freeAddr(t)
@@ -89,6 +90,7 @@ func TestRunReleasesOnEarlyReturn(t *testing.T) {
 func TestRunServes(t *testing.T) {
 	srv := etcdtest.Start(t)
 	cfg := DefaultConfig()
+	cfg.Security.Insecure = true // the lifecycle, not the security, is under test
 	cfg.ModelDir = fx.dir
 	cfg.EtcdEndpoints = srv.Endpoints()
 	cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"

@@ -18,6 +18,8 @@ import (
 	"github.com/moegrid/moegrid/cluster"
 	"github.com/moegrid/moegrid/internal/apikey"
 	"github.com/moegrid/moegrid/internal/grpcerr"
+	"github.com/moegrid/moegrid/internal/mtls"
+	"github.com/moegrid/moegrid/internal/pki"
 	"github.com/moegrid/moegrid/internal/serve"
 	"github.com/moegrid/moegrid/model"
 	"github.com/moegrid/moegrid/model/tokenizer"
@@ -62,6 +64,10 @@ type Config struct {
 	// Generate and /v1/ APIs authenticate against, reloaded when it
 	// changes; empty lets every client generate.
 	APIKeysFile string
+	// Security is the router's certificate (served to clients, shown to
+	// expert nodes), the CA it trusts and the gossip keyring, or Insecure.
+	// Client, admin and router certificates may call Generation.
+	Security mtls.Security
 }
 
 // DefaultConfig returns the local defaults, which are also the command
@@ -110,8 +116,17 @@ func (c *Config) validate() error {
 	if err := cluster.ValidateID(c.ID); err != nil {
 		errs = append(errs, fmt.Errorf("id: %w", err))
 	}
+	if err := c.Security.Validate(true); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
+
+// Policy is who may call a router: clients, admins and other routers
+// generate.
+var Policy = mtls.Policy{Allow: map[string][]pki.Role{
+	"/" + moegridv1.Generation_ServiceDesc.ServiceName + "/*": {pki.RoleClient, pki.RoleAdmin, pki.RoleRouter},
+}}
 
 // Router is one router. Build it with New and run it with Run; its
 // accessors are safe for concurrent use.
@@ -207,10 +222,26 @@ func (r *Router) Run(ctx context.Context) error {
 		return err
 	}
 	defer r.model.Close()
+	src, err := r.cfg.Security.Source(r.log)
+	if err != nil {
+		return fmt.Errorf("router: %w", err)
+	}
+	if r.cfg.Security.Insecure {
+		r.log.Warn("running INSECURE: plaintext gRPC, HTTP, etcd and gossip, no identity checks (--insecure)")
+	}
+	etcdOpts, etcdSrc, err := cluster.EtcdSecurity(r.cfg.Security, src, r.cfg.EtcdEndpoints, r.log)
+	if err != nil {
+		return fmt.Errorf("router: %w", err)
+	}
+	keyring, err := r.cfg.Security.GossipKeyring()
+	if err != nil {
+		return fmt.Errorf("router: %w", err)
+	}
 
-	// Authentication runs before the error boundary: its refusals are
-	// statuses already, and a refused call never reaches a handler.
-	scfg := serve.Config{GRPCAddr: r.cfg.GRPCAddr, HTTPAddr: r.cfg.HTTPAddr, StopTimeout: r.cfg.StopTimeout}
+	// Authorization by role, then authentication by API key, run before
+	// the error boundary: their refusals are statuses already, and a
+	// refused call never reaches a handler.
+	scfg := serve.Config{GRPCAddr: r.cfg.GRPCAddr, HTTPAddr: r.cfg.HTTPAddr, StopTimeout: r.cfg.StopTimeout, TLS: src, Policy: Policy}
 	if r.cfg.APIKeysFile == "" {
 		r.log.Warn("no API keys: every client may generate")
 	} else {
@@ -242,7 +273,8 @@ func (r *Router) Run(ctx context.Context) error {
 	gcfg.BindAddr = r.cfg.GossipAddr
 	gcfg.AdvertiseAddr = r.cfg.GossipAdvertise
 	gcfg.Join = r.cfg.Join
-	member, err := cluster.Join(ctx, cluster.JoinConfig{EtcdEndpoints: r.cfg.EtcdEndpoints, Prefix: r.cfg.Prefix, Gossip: gcfg}, r.log)
+	gcfg.Keyring = keyring
+	member, err := cluster.Join(ctx, cluster.JoinConfig{EtcdEndpoints: r.cfg.EtcdEndpoints, Prefix: r.cfg.Prefix, Etcd: etcdOpts, Gossip: gcfg}, r.log)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil // stopped while waiting for etcd
@@ -253,7 +285,9 @@ func (r *Router) Run(ctx context.Context) error {
 	st := member.Store
 
 	r.gossipTopo = newClusterTopology(r.fingerprint, member.Gossip)
-	r.dispatcher = NewDispatcher(r.cfg.Dispatch, r.gossipTopo, r.model.Config.HiddenSize, r.log, r.reg)
+	dcfg := r.cfg.Dispatch
+	dcfg.TLS = src
+	r.dispatcher = NewDispatcher(dcfg, r.gossipTopo, r.model.Config.HiddenSize, r.log, r.reg)
 	defer r.dispatcher.Close()
 	r.gossipTopo.onChange = r.dispatcher.Retain
 	r.experts.Store(r.dispatcher)
@@ -285,6 +319,7 @@ func (r *Router) Run(ctx context.Context) error {
 	if r.keys != nil {
 		g.Go(func() error { r.keys.Run(gctx); return nil })
 	}
+	g.Go(func() error { return mtls.RunSources(gctx, src, etcdSrc) })
 	return g.Wait()
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -89,6 +90,7 @@ func newPerplexityCmd() *cobra.Command {
 		addr    string
 		apiKey  string
 		timeout time.Duration
+		dial    dialFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "perplexity --model DIR|FILE.gguf --text FILE [--addr ROUTER]",
@@ -128,7 +130,7 @@ numbers equal the in-process ones bit for bit.`,
 				scorer = eval.Local{Model: lm.Model, Experts: lm.experts}
 				out.Mode = "local"
 			} else {
-				rs, err := newRouterScorer(addr, apiKey)
+				rs, err := newRouterScorer(addr, apiKey, &dial)
 				if err != nil {
 					return err
 				}
@@ -157,7 +159,8 @@ numbers equal the in-process ones bit for bit.`,
 	tf.register(cmd)
 	f := cmd.Flags()
 	f.IntVar(&stride, "stride", 0, "new tokens scored per window, at most context-1 (default context-1: windows share one token)")
-	f.StringVar(&addr, "addr", "", "router HTTP address (host:port or http(s)://host:port); default: run the model in this process")
+	f.StringVar(&addr, "addr", "", "router HTTP address (host:port, https unless --insecure, or http(s)://host:port); default: run the model in this process")
+	dial.register(f)
 	f.StringVar(&apiKey, "api-key", "", "API key for the router (Authorization: Bearer)")
 	f.DurationVar(&timeout, "timeout", 0, "give up after this long (0: never)")
 	return cmd
@@ -187,15 +190,38 @@ type routerScorer struct {
 	model string
 }
 
-func newRouterScorer(addr, apiKey string) (*routerScorer, error) {
+// newRouterScorer scores through the router at addr: an http:// URL in
+// plaintext; an https:// URL or a bare host:port over TLS with the
+// certificates d gives, or in plaintext when d says insecure.
+func newRouterScorer(addr, apiKey string, d *dialFlags) (*routerScorer, error) {
 	base := strings.TrimRight(addr, "/")
-	if !strings.Contains(base, "://") {
-		base = "http://" + base
+	scheme, rest, explicit := strings.Cut(base, "://")
+	if !explicit {
+		scheme, rest = "", base
 	}
-	if !strings.HasPrefix(base, "http://") && !strings.HasPrefix(base, "https://") {
+	if explicit && scheme != "http" && scheme != "https" || rest == "" {
 		return nil, fmt.Errorf("--addr %q: want host:port or an http(s) URL", addr)
 	}
-	return &routerScorer{base: base, apiKey: apiKey, client: &http.Client{}}, nil
+	client := &http.Client{}
+	if scheme != "http" {
+		hostport, _, _ := strings.Cut(rest, "/")
+		host, _, err := net.SplitHostPort(hostport)
+		if err != nil {
+			host = hostport
+		}
+		cfg, err := d.httpTLS(host)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case cfg != nil:
+			client.Transport = &http.Transport{TLSClientConfig: cfg}
+			scheme = "https"
+		case scheme == "":
+			scheme = "http"
+		}
+	}
+	return &routerScorer{base: scheme + "://" + rest, apiKey: apiKey, client: client}, nil
 }
 
 type completionResponse struct {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +20,8 @@ import (
 	"github.com/moegrid/moegrid/cluster/etcdtest"
 	"github.com/moegrid/moegrid/coordinator"
 	"github.com/moegrid/moegrid/expertnode"
+	"github.com/moegrid/moegrid/internal/pki"
+	"github.com/moegrid/moegrid/internal/pki/pkitest"
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
 	"github.com/moegrid/moegrid/router"
 )
@@ -52,6 +55,9 @@ func runInBackground(t *testing.T, name string, run func(ctx context.Context) er
 
 // evalCluster is a whole cluster on loopback, in this process.
 type evalCluster struct {
+	// tlsArgs are the flags that give a CLI command an admin certificate
+	// of the cluster.
+	tlsArgs     []string
 	router      *router.Router
 	coordinator *coordinator.Coordinator
 }
@@ -62,17 +68,24 @@ type evalCluster struct {
 // router's configurations first.
 func startEvalCluster(t *testing.T, dir string, nodes int, edit func(*coordinator.Config, *router.Config)) evalCluster {
 	t.Helper()
-	etcd := etcdtest.Start(t)
+	p := pkitest.New(t)
+	etcdFiles := p.Issue(t, pki.RoleEtcd, "etcd-0", 0)
+	etcd := etcdtest.StartTLS(t, etcdtest.TLS{CertFile: etcdFiles.Cert, KeyFile: etcdFiles.Key, CAFile: etcdFiles.CA,
+		Client: p.ClientTLS(t, pki.RoleAdmin, "etcd-admin")})
+	admin := p.Issue(t, pki.RoleAdmin, "admin", 0)
+	tlsArgs := []string{"--tls-cert", admin.Cert, "--tls-key", admin.Key, "--tls-ca", admin.CA}
 	log := slog.New(slog.DiscardHandler)
 	ccfg := coordinator.DefaultConfig()
 	ccfg.ID = "coordinator-0"
 	ccfg.EtcdEndpoints = etcd.Endpoints()
 	ccfg.GRPCAddr, ccfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
+	ccfg.Security = p.Security(t, pki.RoleCoordinator, ccfg.ID)
 	rcfg := router.DefaultConfig()
 	rcfg.ModelDir = dir
 	rcfg.EtcdEndpoints = etcd.Endpoints()
 	rcfg.GRPCAddr, rcfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
 	rcfg.StopTimeout = 2 * time.Second
+	rcfg.Security = p.Security(t, pki.RoleRouter, rcfg.ID)
 	if edit != nil {
 		edit(&ccfg, &rcfg)
 	}
@@ -88,6 +101,7 @@ func startEvalCluster(t *testing.T, dir string, nodes int, edit func(*coordinato
 		cfg.ModelDir = dir
 		cfg.EtcdEndpoints = etcd.Endpoints()
 		cfg.StopTimeout = 2 * time.Second
+		cfg.Security = p.Security(t, pki.RoleExpertNode, cfg.ID)
 		n, err := expertnode.New(cfg, log, prometheus.NewRegistry())
 		if err != nil {
 			t.Fatal(err)
@@ -104,13 +118,14 @@ func startEvalCluster(t *testing.T, dir string, nodes int, edit func(*coordinato
 	case <-time.After(60 * time.Second):
 		t.Fatal("router not serving after 60s")
 	}
+	probe := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: p.Pool()}}}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		resp, err := http.Get("http://" + r.HTTPAddr() + "/readyz")
+		resp, err := probe.Get("https://" + r.HTTPAddr() + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return evalCluster{router: r, coordinator: coord}
+				return evalCluster{tlsArgs: tlsArgs, router: r, coordinator: coord}
 			}
 		}
 		if time.Now().After(deadline) {
@@ -138,7 +153,8 @@ func perplexityJSON(t *testing.T, args ...string) perplexityOutput {
 // F32 activations on the wire: the NLL is the same float64, bit for bit.
 func TestPerplexityLocalEqualsCluster(t *testing.T) {
 	dir, text := writeTiny(t), evalText(t)
-	r := startEvalCluster(t, dir, 2, nil).router
+	c := startEvalCluster(t, dir, 2, nil)
+	r := c.router
 	for _, tc := range []struct {
 		name    string
 		windows []string
@@ -150,8 +166,8 @@ func TestPerplexityLocalEqualsCluster(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"--model", dir, "--text", text}, tc.windows...)
 			local := perplexityJSON(t, args...)
-			remote := perplexityJSON(t, append(args, "--addr", r.HTTPAddr())...)
-			if local.Tokens < 200 || local.Mode != "local" || !strings.HasPrefix(remote.Mode, "router http://") {
+			remote := perplexityJSON(t, append(append(args, "--addr", r.HTTPAddr()), c.tlsArgs...)...)
+			if local.Tokens < 200 || local.Mode != "local" || !strings.HasPrefix(remote.Mode, "router https://") {
 				t.Fatalf("local run %+v: want hundreds of tokens in this process; remote mode %q", local, remote.Mode)
 			}
 			if remote.NLL != local.NLL || remote.Tokens != local.Tokens || remote.Windows != local.Windows || remote.PPL != local.PPL {
@@ -184,7 +200,7 @@ func TestEvalCommandErrors(t *testing.T) {
 		{"context 1", []string{"eval", "perplexity", "--model", dir, "--text", text, "--context", "1"}, "context 1 must be at least 2"},
 		{"stride = context", []string{"eval", "perplexity", "--model", dir, "--text", text, "--context", "64", "--stride", "64"}, "stride 64 must be in [1, 63]"},
 		{"bad addr", []string{"eval", "perplexity", "--model", dir, "--text", text, "--addr", "ftp://x"}, "want host:port or an http(s) URL"},
-		{"no router", []string{"eval", "perplexity", "--model", dir, "--text", text, "--addr", "127.0.0.1:1"}, "connection refused"},
+		{"no router", []string{"eval", "perplexity", "--model", dir, "--text", text, "--addr", "127.0.0.1:1", "--insecure"}, "connection refused"},
 		{"experts: no model", []string{"eval", "experts", "--text", text}, "--model is required"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -278,7 +294,7 @@ func TestHotExpertReplication(t *testing.T) {
 	// replicated returns the expert the placement holds twice, loaded on
 	// both nodes, or -1.
 	replicated := func() int {
-		out, err := runCmd(t, "nodes", "--coordinator", c.coordinator.GRPCAddr(), "-o", "json")
+		out, err := runCmd(t, append([]string{"nodes", "--coordinator", c.coordinator.GRPCAddr(), "-o", "json"}, c.tlsArgs...)...)
 		if err != nil {
 			t.Fatal(err, out)
 		}
@@ -303,7 +319,7 @@ func TestHotExpertReplication(t *testing.T) {
 	}
 	waitFor("extra replica of expert 0 before any load", func() bool { return replicated() == 0 })
 	waitFor(fmt.Sprintf("extra replica of the hot expert %d", hot), func() bool {
-		perplexityJSON(t, "--model", dir, "--text", text, "--addr", c.router.HTTPAddr())
+		perplexityJSON(t, append([]string{"--model", dir, "--text", text, "--addr", c.router.HTTPAddr()}, c.tlsArgs...)...)
 		return replicated() == hot
 	})
 }

@@ -24,6 +24,7 @@ func newExpertnodeCmd() *cobra.Command {
 			cfg.EtcdEndpoints, cfg.Prefix = cf.etcd, cf.prefix
 			cfg.GossipAddr, cfg.GossipAdvertise, cfg.Join = cf.gossipAddr, cf.gossipAdvertise, cf.join
 			cfg.CapacityBytes = int64(capacity)
+			cfg.Security = cf.security
 			n, err := expertnode.New(cfg, log, newRegistry())
 			if err != nil {
 				return err

@@ -10,9 +10,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
@@ -29,6 +27,7 @@ func newGenerateCmd() *cobra.Command {
 		ignoreEOS         bool
 		explain           bool
 		timeout           time.Duration
+		tlsFlags          dialFlags
 		apiKey            string
 	)
 	cmd := &cobra.Command{
@@ -80,7 +79,7 @@ func newGenerateCmd() *cobra.Command {
 			var text strings.Builder
 			var last *moegridv1.GenerateResponse
 			var ex explanation
-			err = generateFailover(ctx, addrs, req, cmd.ErrOrStderr(), func(msg *moegridv1.GenerateResponse) {
+			err = generateFailover(ctx, addrs, &tlsFlags, req, cmd.ErrOrStderr(), func(msg *moegridv1.GenerateResponse) {
 				for _, id := range msg.TokenIds {
 					got = append(got, int(id))
 				}
@@ -139,6 +138,7 @@ func newGenerateCmd() *cobra.Command {
 	f.BoolVar(&explain, "explain", false, "show the experts and gate weights of every layer behind each token: a line per token, then the text (json: routes and prompt_routes)")
 	f.StringVar(&output, "output", "text", "text (stream the text) or json ({\"ids\": [...], \"text\": ...})")
 	f.DurationVar(&timeout, "timeout", 5*time.Minute, "request deadline")
+	tlsFlags.register(f)
 	f.StringVar(&apiKey, "api-key", "", "API key sent as a bearer token (also MOEGRID_API_KEY)")
 	return cmd
 }
@@ -149,11 +149,11 @@ func newGenerateCmd() *cobra.Command {
 // reach its experts) has produced nothing, so the request goes to the next
 // one; once a response has arrived, a failure is returned as it is, since a
 // second router would repeat tokens already delivered.
-func generateFailover(ctx context.Context, addrs []string, req *moegridv1.GenerateRequest, warn io.Writer, onMsg func(*moegridv1.GenerateResponse)) error {
+func generateFailover(ctx context.Context, addrs []string, d *dialFlags, req *moegridv1.GenerateRequest, warn io.Writer, onMsg func(*moegridv1.GenerateResponse)) error {
 	var err error
 	for i, addr := range addrs {
 		var started bool
-		started, err = generateOnce(ctx, addr, req, onMsg)
+		started, err = generateOnce(ctx, addr, d, req, onMsg)
 		if err == nil || started || status.Code(err) != codes.Unavailable || ctx.Err() != nil {
 			break
 		}
@@ -164,10 +164,10 @@ func generateFailover(ctx context.Context, addrs []string, req *moegridv1.Genera
 	return err
 }
 
-// generateOnce streams req from the router at addr; started reports whether
-// any response arrived.
-func generateOnce(ctx context.Context, addr string, req *moegridv1.GenerateRequest, onMsg func(*moegridv1.GenerateResponse)) (started bool, err error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+// generateOnce streams req from the router at addr, dialled with the
+// credentials d gives; started reports whether any response arrived.
+func generateOnce(ctx context.Context, addr string, d *dialFlags, req *moegridv1.GenerateRequest, onMsg func(*moegridv1.GenerateResponse)) (started bool, err error) {
+	conn, err := d.dial(addr)
 	if err != nil {
 		return false, fmt.Errorf("router %s: %w", addr, err)
 	}

@@ -36,6 +36,7 @@ func newRouterCmd() *cobra.Command {
 			}
 			cfg.EtcdEndpoints, cfg.Prefix = cf.etcd, cf.prefix
 			cfg.GossipAddr, cfg.GossipAdvertise, cfg.Join = cf.gossipAddr, cf.gossipAdvertise, cf.join
+			cfg.Security = cf.security
 			r, err := router.New(cfg, log, newRegistry())
 			if err != nil {
 				return err

@@ -51,6 +51,7 @@ func TestExpertNodeRetriesFailedLoad(t *testing.T) {
 	ccfg.EtcdEndpoints = tc.Endpoints()
 	ccfg.GRPCAddr, ccfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
 	ccfg.LeaseTTL = 3 * time.Second
+	ccfg.Security.Insecure = true
 	coord, err := coordinator.New(ccfg, nil, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
@@ -63,6 +64,7 @@ func TestExpertNodeRetriesFailedLoad(t *testing.T) {
 	cfg.EtcdEndpoints = tc.Endpoints()
 	cfg.LeaseTTL = 3 * time.Second
 	cfg.StopTimeout = 2 * time.Second
+	cfg.Security.Insecure = true
 	n, err := expertnode.New(cfg, nil, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)

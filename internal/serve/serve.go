@@ -4,6 +4,12 @@
 // whatever the component adds. Every moegrid server (coordinator, expert
 // node, router) is built on it, so they all answer the same probes.
 //
+// With Config.TLS set, gRPC is mutual TLS (a client certificate from the
+// cluster CA is required at the handshake, and Config.Policy decides each
+// call by the caller's role; health and reflection stay open to every
+// holder of a certificate) and HTTP is TLS with the client certificate
+// optional, so that probes and API clients without one get in.
+//
 // Both servers defend themselves against clients that hold connections
 // without using them: a bounded number of connections (more wait in the
 // kernel's accept queue), deadlines on a request's headers and body and on
@@ -21,6 +27,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,10 +38,13 @@ import (
 	"golang.org/x/net/netutil"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
+
+	"github.com/moegrid/moegrid/internal/mtls"
 )
 
 // Config says where to listen. An address with port 0 picks a free port;
@@ -54,11 +64,13 @@ type Config struct {
 	// error boundary.
 	UnaryInterceptors  []grpc.UnaryServerInterceptor
 	StreamInterceptors []grpc.StreamServerInterceptor
-	// TLS is the hook for transport security: when it is set, both servers
-	// are to serve with it (gRPC transport credentials, HTTPS). It is not
-	// applied yet; New refuses a non-nil TLS rather than serve plaintext
-	// that the caller believed encrypted.
-	TLS *tls.Config
+	// TLS is the server's certificate and the CA its clients' must chain
+	// to, read for every handshake, so that a reload applies to the next
+	// connection. Nil serves plaintext.
+	TLS *mtls.Source
+	// Policy says which roles may call which gRPC methods when TLS is
+	// set; a method it does not name is denied.
+	Policy mtls.Policy
 	// ReadyCheck, if set, must also pass for /readyz to answer 200, e.g. a
 	// dependency that must answer.
 	ReadyCheck func(context.Context) error
@@ -143,8 +155,19 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Servers, err
 	if cfg.MaxConns < 0 || cfg.HeaderTimeout < 0 || cfg.BodyTimeout < 0 || cfg.IdleTimeout < 0 || cfg.MaxHeaderBytes < 0 {
 		return nil, fmt.Errorf("serve: negative limit in %+v", cfg)
 	}
+	var unary []grpc.UnaryServerInterceptor
+	var stream []grpc.StreamServerInterceptor
+	var creds []grpc.ServerOption
 	if cfg.TLS != nil {
-		return nil, errors.New("serve: TLS is not supported yet")
+		policy := cfg.Policy
+		policy.Open = append(slices.Clone(policy.Open), mtls.HealthService, mtls.ReflectionService, mtls.ReflectionV1Alpha)
+		authz, err := mtls.NewAuthorizer(policy)
+		if err != nil {
+			return nil, fmt.Errorf("serve: %w", err)
+		}
+		unary = append(unary, authz.UnaryInterceptor())
+		stream = append(stream, authz.StreamInterceptor())
+		creds = append(creds, grpc.Creds(credentials.NewTLS(mtls.ServerTLS(cfg.TLS))))
 	}
 	rpcMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	if err := reg.Register(rpcMetrics); err != nil {
@@ -158,9 +181,10 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Servers, err
 			Timeout:           pingTimeout,
 		}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: minClientPing, PermitWithoutStream: true}),
-		grpc.ChainUnaryInterceptor(append([]grpc.UnaryServerInterceptor{rpcMetrics.UnaryServerInterceptor()}, cfg.UnaryInterceptors...)...),
-		grpc.ChainStreamInterceptor(append([]grpc.StreamServerInterceptor{rpcMetrics.StreamServerInterceptor()}, cfg.StreamInterceptors...)...),
+		grpc.ChainUnaryInterceptor(append(append([]grpc.UnaryServerInterceptor{rpcMetrics.UnaryServerInterceptor()}, unary...), cfg.UnaryInterceptors...)...),
+		grpc.ChainStreamInterceptor(append(append([]grpc.StreamServerInterceptor{rpcMetrics.StreamServerInterceptor()}, stream...), cfg.StreamInterceptors...)...),
 	}
+	opts = append(opts, creds...)
 	if cfg.MaxMessageBytes > 0 {
 		opts = append(opts, grpc.MaxRecvMsgSize(cfg.MaxMessageBytes), grpc.MaxSendMsgSize(cfg.MaxMessageBytes))
 	}
@@ -203,9 +227,9 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Servers, err
 	return s, nil
 }
 
-// Bind opens the listeners; the address accessors are valid after it. Every
-// listener built from the config passes through here, so this is where a
-// TLS listener will be made. If Bind fails it holds nothing; if Run is not
+// Bind opens the listeners; the address accessors are valid after it. With
+// Config.TLS set the HTTP listener speaks TLS (gRPC's credentials do the
+// same for its connections). If Bind fails it holds nothing; if Run is not
 // called after it, Close releases the listeners.
 func (s *Servers) Bind() error {
 	if s.grpcLis != nil {
@@ -222,6 +246,9 @@ func (s *Servers) Bind() error {
 			return fmt.Errorf("serve: http listen %s: %w", s.cfg.HTTPAddr, err)
 		}
 		s.httpLis = netutil.LimitListener(hl, s.cfg.MaxConns)
+		if s.cfg.TLS != nil {
+			s.httpLis = tls.NewListener(s.httpLis, mtls.HTTPServerTLS(s.cfg.TLS))
+		}
 	}
 	s.grpcLis = netutil.LimitListener(gl, s.cfg.MaxConns)
 	return nil

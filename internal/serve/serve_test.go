@@ -2,7 +2,6 @@ package serve
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -163,10 +162,4 @@ func TestNewBindsNothing(t *testing.T) {
 		t.Fatalf("failed Run kept its gRPC listener: %v", err)
 	}
 	l.Close()
-}
-
-func TestTLSRefused(t *testing.T) {
-	if _, err := New(Config{GRPCAddr: "127.0.0.1:0", TLS: &tls.Config{}}, nil, nil); err == nil {
-		t.Error("New accepted a TLS config it does not apply")
-	}
 }

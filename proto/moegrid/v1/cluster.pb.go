@@ -286,7 +286,9 @@ type NodeStatus struct {
 	LastHeartbeat       *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=last_heartbeat,json=lastHeartbeat,proto3" json:"last_heartbeat,omitempty"`
 	// load_error is the node's last failed attempt to load its assigned
 	// shards, while it keeps failing; absent once a load succeeds.
-	LoadError     *LoadError `protobuf:"bytes,13,opt,name=load_error,json=loadError,proto3" json:"load_error,omitempty"`
+	LoadError *LoadError `protobuf:"bytes,13,opt,name=load_error,json=loadError,proto3" json:"load_error,omitempty"`
+	// insecure: the node runs with --insecure (plaintext, no identity checks).
+	Insecure      bool `protobuf:"varint,14,opt,name=insecure,proto3" json:"insecure,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -410,6 +412,13 @@ func (x *NodeStatus) GetLoadError() *LoadError {
 		return x.LoadError
 	}
 	return nil
+}
+
+func (x *NodeStatus) GetInsecure() bool {
+	if x != nil {
+		return x.Insecure
+	}
+	return false
 }
 
 // LoadError is an expert node's failure to load its shards.
@@ -707,7 +716,7 @@ const file_proto_moegrid_v1_cluster_proto_rawDesc = "" +
 	"\x06expert\x18\x01 \x01(\rR\x06expert\x12\x1f\n" +
 	"\vfirst_layer\x18\x02 \x01(\rR\n" +
 	"firstLayer\x12\x1b\n" +
-	"\tend_layer\x18\x03 \x01(\rR\bendLayer\"\xfb\x03\n" +
+	"\tend_layer\x18\x03 \x01(\rR\bendLayer\"\x97\x04\n" +
 	"\n" +
 	"NodeStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
@@ -725,7 +734,8 @@ const file_proto_moegrid_v1_cluster_proto_rawDesc = "" +
 	"\x04load\x18\v \x01(\v2\x14.moegrid.v1.NodeLoadR\x04load\x12A\n" +
 	"\x0elast_heartbeat\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\rlastHeartbeat\x124\n" +
 	"\n" +
-	"load_error\x18\r \x01(\v2\x15.moegrid.v1.LoadErrorR\tloadError\"q\n" +
+	"load_error\x18\r \x01(\v2\x15.moegrid.v1.LoadErrorR\tloadError\x12\x1a\n" +
+	"\binsecure\x18\x0e \x01(\bR\binsecure\"q\n" +
 	"\tLoadError\x12\x18\n" +
 	"\amessage\x18\x01 \x01(\tR\amessage\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1a\n" +

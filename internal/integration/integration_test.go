@@ -85,10 +85,13 @@ func runChildNode(js string) int {
 // testCluster is a whole cluster on loopback.
 type testCluster struct {
 	etcd   *etcdtest.Server
+	coord  *coordinator.Coordinator
 	router *router.Router
 	conn   *grpc.ClientConn
 	// children are expert nodes running as child processes, by ID.
 	children map[string]*exec.Cmd
+	// gate is in front of clusterOptions.gated.
+	gate *tcpGate
 }
 
 type clusterOptions struct {
@@ -101,6 +104,11 @@ type clusterOptions struct {
 	waitForHolder time.Duration
 	// model is the checkpoint every component serves; default tinyDir.
 	model string
+	// gated names an in-process expert node whose gRPC traffic passes
+	// through tc.gate, which can cut it while the node lives on.
+	gated string
+	// tuneRouter, if set, edits the router's configuration.
+	tuneRouter func(*router.Config)
 }
 
 // component runs fn until the test ends, then cancels it and waits.
@@ -138,6 +146,7 @@ func startCluster(t testing.TB, o clusterOptions) *testCluster {
 		t.Fatal(err)
 	}
 	component(t, "coordinator", coord.Run)
+	tc.coord = coord
 
 	for i := range o.nodes {
 		cfg := expertnode.DefaultConfig()
@@ -151,11 +160,21 @@ func startCluster(t testing.TB, o clusterOptions) *testCluster {
 			tc.startChild(t, cfg)
 			continue
 		}
+		var gate *tcpGate
+		if cfg.ID == o.gated {
+			gate = startGate(t)
+			cfg.AdvertiseAddr = gate.Addr()
+			tc.gate = gate
+		}
 		n, err := expertnode.New(cfg, log, prometheus.NewRegistry())
 		if err != nil {
 			t.Fatal(err)
 		}
 		component(t, cfg.ID, n.Run)
+		if gate != nil {
+			awaitReady(t, cfg.ID, n.Ready(), 60*time.Second)
+			gate.setTarget(n.GRPCAddr())
+		}
 	}
 
 	rcfg := router.DefaultConfig()
@@ -168,6 +187,9 @@ func startCluster(t testing.TB, o clusterOptions) *testCluster {
 		rcfg.Dispatch.WaitForHolder = o.waitForHolder
 	}
 	rcfg.Dispatch.CallTimeout = 10 * time.Second
+	if o.tuneRouter != nil {
+		o.tuneRouter(&rcfg)
+	}
 	r, err := router.New(rcfg, log, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)

@@ -102,7 +102,7 @@ func TestNodesCommand(t *testing.T) {
 	if diff := cmp.Diff(want.String(), out); diff != "" {
 		t.Errorf("table (-want +got):\n%s", diff)
 	}
-	if !strings.Contains(out, "NODE      STATE     ALIVE  SHARDS") {
+	if !strings.Contains(out, "NODE      STATE                ALIVE  SHARDS") {
 		t.Errorf("table header missing:\n%s", out)
 	}
 

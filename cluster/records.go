@@ -367,8 +367,54 @@ type LoadRecord struct {
 	// TokensPerSecond[e] is the recent rate of tokens whose top-k includes
 	// expert e, smoothed by the router.
 	TokensPerSecond []float64 `json:"tokens_per_second"`
+	// Unhealthy lists the expert nodes whose calls the router sees failing,
+	// by node ID, at most MaxUnhealthyNodes; nodes it trusts are absent.
+	Unhealthy []NodeVerdict `json:"unhealthy,omitempty"`
 	// Updated is when the router last wrote the record; set by LoadReporter.
 	Updated time.Time `json:"updated"`
+}
+
+// A router's verdict on an expert node whose calls fail (NodeVerdict.State).
+const (
+	// VerdictSuspect: recent calls failed, but not enough in a row to eject.
+	VerdictSuspect = "suspect"
+	// VerdictEjected: the router skips the node where another holder
+	// exists, until a probe call succeeds.
+	VerdictEjected = "ejected"
+)
+
+// Bounds on a LoadRecord's Unhealthy list, which every status read carries.
+const (
+	MaxUnhealthyNodes  = 256
+	MaxVerdictErrBytes = 256
+)
+
+// NodeVerdict is one router's view of an expert node it does not trust.
+type NodeVerdict struct {
+	// NodeID names the node.
+	NodeID string `json:"node_id"`
+	// State is VerdictSuspect or VerdictEjected.
+	State string `json:"state"`
+	// Since is when the node entered State: its first failure in a row for
+	// a suspect, its ejection for an ejected node.
+	Since time.Time `json:"since"`
+	// LastError is the last failed call's error, at most MaxVerdictErrBytes.
+	LastError string `json:"last_error,omitempty"`
+}
+
+func (v *NodeVerdict) validate() error {
+	if err := ValidateID(v.NodeID); err != nil {
+		return err
+	}
+	switch {
+	case v.State != VerdictSuspect && v.State != VerdictEjected:
+		return fmt.Errorf("node %s: state %q, want %s or %s", v.NodeID, v.State, VerdictSuspect, VerdictEjected)
+	case v.Since.IsZero():
+		return fmt.Errorf("node %s: since is zero", v.NodeID)
+	case len(v.LastError) > MaxVerdictErrBytes:
+		return fmt.Errorf("node %s: last_error is %d bytes, limit %d", v.NodeID, len(v.LastError), MaxVerdictErrBytes)
+	}
+	return nil
 }
 
 // Validate checks the record.
@@ -386,6 +432,20 @@ func (l *LoadRecord) Validate() error {
 		if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
 			return fmt.Errorf("tokens_per_second %v: must be finite and non-negative", v)
 		}
+	}
+	if len(l.Unhealthy) > MaxUnhealthyNodes {
+		return fmt.Errorf("unhealthy has %d nodes, limit %d", len(l.Unhealthy), MaxUnhealthyNodes)
+	}
+	seen := make(map[string]bool, len(l.Unhealthy))
+	for i := range l.Unhealthy {
+		v := &l.Unhealthy[i]
+		if err := v.validate(); err != nil {
+			return fmt.Errorf("unhealthy: %w", err)
+		}
+		if seen[v.NodeID] {
+			return fmt.Errorf("unhealthy: node %s listed twice", v.NodeID)
+		}
+		seen[v.NodeID] = true
 	}
 	return nil
 }

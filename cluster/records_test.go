@@ -3,6 +3,7 @@ package cluster
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -169,6 +170,76 @@ func FuzzDecodePlacementRecord(f *testing.F) {
 			for e := range r.Model.Experts {
 				_ = r.HoldersOf(e, 0)
 			}
+		}
+	})
+}
+
+func TestLoadRecordUnhealthy(t *testing.T) {
+	since := time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
+	valid := func(edit func(*LoadRecord)) []byte {
+		r := LoadRecord{RouterID: "router-1", Fingerprint: "f", TokensPerSecond: []float64{1, 2}, Updated: since,
+			Unhealthy: []NodeVerdict{
+				{NodeID: "node-1", State: VerdictEjected, Since: since, LastError: "rpc error: code = Unavailable"},
+				{NodeID: "node-2", State: VerdictSuspect, Since: since},
+			}}
+		if edit != nil {
+			edit(&r)
+		}
+		b, err := json.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	tooMany := make([]NodeVerdict, MaxUnhealthyNodes+1)
+	for i := range tooMany {
+		tooMany[i] = NodeVerdict{NodeID: fmt.Sprintf("node-%d", i), State: VerdictSuspect, Since: since}
+	}
+	for _, tc := range []struct {
+		name    string
+		value   []byte
+		wantErr string // "" for a valid record
+	}{
+		{"valid", valid(nil), ""},
+		{"none", valid(func(r *LoadRecord) { r.Unhealthy = nil }), ""},
+		{"bad state", valid(func(r *LoadRecord) { r.Unhealthy[0].State = "sick" }), `node node-1: state "sick"`},
+		{"no since", valid(func(r *LoadRecord) { r.Unhealthy[1].Since = time.Time{} }), "node node-2: since is zero"},
+		{"bad node id", valid(func(r *LoadRecord) { r.Unhealthy[0].NodeID = "" }), "unhealthy: "},
+		{"long error", valid(func(r *LoadRecord) { r.Unhealthy[0].LastError = strings.Repeat("x", MaxVerdictErrBytes+1) }), "last_error is 257 bytes"},
+		{"twice", valid(func(r *LoadRecord) { r.Unhealthy[1].NodeID = "node-1" }), "node node-1 listed twice"},
+		{"too many", valid(func(r *LoadRecord) { r.Unhealthy = tooMany }), "unhealthy has 257 nodes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var r LoadRecord
+			err := decode("load/router-1", tc.value, &r)
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatalf("decode: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("decode err = %v, want ErrMalformed with %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func FuzzDecodeLoadRecord(f *testing.F) {
+	f.Add([]byte(`{"router_id":"r","fingerprint":"f","tokens_per_second":[1],"unhealthy":[{"node_id":"n","state":"ejected","since":"2025-06-01T12:00:00Z","last_error":"x"}]}`))
+	f.Add([]byte(`{"router_id":"r","fingerprint":"f","tokens_per_second":[1],"unhealthy":[{"node_id":"n","state":"down"}]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var r LoadRecord
+		if err := decode("load/r", b, &r); err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("error %v does not wrap ErrMalformed", err)
+			}
+			return
+		}
+		again, _ := json.Marshal(r)
+		var back LoadRecord
+		if err := decode("load/r", again, &back); err != nil {
+			t.Fatalf("re-decode: %v", err)
 		}
 	})
 }

@@ -94,11 +94,13 @@ func buildStatus(snap *cluster.Snapshot, dead func(cluster.NodeRecord) bool) *mo
 		ids = append(ids, n.ID)
 	}
 	slices.Sort(ids)
+	views := routerViews(snap.Loads)
 	for _, id := range slices.Compact(ids) {
 		ns := &moegridv1.NodeStatus{
 			Id:              id,
 			Assigned:        shardsPB(p.ShardsOf(id)),
 			MemoryUsedBytes: uint64(p.BytesOn(id)),
+			RouterView:      views[id],
 		}
 		rec, ok := snap.Node(id)
 		if !ok {
@@ -140,6 +142,37 @@ func buildStatus(snap *cluster.Snapshot, dead func(cluster.NodeRecord) bool) *mo
 		resp.Shards = append(resp.Shards, ss)
 	}
 	return resp
+}
+
+// routerViews merges the live routers' verdicts by node: the worse state
+// wins (ejected over suspect), counted over the routers that report it,
+// with the earliest of their since-times and that verdict's error.
+func routerViews(loads []cluster.LoadRecord) map[string]*moegridv1.RouterView {
+	type merged struct {
+		first   cluster.NodeVerdict
+		routers uint32
+	}
+	byNode := make(map[string]*merged)
+	for _, l := range loads {
+		for _, v := range l.Unhealthy {
+			m := byNode[v.NodeID]
+			switch {
+			case m == nil || m.first.State == cluster.VerdictSuspect && v.State == cluster.VerdictEjected:
+				byNode[v.NodeID] = &merged{first: v, routers: 1}
+			case m.first.State == v.State:
+				m.routers++
+				if v.Since.Before(m.first.Since) {
+					m.first = v
+				}
+			}
+		}
+	}
+	views := make(map[string]*moegridv1.RouterView, len(byNode))
+	for id, m := range byNode {
+		views[id] = &moegridv1.RouterView{State: m.first.State, Routers: m.routers,
+			Since: timestamppb.New(m.first.Since), LastError: m.first.LastError}
+	}
+	return views
 }
 
 func shardPB(s placement.Shard) *moegridv1.Shard {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -390,11 +391,14 @@ func (r *Router) countRoutes(routes [][]model.Route) {
 }
 
 // reportLoad publishes the routing rate per expert (rows per second, all
-// layers) for the coordinator's replica choice.
+// layers) for the coordinator's replica choice, and the expert nodes the
+// dispatcher holds suspect or ejected for the cluster's status. A change of
+// verdict is written at once; rates wait for the lease's refresh.
 func (r *Router) reportLoad(ctx context.Context, loads *cluster.LoadReporter) {
 	t := time.NewTicker(r.cfg.LoadReport)
 	defer t.Stop()
 	last := time.Now()
+	var reported []cluster.NodeVerdict
 	for {
 		select {
 		case <-ctx.Done():
@@ -408,8 +412,27 @@ func (r *Router) reportLoad(ctx context.Context, loads *cluster.LoadReporter) {
 			if err := loads.Set(rates); err != nil {
 				r.log.Debug("load report failed", "err", err)
 			}
+			verdicts := r.dispatcher.Unhealthy(now)
+			if slices.EqualFunc(verdicts, reported, sameVerdict) {
+				continue
+			}
+			if err := loads.SetUnhealthy(verdicts); err != nil {
+				r.log.Warn("reporting unhealthy expert nodes failed", "err", err)
+				continue
+			}
+			if err := loads.Flush(ctx); err != nil {
+				r.log.Debug("load report failed", "err", err)
+				continue
+			}
+			reported = verdicts
 		}
 	}
+}
+
+// sameVerdict reports whether two verdicts say the same of the same node
+// from the same moment: a new error text alone is not worth a write.
+func sameVerdict(a, b cluster.NodeVerdict) bool {
+	return a.NodeID == b.NodeID && a.State == b.State && a.Since.Equal(b.Since)
 }
 
 // seedSource draws sampling seeds for requests that give none.

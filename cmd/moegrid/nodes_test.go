@@ -5,6 +5,7 @@ import (
 	"context"
 	"net"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -102,7 +103,7 @@ func TestNodesCommand(t *testing.T) {
 	if diff := cmp.Diff(want.String(), out); diff != "" {
 		t.Errorf("table (-want +got):\n%s", diff)
 	}
-	if !strings.Contains(out, "NODE               STATE     ALIVE  SHARDS") {
+	if !regexp.MustCompile(`(?m)^NODE +STATE +ALIVE +SHARDS +LOADED`).MatchString(out) {
 		t.Errorf("table header missing:\n%s", out)
 	}
 

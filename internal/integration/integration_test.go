@@ -105,6 +105,8 @@ type testCluster struct {
 	nodes       []*expertnode.Node
 	// children are expert nodes running as child processes, by ID.
 	children map[string]*exec.Cmd
+	// gate is in front of clusterOptions.gated.
+	gate *tcpGate
 }
 
 type clusterOptions struct {
@@ -119,6 +121,11 @@ type clusterOptions struct {
 	model string
 	// insecure runs every component with --insecure, in plaintext.
 	insecure bool
+	// gated names an in-process expert node whose gRPC traffic passes
+	// through tc.gate, which can cut it while the node lives on.
+	gated string
+	// tuneRouter, if set, edits the router's configuration.
+	tuneRouter func(*router.Config)
 }
 
 // component runs fn until the test ends, then cancels it and waits.
@@ -185,12 +192,22 @@ func startCluster(t testing.TB, o clusterOptions) *testCluster {
 			tc.startChild(t, cfg)
 			continue
 		}
+		var gate *tcpGate
+		if cfg.ID == o.gated {
+			gate = startGate(t)
+			cfg.AdvertiseAddr = gate.Addr()
+			tc.gate = gate
+		}
 		n, err := expertnode.New(cfg, log, prometheus.NewRegistry())
 		if err != nil {
 			t.Fatal(err)
 		}
 		component(t, cfg.ID, n.Run)
 		tc.nodes = append(tc.nodes, n)
+		if gate != nil {
+			awaitReady(t, cfg.ID, n.Ready(), 60*time.Second)
+			gate.setTarget(n.GRPCAddr())
+		}
 	}
 
 	rcfg := router.DefaultConfig()
@@ -204,6 +221,9 @@ func startCluster(t testing.TB, o clusterOptions) *testCluster {
 	}
 	rcfg.Dispatch.CallTimeout = 10 * time.Second
 	rcfg.Security = security(pki.RoleRouter, rcfg.ID)
+	if o.tuneRouter != nil {
+		o.tuneRouter(&rcfg)
+	}
 	r, err := router.New(rcfg, log, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)

@@ -19,7 +19,8 @@ import (
 // order, with bit-equal weights.
 func TestGenerateExplainMatchesInProcess(t *testing.T) {
 	dir := writeTiny(t)
-	r := startEvalCluster(t, dir, 2, nil).router
+	c := startEvalCluster(t, dir, 2, nil)
+	r := c.router
 	m, err := model.Load(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -67,7 +68,7 @@ func TestGenerateExplainMatchesInProcess(t *testing.T) {
 		return true
 	}
 	ids := strings.Trim(strings.Join(strings.Fields(fmt.Sprint(prompt)), ","), "[]")
-	args := []string{"generate", "--addr", r.GRPCAddr(), "--ids", ids, "--max-tokens", fmt.Sprint(maxTokens), "--ignore-eos", "--explain"}
+	args := append([]string{"generate", "--addr", r.GRPCAddr(), "--ids", ids, "--max-tokens", fmt.Sprint(maxTokens), "--ignore-eos", "--explain"}, c.tlsArgs...)
 
 	t.Run("json", func(t *testing.T) {
 		out, err := runCmd(t, append(args, "--output", "json")...)

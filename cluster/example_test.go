@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/moegrid/moegrid/cluster"
-	"github.com/moegrid/moegrid/coordinator/placement"
+	"github.com/moegrid/moegrid/placement"
 )
 
 // An expert node joins the cluster: it gossips, registers under its lease,

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"slices"
 	"strings"
 	"testing"
@@ -154,5 +155,60 @@ func TestGossipMetaLimit(t *testing.T) {
 	}}}
 	if b := d.NodeMeta(512); len(b) > 512 || !strings.Contains(string(b), `"role":"node"`) {
 		t.Errorf("NodeMeta = %d bytes %q", len(b), b)
+	}
+}
+
+// TestGossipKeyring checks that an encrypted ring admits members holding
+// its key (also as a secondary key, as during a rotation) and no one else:
+// not a member with another key, not a plaintext one.
+func TestGossipKeyring(t *testing.T) {
+	key := func(b byte) []byte { return bytes.Repeat([]byte{b}, 32) }
+	withKeys := func(id string, join string, keys ...[]byte) GossipConfig {
+		c := fastGossip(id, RoleNode)
+		if join != "" {
+			c.Join = []string{join}
+		}
+		c.Keyring = keys
+		return c
+	}
+	seed := startGossip(t, withKeys("seed", "", key(1)))
+	for _, tc := range []struct {
+		name  string
+		keys  [][]byte
+		joins bool
+	}{
+		{"same key", [][]byte{key(1)}, true},
+		{"rotation step 1: a new key second", [][]byte{key(1), key(2)}, true},
+		{"new primary the ring lacks", [][]byte{key(2), key(1)}, false},
+		{"other key", [][]byte{key(3)}, false},
+		{"plaintext", nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := "m-" + strings.ReplaceAll(tc.name, " ", "-")
+			id = strings.NewReplacer(",", "", ":", "").Replace(id)
+			m := startGossip(t, withKeys(id, seed.Addr(), tc.keys...))
+			if tc.joins {
+				eventually(t, 5*time.Second, "member joins", func() error {
+					if !seed.Alive(id) || !m.Alive("seed") {
+						return errorf("seed sees %v, member sees %v", seed.Members(), m.Members())
+					}
+					return nil
+				})
+				return
+			}
+			// Several rejoin rounds: the member must stay out of the ring.
+			time.Sleep(time.Second)
+			if seed.Alive(id) || m.Alive("seed") {
+				t.Errorf("a member with keys %d got in: seed sees %v, member sees %v", len(tc.keys), seed.Members(), m.Members())
+			}
+		})
+	}
+}
+
+func TestGossipKeyringErrors(t *testing.T) {
+	c := fastGossip("bad", RoleNode)
+	c.Keyring = [][]byte{[]byte("short")}
+	if _, err := StartGossip(c, nil); err == nil || !strings.Contains(err.Error(), "keyring") {
+		t.Errorf("StartGossip with a 5-byte key: %v, want a keyring error", err)
 	}
 }

@@ -8,7 +8,7 @@ import (
 
 	"go.etcd.io/etcd/client/v3/concurrency"
 
-	"github.com/moegrid/moegrid/coordinator/placement"
+	"github.com/moegrid/moegrid/placement"
 )
 
 // onePerNode places expert e on node "n<e>".

@@ -14,7 +14,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/moegrid/moegrid/cluster/etcdtest"
-	"github.com/moegrid/moegrid/coordinator/placement"
+	"github.com/moegrid/moegrid/placement"
 )
 
 func TestMain(m *testing.M) {

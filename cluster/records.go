@@ -9,7 +9,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/moegrid/moegrid/coordinator/placement"
+	"github.com/moegrid/moegrid/placement"
 )
 
 // maxRecordBytes bounds every record value read from etcd before it is
@@ -146,6 +146,39 @@ type NodeRecord struct {
 	// Heartbeat is when the node last wrote this record; Registration sets
 	// it on every write.
 	Heartbeat time.Time `json:"heartbeat"`
+	// LoadError is set while the node fails to load the shards the
+	// placement assigns it, and cleared by the load that succeeds.
+	LoadError *LoadError `json:"load_error,omitempty"`
+	// Insecure says the node runs without TLS (--insecure): plaintext
+	// gRPC and gossip, no identity checks.
+	Insecure bool `json:"insecure,omitempty"`
+}
+
+// LoadError is an expert node's last failed attempt to load its shards.
+type LoadError struct {
+	// Message is the error, at most MaxLoadErrorBytes.
+	Message string `json:"message"`
+	// Time is when the attempt failed.
+	Time time.Time `json:"time"`
+	// Attempts counts the failed attempts since the last load that
+	// succeeded.
+	Attempts int `json:"attempts"`
+}
+
+// MaxLoadErrorBytes bounds LoadError.Message, which every reader of the
+// node records fetches.
+const MaxLoadErrorBytes = 1024
+
+func (e *LoadError) validate() error {
+	switch {
+	case e.Message == "" || len(e.Message) > MaxLoadErrorBytes:
+		return fmt.Errorf("load_error message: %d bytes, want 1 to %d", len(e.Message), MaxLoadErrorBytes)
+	case e.Time.IsZero():
+		return errors.New("load_error time is zero")
+	case e.Attempts < 1:
+		return fmt.Errorf("load_error attempts %d: must be at least 1", e.Attempts)
+	}
+	return nil
 }
 
 // Validate checks every field a reader relies on.
@@ -180,6 +213,11 @@ func (r *NodeRecord) Validate() error {
 	for _, s := range r.Loaded {
 		if err := validateShard(s, r.Model.Shape); err != nil {
 			return fmt.Errorf("loaded: %w", err)
+		}
+	}
+	if r.LoadError != nil {
+		if err := r.LoadError.validate(); err != nil {
+			return err
 		}
 	}
 	return r.Load.validate()
@@ -329,8 +367,54 @@ type LoadRecord struct {
 	// TokensPerSecond[e] is the recent rate of tokens whose top-k includes
 	// expert e, smoothed by the router.
 	TokensPerSecond []float64 `json:"tokens_per_second"`
+	// Unhealthy lists the expert nodes whose calls the router sees failing,
+	// by node ID, at most MaxUnhealthyNodes; nodes it trusts are absent.
+	Unhealthy []NodeVerdict `json:"unhealthy,omitempty"`
 	// Updated is when the router last wrote the record; set by LoadReporter.
 	Updated time.Time `json:"updated"`
+}
+
+// A router's verdict on an expert node whose calls fail (NodeVerdict.State).
+const (
+	// VerdictSuspect: recent calls failed, but not enough in a row to eject.
+	VerdictSuspect = "suspect"
+	// VerdictEjected: the router skips the node where another holder
+	// exists, until a probe call succeeds.
+	VerdictEjected = "ejected"
+)
+
+// Bounds on a LoadRecord's Unhealthy list, which every status read carries.
+const (
+	MaxUnhealthyNodes  = 256
+	MaxVerdictErrBytes = 256
+)
+
+// NodeVerdict is one router's view of an expert node it does not trust.
+type NodeVerdict struct {
+	// NodeID names the node.
+	NodeID string `json:"node_id"`
+	// State is VerdictSuspect or VerdictEjected.
+	State string `json:"state"`
+	// Since is when the node entered State: its first failure in a row for
+	// a suspect, its ejection for an ejected node.
+	Since time.Time `json:"since"`
+	// LastError is the last failed call's error, at most MaxVerdictErrBytes.
+	LastError string `json:"last_error,omitempty"`
+}
+
+func (v *NodeVerdict) validate() error {
+	if err := ValidateID(v.NodeID); err != nil {
+		return err
+	}
+	switch {
+	case v.State != VerdictSuspect && v.State != VerdictEjected:
+		return fmt.Errorf("node %s: state %q, want %s or %s", v.NodeID, v.State, VerdictSuspect, VerdictEjected)
+	case v.Since.IsZero():
+		return fmt.Errorf("node %s: since is zero", v.NodeID)
+	case len(v.LastError) > MaxVerdictErrBytes:
+		return fmt.Errorf("node %s: last_error is %d bytes, limit %d", v.NodeID, len(v.LastError), MaxVerdictErrBytes)
+	}
+	return nil
 }
 
 // Validate checks the record.
@@ -348,6 +432,20 @@ func (l *LoadRecord) Validate() error {
 		if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
 			return fmt.Errorf("tokens_per_second %v: must be finite and non-negative", v)
 		}
+	}
+	if len(l.Unhealthy) > MaxUnhealthyNodes {
+		return fmt.Errorf("unhealthy has %d nodes, limit %d", len(l.Unhealthy), MaxUnhealthyNodes)
+	}
+	seen := make(map[string]bool, len(l.Unhealthy))
+	for i := range l.Unhealthy {
+		v := &l.Unhealthy[i]
+		if err := v.validate(); err != nil {
+			return fmt.Errorf("unhealthy: %w", err)
+		}
+		if seen[v.NodeID] {
+			return fmt.Errorf("unhealthy: node %s listed twice", v.NodeID)
+		}
+		seen[v.NodeID] = true
 	}
 	return nil
 }

@@ -3,13 +3,14 @@ package cluster
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/moegrid/moegrid/coordinator/placement"
+	"github.com/moegrid/moegrid/placement"
 )
 
 func TestNodeRecordRoundTrip(t *testing.T) {
@@ -20,6 +21,7 @@ func TestNodeRecordRoundTrip(t *testing.T) {
 	rec.Load = NodeLoad{ForwardCallsTotal: 7, RowsTotal: 70, Inflight: 1, RowsPerSecond: 3.5}
 	rec.Started = time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
 	rec.Heartbeat = rec.Started.Add(time.Second)
+	rec.LoadError = &LoadError{Message: "open model.safetensors: no such file", Time: rec.Heartbeat, Attempts: 2}
 	b, err := json.Marshal(rec)
 	if err != nil {
 		t.Fatal(err)
@@ -64,6 +66,12 @@ func TestDecodeNodeRecordBad(t *testing.T) {
 		{"loaded outside", k.Node("node-1"), valid(func(r *NodeRecord) { r.Loaded = []placement.Shard{{Expert: 8, End: 1}} }), "model has 8 experts"},
 		{"loaded empty range", k.Node("node-1"), valid(func(r *NodeRecord) { r.Loaded = []placement.Shard{{Expert: 1, First: 2, End: 2}} }), "layers [2,2)"},
 		{"negative rate", k.Node("node-1"), valid(func(r *NodeRecord) { r.Load.RowsPerSecond = -1 }), "rows_per_second"},
+		{"empty load error", k.Node("node-1"), valid(func(r *NodeRecord) { r.LoadError = &LoadError{Time: r.Started, Attempts: 1} }), "load_error message: 0 bytes"},
+		{"long load error", k.Node("node-1"), valid(func(r *NodeRecord) {
+			r.LoadError = &LoadError{Message: strings.Repeat("x", MaxLoadErrorBytes+1), Time: r.Started, Attempts: 1}
+		}), "load_error message: 1025 bytes"},
+		{"load error no time", k.Node("node-1"), valid(func(r *NodeRecord) { r.LoadError = &LoadError{Message: "x", Attempts: 1} }), "load_error time is zero"},
+		{"load error no attempts", k.Node("node-1"), valid(func(r *NodeRecord) { r.LoadError = &LoadError{Message: "x", Time: r.Started} }), "load_error attempts 0"},
 		{"not a node key", k.Placement(), valid(func(*NodeRecord) {}), "not a node key"},
 		{"huge", k.Node("node-1"), `"` + strings.Repeat("x", maxRecordBytes) + `"`, "limit"},
 	} {
@@ -162,6 +170,76 @@ func FuzzDecodePlacementRecord(f *testing.F) {
 			for e := range r.Model.Experts {
 				_ = r.HoldersOf(e, 0)
 			}
+		}
+	})
+}
+
+func TestLoadRecordUnhealthy(t *testing.T) {
+	since := time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
+	valid := func(edit func(*LoadRecord)) []byte {
+		r := LoadRecord{RouterID: "router-1", Fingerprint: "f", TokensPerSecond: []float64{1, 2}, Updated: since,
+			Unhealthy: []NodeVerdict{
+				{NodeID: "node-1", State: VerdictEjected, Since: since, LastError: "rpc error: code = Unavailable"},
+				{NodeID: "node-2", State: VerdictSuspect, Since: since},
+			}}
+		if edit != nil {
+			edit(&r)
+		}
+		b, err := json.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	tooMany := make([]NodeVerdict, MaxUnhealthyNodes+1)
+	for i := range tooMany {
+		tooMany[i] = NodeVerdict{NodeID: fmt.Sprintf("node-%d", i), State: VerdictSuspect, Since: since}
+	}
+	for _, tc := range []struct {
+		name    string
+		value   []byte
+		wantErr string // "" for a valid record
+	}{
+		{"valid", valid(nil), ""},
+		{"none", valid(func(r *LoadRecord) { r.Unhealthy = nil }), ""},
+		{"bad state", valid(func(r *LoadRecord) { r.Unhealthy[0].State = "sick" }), `node node-1: state "sick"`},
+		{"no since", valid(func(r *LoadRecord) { r.Unhealthy[1].Since = time.Time{} }), "node node-2: since is zero"},
+		{"bad node id", valid(func(r *LoadRecord) { r.Unhealthy[0].NodeID = "" }), "unhealthy: "},
+		{"long error", valid(func(r *LoadRecord) { r.Unhealthy[0].LastError = strings.Repeat("x", MaxVerdictErrBytes+1) }), "last_error is 257 bytes"},
+		{"twice", valid(func(r *LoadRecord) { r.Unhealthy[1].NodeID = "node-1" }), "node node-1 listed twice"},
+		{"too many", valid(func(r *LoadRecord) { r.Unhealthy = tooMany }), "unhealthy has 257 nodes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var r LoadRecord
+			err := decode("load/router-1", tc.value, &r)
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatalf("decode: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("decode err = %v, want ErrMalformed with %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func FuzzDecodeLoadRecord(f *testing.F) {
+	f.Add([]byte(`{"router_id":"r","fingerprint":"f","tokens_per_second":[1],"unhealthy":[{"node_id":"n","state":"ejected","since":"2025-06-01T12:00:00Z","last_error":"x"}]}`))
+	f.Add([]byte(`{"router_id":"r","fingerprint":"f","tokens_per_second":[1],"unhealthy":[{"node_id":"n","state":"down"}]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var r LoadRecord
+		if err := decode("load/r", b, &r); err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("error %v does not wrap ErrMalformed", err)
+			}
+			return
+		}
+		again, _ := json.Marshal(r)
+		var back LoadRecord
+		if err := decode("load/r", again, &back); err != nil {
+			t.Fatalf("re-decode: %v", err)
 		}
 	})
 }

@@ -100,6 +100,10 @@ func (r *Registration) Close() error { return r.lk.close() }
 
 func cloneNodeRecord(r NodeRecord) NodeRecord {
 	r.Loaded = slices.Clone(r.Loaded)
+	if r.LoadError != nil {
+		e := *r.LoadError
+		r.LoadError = &e
+	}
 	return r
 }
 
@@ -124,6 +128,7 @@ func (s *Store) ReportLoad(ctx context.Context, rec LoadRecord, opts LeaseOption
 		return nil, fmt.Errorf("cluster: report load: %w", err)
 	}
 	rec.TokensPerSecond = slices.Clone(rec.TokensPerSecond)
+	rec.Unhealthy = slices.Clone(rec.Unhealthy)
 	l := &LoadReporter{rec: rec}
 	opts.Logger = opts.Logger.With("router", rec.RouterID)
 	l.lk, err = s.openLeasedKey(ctx, s.keys.Load(rec.RouterID), opts, l.encode)
@@ -157,7 +162,22 @@ func (l *LoadReporter) Set(tokensPerSecond []float64) error {
 	return nil
 }
 
-// Flush writes the current rates now.
+// SetUnhealthy records the nodes the router does not trust now (the slice is
+// copied) for the next write; the caller flushes when the verdicts change,
+// since a status reader wants them sooner than the next refresh.
+func (l *LoadReporter) SetUnhealthy(verdicts []NodeVerdict) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	next := l.rec
+	next.Unhealthy = slices.Clone(verdicts)
+	if err := next.Validate(); err != nil {
+		return fmt.Errorf("cluster: report load: %w", err)
+	}
+	l.rec = next
+	return nil
+}
+
+// Flush writes the current record now.
 func (l *LoadReporter) Flush(ctx context.Context) error { return l.lk.write(ctx) }
 
 // Close revokes the router's lease, deleting its load record. Idempotent.

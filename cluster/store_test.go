@@ -350,6 +350,13 @@ func TestLoads(t *testing.T) {
 	if err := r2.Set([]float64{-1, 0}); err == nil {
 		t.Errorf("negative load accepted")
 	}
+	ejected := []NodeVerdict{{NodeID: "n1", State: VerdictEjected, Since: time.Unix(1700000000, 0).UTC(), LastError: "refused"}}
+	if err := r2.SetUnhealthy(ejected); err != nil {
+		t.Fatal(err)
+	}
+	if err := r2.SetUnhealthy([]NodeVerdict{{NodeID: "n1", State: "sick", Since: time.Now()}}); err == nil {
+		t.Errorf("verdict with a bad state accepted")
+	}
 	if err := r2.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -364,6 +371,9 @@ func TestLoads(t *testing.T) {
 	}
 	if got, want := SumLoad(loads, "f", 2), []float64{11, 22}; !cmp.Equal(got, want) {
 		t.Errorf("SumLoad = %v, want %v", got, want)
+	}
+	if diff := cmp.Diff([][]NodeVerdict{nil, ejected, nil}, [][]NodeVerdict{loads[0].Unhealthy, loads[1].Unhealthy, loads[2].Unhealthy}); diff != "" {
+		t.Errorf("unhealthy nodes by router (-want +got):\n%s", diff)
 	}
 	if got := SumLoad(loads, "f", 3); got != nil {
 		t.Errorf("SumLoad with the wrong shape = %v, want nil", got)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/moegrid/moegrid/cluster"
+	"github.com/moegrid/moegrid/internal/mtls"
 )
 
 // Config configures one coordinator replica.
@@ -60,6 +61,10 @@ type Config struct {
 	Debounce time.Duration
 	// ShutdownTimeout bounds the graceful stop of the servers. Default 5 s.
 	ShutdownTimeout time.Duration
+	// Security is the coordinator's certificate, the CA it trusts and the
+	// gossip keyring, or Insecure. Admins may call Status and Drain,
+	// routers Status.
+	Security mtls.Security
 }
 
 // DefaultConfig returns the defaults for a local cluster.
@@ -141,6 +146,9 @@ func (c *Config) Validate() error {
 		if d.v < 0 || (d.v == 0 && d.name != "load rebalance interval" && d.name != "debounce") {
 			errs = append(errs, fmt.Errorf("%s %v: must be positive", d.name, d.v))
 		}
+	}
+	if err := c.Security.Validate(!c.GossipDisabled); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

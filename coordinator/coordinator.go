@@ -17,6 +17,8 @@ import (
 
 	"github.com/moegrid/moegrid/cluster"
 	"github.com/moegrid/moegrid/coordinator/placement"
+	"github.com/moegrid/moegrid/internal/mtls"
+	"github.com/moegrid/moegrid/internal/pki"
 	"github.com/moegrid/moegrid/internal/retry"
 	"github.com/moegrid/moegrid/internal/serve"
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
@@ -88,6 +90,13 @@ func (c *Coordinator) GossipAddr() string {
 	return c.gossip.Addr()
 }
 
+// Policy is who may call a coordinator: admins and routers read the
+// status, admins drain.
+var Policy = mtls.Policy{Allow: map[string][]pki.Role{
+	moegridv1.Cluster_Status_FullMethodName: {pki.RoleAdmin, pki.RoleRouter},
+	moegridv1.Cluster_Drain_FullMethodName:  {pki.RoleAdmin},
+}}
+
 // IsLeader reports whether this replica holds the election now.
 func (c *Coordinator) IsLeader() bool { return c.isLeader.Load() }
 
@@ -99,20 +108,42 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	if !c.started.CompareAndSwap(false, true) {
 		return errors.New("coordinator: Run called twice")
 	}
-	cli, err := cluster.NewEtcdClient(c.cfg.EtcdEndpoints)
+	src, err := c.cfg.Security.Source(c.log)
+	if err != nil {
+		return fmt.Errorf("coordinator: %w", err)
+	}
+	if c.cfg.Security.Insecure {
+		c.log.Warn("running INSECURE: plaintext gRPC, HTTP, etcd and gossip, no identity checks (--insecure)")
+	}
+	etcdOpts, etcdSrc, err := cluster.EtcdSecurity(c.cfg.Security, src, c.cfg.EtcdEndpoints, c.log)
+	if err != nil {
+		return err
+	}
+	keyring, err := c.cfg.Security.GossipKeyring()
+	if err != nil {
+		return err
+	}
+	cli, err := cluster.NewEtcdClient(c.cfg.EtcdEndpoints, etcdOpts...)
 	if err != nil {
 		return err
 	}
 	defer cli.Close()
 
-	srv, err := serve.Listen(serve.Config{
-		GRPCAddr:          c.cfg.GRPCAddr,
-		HTTPAddr:          c.cfg.HTTPAddr,
-		StopTimeout:       c.cfg.ShutdownTimeout,
-		UnaryInterceptors: []grpc.UnaryServerInterceptor{errorBoundary(c.log)},
-		ReadyCheck:        c.etcdAnswers,
+	boundary := errorBoundary(c.log)
+	srv, err := serve.New(serve.Config{
+		GRPCAddr:           c.cfg.GRPCAddr,
+		HTTPAddr:           c.cfg.HTTPAddr,
+		StopTimeout:        c.cfg.ShutdownTimeout,
+		UnaryInterceptors:  []grpc.UnaryServerInterceptor{boundary.Unary()},
+		StreamInterceptors: []grpc.StreamServerInterceptor{boundary.Stream()},
+		ReadyCheck:         c.etcdAnswers,
+		TLS:                src,
+		Policy:             Policy,
 	}, c.reg, c.log)
 	if err != nil {
+		return fmt.Errorf("coordinator: %w", err)
+	}
+	if err := srv.Bind(); err != nil {
 		return fmt.Errorf("coordinator: %w", err)
 	}
 	c.servers = srv
@@ -120,6 +151,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	if !c.cfg.GossipDisabled {
 		gcfg := c.cfg.Gossip
 		gcfg.ID, gcfg.Role = c.cfg.ID, cluster.RoleCoordinator
+		gcfg.Keyring = keyring
 		gcfg.Seeds = c.currentSeeds
 		gcfg.Meta = func() cluster.MemberMeta { return cluster.MemberMeta{GRPCAddr: c.grpcAddr} }
 		if c.gossip, err = cluster.StartGossip(gcfg, c.log); err != nil {
@@ -135,6 +167,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Run(gctx) })
 	g.Go(func() error { return c.control(gctx, cli) })
+	g.Go(func() error { return mtls.RunSources(gctx, src, etcdSrc) })
 	err = g.Wait()
 	c.log.Info("coordinator stopped", "err", err)
 	return err

@@ -124,9 +124,11 @@ func childCoordinator() int {
 	return 0
 }
 
-// testConfig is a replica with short timings on loopback, gossip off.
+// testConfig is a replica with short timings on loopback, gossip off, in
+// plaintext: TestTLS and the integration tests cover its TLS.
 func testConfig(id string, endpoints []string, prefix string) Config {
 	cfg := DefaultConfig()
+	cfg.Security.Insecure = true
 	cfg.ID = id
 	cfg.EtcdEndpoints = endpoints
 	cfg.Prefix = prefix

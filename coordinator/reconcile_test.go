@@ -210,8 +210,13 @@ func TestDecideLoad(t *testing.T) {
 }
 
 func TestConfigValidate(t *testing.T) {
-	if err := func() error { c := DefaultConfig(); return c.Validate() }(); err != nil {
-		t.Fatalf("DefaultConfig invalid: %v", err)
+	// The defaults lack only an identity: secure by default means a
+	// certificate or an explicit --insecure.
+	if err := func() error { c := DefaultConfig(); return c.Validate() }(); err == nil || !strings.Contains(err.Error(), "--tls-cert") {
+		t.Errorf("DefaultConfig without an identity: %v, want it to ask for --tls-cert", err)
+	}
+	if err := func() error { c := DefaultConfig(); c.Security.Insecure = true; return c.Validate() }(); err != nil {
+		t.Fatalf("DefaultConfig with --insecure invalid: %v", err)
 	}
 	c := DefaultConfig()
 	c.ID = ""

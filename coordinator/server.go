@@ -7,13 +7,13 @@ import (
 	"log/slog"
 	"slices"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/moegrid/moegrid/cluster"
 	"github.com/moegrid/moegrid/coordinator/placement"
+	"github.com/moegrid/moegrid/internal/grpcerr"
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
 )
 
@@ -94,11 +94,13 @@ func buildStatus(snap *cluster.Snapshot, dead func(cluster.NodeRecord) bool) *mo
 		ids = append(ids, n.ID)
 	}
 	slices.Sort(ids)
+	views := routerViews(snap.Loads)
 	for _, id := range slices.Compact(ids) {
 		ns := &moegridv1.NodeStatus{
 			Id:              id,
 			Assigned:        shardsPB(p.ShardsOf(id)),
 			MemoryUsedBytes: uint64(p.BytesOn(id)),
+			RouterView:      views[id],
 		}
 		rec, ok := snap.Node(id)
 		if !ok {
@@ -107,6 +109,7 @@ func buildStatus(snap *cluster.Snapshot, dead func(cluster.NodeRecord) bool) *mo
 			continue
 		}
 		ns.GrpcAddr, ns.GossipAddr = rec.GRPCAddr, rec.GossipAddr
+		ns.Insecure = rec.Insecure
 		ns.State = string(rec.State)
 		if snap.Drained(id) {
 			ns.State = string(cluster.StateDraining)
@@ -124,6 +127,9 @@ func buildStatus(snap *cluster.Snapshot, dead func(cluster.NodeRecord) bool) *mo
 		if !rec.Heartbeat.IsZero() {
 			ns.LastHeartbeat = timestamppb.New(rec.Heartbeat)
 		}
+		if e := rec.LoadError; e != nil {
+			ns.LoadError = &moegridv1.LoadError{Message: e.Message, Time: timestamppb.New(e.Time), Attempts: uint32(e.Attempts)}
+		}
 		resp.Nodes = append(resp.Nodes, ns)
 	}
 	for _, a := range p.Assignments {
@@ -138,6 +144,37 @@ func buildStatus(snap *cluster.Snapshot, dead func(cluster.NodeRecord) bool) *mo
 	return resp
 }
 
+// routerViews merges the live routers' verdicts by node: the worse state
+// wins (ejected over suspect), counted over the routers that report it,
+// with the earliest of their since-times and that verdict's error.
+func routerViews(loads []cluster.LoadRecord) map[string]*moegridv1.RouterView {
+	type merged struct {
+		first   cluster.NodeVerdict
+		routers uint32
+	}
+	byNode := make(map[string]*merged)
+	for _, l := range loads {
+		for _, v := range l.Unhealthy {
+			m := byNode[v.NodeID]
+			switch {
+			case m == nil || m.first.State == cluster.VerdictSuspect && v.State == cluster.VerdictEjected:
+				byNode[v.NodeID] = &merged{first: v, routers: 1}
+			case m.first.State == v.State:
+				m.routers++
+				if v.Since.Before(m.first.Since) {
+					m.first = v
+				}
+			}
+		}
+	}
+	views := make(map[string]*moegridv1.RouterView, len(byNode))
+	for id, m := range byNode {
+		views[id] = &moegridv1.RouterView{State: m.first.State, Routers: m.routers,
+			Since: timestamppb.New(m.first.Since), LastError: m.first.LastError}
+	}
+	return views
+}
+
 func shardPB(s placement.Shard) *moegridv1.Shard {
 	return &moegridv1.Shard{Expert: uint32(s.Expert), FirstLayer: uint32(s.First), EndLayer: uint32(s.End)}
 }
@@ -150,62 +187,42 @@ func shardsPB(ss []placement.Shard) []*moegridv1.Shard {
 	return out
 }
 
-// errorCodes maps domain errors to gRPC codes; the first match wins.
-var errorCodes = []struct {
-	err  error
-	code codes.Code
-}{
-	{cluster.ErrNodeNotFound, codes.NotFound},
-	{cluster.ErrInvalidID, codes.InvalidArgument},
-	{errInvalidArgument, codes.InvalidArgument},
-	{errNotConnected, codes.Unavailable},
-	{context.Canceled, codes.Canceled},
-	{context.DeadlineExceeded, codes.DeadlineExceeded},
+// errorCodes maps the server's domain errors to gRPC codes.
+var errorCodes = grpcerr.Table{
+	{Err: cluster.ErrNodeNotFound, Code: codes.NotFound},
+	{Err: cluster.ErrInvalidID, Code: codes.InvalidArgument},
+	{Err: errInvalidArgument, Code: codes.InvalidArgument},
+	{Err: errNotConnected, Code: codes.Unavailable},
 }
 
 // errorBoundary is the one place where the server's errors become gRPC
-// statuses: domain errors by errorCodes, an unreachable etcd as Unavailable
-// (worth a retry), the caller's own cancellation as itself, anything else
-// as Internal without its details (which are logged).
-func errorBoundary(log *slog.Logger) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		resp, err := handler(ctx, req)
-		if err == nil {
-			return resp, nil
-		}
-		if ctx.Err() != nil {
-			return nil, status.FromContextError(ctx.Err()).Err()
-		}
-		st, internal := toStatus(err)
-		if internal {
-			log.Error("internal error", "method", info.FullMethod, "err", err)
-		}
-		return nil, st.Err()
-	}
+// statuses: an unreachable etcd as Unavailable (worth a retry), domain
+// errors by errorCodes, anything else as Internal without its details
+// (which are logged).
+func errorBoundary(log *slog.Logger) *grpcerr.Boundary {
+	b := grpcerr.New(errorCodes, log)
+	b.Classify = etcdUnavailable
+	return b
 }
 
-func toStatus(err error) (*status.Status, bool) {
-	for _, e := range errorCodes {
-		if errors.Is(err, e.err) {
-			return status.New(e.code, err.Error()), false
-		}
-	}
-	// etcd's client reports transport trouble as gRPC codes.
+// etcdUnavailable classifies etcd's transport trouble, which its client
+// reports as gRPC codes, as Unavailable.
+func etcdUnavailable(err error) (codes.Code, bool) {
 	var coded interface{ GRPCStatus() *status.Status }
 	if errors.As(err, &coded) {
 		switch coded.GRPCStatus().Code() {
 		case codes.Unavailable, codes.DeadlineExceeded:
-			return status.New(codes.Unavailable, "etcd unavailable: "+err.Error()), false
+			return codes.Unavailable, true
 		}
 	}
 	var etcdCoded interface{ Code() codes.Code }
 	if errors.As(err, &etcdCoded) {
 		switch etcdCoded.Code() {
 		case codes.Unavailable, codes.DeadlineExceeded:
-			return status.New(codes.Unavailable, "etcd unavailable: "+err.Error()), false
+			return codes.Unavailable, true
 		}
 	}
-	return status.New(codes.Internal, "internal error"), true
+	return codes.OK, false
 }
 
 // etcdAnswers is the coordinator's readiness: etcd reached, the prefix

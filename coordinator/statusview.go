@@ -12,6 +12,7 @@ import (
 	"github.com/dustin/go-humanize"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/moegrid/moegrid/cluster"
 	"github.com/moegrid/moegrid/coordinator/placement"
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
 )
@@ -24,7 +25,11 @@ import (
 // SHARDS and LOADED list shards as e3 (expert 3, every layer) or e3:0-15
 // (layers 0 to 15); MEMORY is assigned weights / capacity; LOAD is the
 // node's recent rows per second and in-flight calls; HEARTBEAT is the age of
-// the node's record relative to now.
+// the node's record relative to now. STATE is the node's own state unless a
+// router holds the ready node suspect or ejected: then "suspect" or
+// "ejected (N routers)", with a line under the row saying since when and
+// the last failed call's error. A node failing to load its shards has a
+// line under its row with the last error, its age and the failed attempts.
 func WriteStatusTable(w io.Writer, s *moegridv1.StatusResponse, now time.Time) error {
 	var layers uint32
 	if m := s.GetModel(); m != nil {
@@ -42,7 +47,10 @@ func WriteStatusTable(w io.Writer, s *moegridv1.StatusResponse, now time.Time) e
 	if e := s.GetPlacementError(); e != "" {
 		fmt.Fprintf(w, "placement error: %s\n", e)
 	}
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	// The table goes through a buffer so that the error lines, which are
+	// not cells, can go under their rows without breaking the columns.
+	var table bytes.Buffer
+	tw := tabwriter.NewWriter(&table, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tSTATE\tALIVE\tSHARDS\tLOADED\tMEMORY\tLOAD\tHEARTBEAT")
 	for _, n := range s.GetNodes() {
 		alive := "no"
@@ -63,11 +71,62 @@ func WriteStatusTable(w io.Writer, s *moegridv1.StatusResponse, now time.Time) e
 		if t := n.GetLastHeartbeat(); t != nil {
 			hb = age(now.Sub(t.AsTime())) + " ago"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.GetId(), n.GetState(), alive,
+		id := n.GetId()
+		if n.GetInsecure() {
+			id += " INSECURE"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", id, nodeState(n), alive,
 			formatShards(n.GetAssigned(), layers), formatShards(n.GetLoaded(), layers), mem, load, hb)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	lines := strings.SplitAfter(table.String(), "\n")
+	var out strings.Builder
+	out.WriteString(lines[0])
+	for i, n := range s.GetNodes() {
+		out.WriteString(lines[i+1])
+		if v := n.GetRouterView(); v != nil {
+			fmt.Fprintf(&out, "  %s by %s %s ago, last error: %s\n", v.GetState(), routers(v.GetRouters()), age(now.Sub(v.GetSince().AsTime())),
+				oneLine(v.GetLastError()))
+		}
+		if e := n.GetLoadError(); e != nil {
+			fmt.Fprintf(&out, "  load error (attempt %d, %s ago): %s\n", e.GetAttempts(), age(now.Sub(e.GetTime().AsTime())),
+				oneLine(e.GetMessage()))
+		}
+	}
+	_, err := io.WriteString(w, out.String())
+	return err
 }
+
+// nodeState is a node's STATE cell: a ready node that routers distrust
+// shows their verdict, since that is what its clients get; any other state
+// keeps the verdict after it.
+func nodeState(n *moegridv1.NodeStatus) string {
+	v := n.GetRouterView()
+	if v == nil {
+		return n.GetState()
+	}
+	verdict := v.GetState()
+	if verdict == cluster.VerdictEjected {
+		verdict += " (" + routers(v.GetRouters()) + ")"
+	}
+	if n.GetState() == string(cluster.StateReady) {
+		return verdict
+	}
+	return n.GetState() + ", " + verdict
+}
+
+func routers(n uint32) string {
+	if n == 1 {
+		return "1 router"
+	}
+	return fmt.Sprintf("%d routers", n)
+}
+
+// oneLine folds a message's whitespace, newlines included, so that it
+// cannot break the table.
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 // formatShards lists shards compactly; layers is the model's layer count
 // (0 if unknown).

@@ -29,7 +29,8 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 var fixedNow = time.Date(2025, 6, 1, 12, 0, 30, 0, time.UTC)
 
 // goldenStatus is a status with every kind of row: ready with loaded
-// shards, joining, drained, gossip-dead, down, and split experts.
+// shards, joining, drained, gossip-dead, down, ejected and suspect by
+// routers, and split experts.
 func goldenStatus() *moegridv1.StatusResponse {
 	sh := func(e, f, end uint32) *moegridv1.Shard {
 		return &moegridv1.Shard{Expert: e, FirstLayer: f, EndLayer: end}
@@ -46,9 +47,20 @@ func goldenStatus() *moegridv1.StatusResponse {
 				Device: "cuda (NVIDIA H100 80GB HBM3)", MemoryCapacityBytes: 80 * gib, MemoryUsedBytes: 21 * gib,
 				Assigned: []*moegridv1.Shard{sh(0, 0, 32), sh(1, 0, 32)}, Loaded: []*moegridv1.Shard{sh(0, 0, 32), sh(1, 0, 32)},
 				Load: &moegridv1.NodeLoad{ForwardCallsTotal: 120345, RowsTotal: 9876543, Inflight: 3, RowsPerSecond: 1523.25}, LastHeartbeat: hb(2 * time.Second)},
-			{Id: "expert-1", GrpcAddr: "10.0.0.11:7100", State: "joining", Alive: true, Device: "cpu (amd64)",
+			{Id: "expert-5", GrpcAddr: "10.0.0.15:7100", State: "ready", Alive: true, Device: "cpu",
+				MemoryCapacityBytes: 16 * gib, MemoryUsedBytes: 10 * gib, Assigned: []*moegridv1.Shard{sh(4, 0, 32)},
+				Loaded: []*moegridv1.Shard{sh(4, 0, 32)}, Load: &moegridv1.NodeLoad{}, LastHeartbeat: hb(time.Second),
+				RouterView: &moegridv1.RouterView{State: "ejected", Routers: 2, Since: hb(40 * time.Second),
+					LastError: "rpc error: code = Unavailable desc = connection refused"}},
+			{Id: "expert-6", GrpcAddr: "10.0.0.16:7100", State: "draining", Alive: true, Device: "cpu",
+				MemoryCapacityBytes: 16 * gib, MemoryUsedBytes: 10 * gib, Assigned: []*moegridv1.Shard{sh(5, 0, 32)},
+				Loaded: []*moegridv1.Shard{sh(5, 0, 32)}, Load: &moegridv1.NodeLoad{}, LastHeartbeat: hb(time.Second),
+				RouterView: &moegridv1.RouterView{State: "suspect", Routers: 1, Since: hb(3 * time.Second),
+					LastError: "rpc error: code = DeadlineExceeded desc = node expert-6 too slow"}},
+			{Id: "expert-1", GrpcAddr: "10.0.0.11:7100", State: "joining", Alive: true, Device: "cpu (amd64)", Insecure: true,
 				MemoryCapacityBytes: 16 * gib, MemoryUsedBytes: 5 * gib, Assigned: []*moegridv1.Shard{sh(2, 0, 16)},
-				Load: &moegridv1.NodeLoad{}, LastHeartbeat: hb(1500 * time.Millisecond)},
+				Load: &moegridv1.NodeLoad{}, LastHeartbeat: hb(1500 * time.Millisecond),
+				LoadError: &moegridv1.LoadError{Message: "model: open /models/mixtral/model-00003-of-00019.safetensors:\nno such file or directory", Time: hb(12 * time.Second), Attempts: 4}},
 			{Id: "expert-2", GrpcAddr: "10.0.0.12:7100", State: "draining", Alive: true, Device: "cpu",
 				MemoryCapacityBytes: 16 * gib, Loaded: []*moegridv1.Shard{sh(2, 16, 32)},
 				Load: &moegridv1.NodeLoad{ForwardCallsTotal: 5, RowsTotal: 40, RowsPerSecond: 0}, LastHeartbeat: hb(3 * time.Minute)},
@@ -123,8 +135,21 @@ func TestBuildStatus(t *testing.T) {
 	snap.Drains["n2"] = cluster.DrainMark{NodeID: "n2", NodeStarted: snap.Nodes[1].Started}
 	snap.Nodes = append(snap.Nodes[:2], nodeRecord("n4", expertBytes))
 	snap.Nodes[2].GossipAddr = "127.0.0.1:1"
+	loadErr := cluster.LoadError{Message: "open model.safetensors: no such file", Time: t0, Attempts: 3}
+	snap.Nodes[1].LoadError = &loadErr
+	snap.Loads = []cluster.LoadRecord{{RouterID: "r1", Fingerprint: "f", TokensPerSecond: []float64{0},
+		Unhealthy: []cluster.NodeVerdict{{NodeID: "n1", State: cluster.VerdictEjected, Since: t0, LastError: "refused"}}}}
 	dead := func(n cluster.NodeRecord) bool { return n.ID == "n4" }
 	st := buildStatus(snap, dead)
+	for _, n := range st.Nodes {
+		var want *moegridv1.RouterView
+		if n.Id == "n1" {
+			want = &moegridv1.RouterView{State: cluster.VerdictEjected, Routers: 1, Since: timestamppb.New(t0), LastError: "refused"}
+		}
+		if diff := cmp.Diff(want, n.RouterView, protocmp.Transform()); diff != "" {
+			t.Errorf("%s: router view (-want +got):\n%s", n.Id, diff)
+		}
+	}
 	var got []string
 	for _, n := range st.Nodes {
 		got = append(got, fmt.Sprintf("%s %s alive=%v assigned=%d loaded=%d used=%d cap=%d",
@@ -138,6 +163,16 @@ func TestBuildStatus(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("nodes (-want +got):\n%s", diff)
+	}
+	wantErr := &moegridv1.LoadError{Message: loadErr.Message, Time: timestamppb.New(t0), Attempts: 3}
+	for _, n := range st.Nodes {
+		var want *moegridv1.LoadError
+		if n.Id == "n2" {
+			want = wantErr
+		}
+		if diff := cmp.Diff(want, n.LoadError, protocmp.Transform()); diff != "" {
+			t.Errorf("%s: load error (-want +got):\n%s", n.Id, diff)
+		}
 	}
 	if st.Leader != "coord" || st.PlacementVersion != 1 || len(st.Shards) != testModel.Experts {
 		t.Errorf("status %v", st)
@@ -154,8 +189,49 @@ func TestBuildStatus(t *testing.T) {
 	_ = placement.Shard{}
 }
 
+func TestRouterViews(t *testing.T) {
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	verdict := func(node, state string, since int, err string) cluster.NodeVerdict {
+		return cluster.NodeVerdict{NodeID: node, State: state, Since: at(since), LastError: err}
+	}
+	router := func(id string, vs ...cluster.NodeVerdict) cluster.LoadRecord {
+		return cluster.LoadRecord{RouterID: id, Fingerprint: "f", TokensPerSecond: []float64{0}, Unhealthy: vs}
+	}
+	view := func(state string, routers uint32, since int, err string) *moegridv1.RouterView {
+		return &moegridv1.RouterView{State: state, Routers: routers, Since: timestamppb.New(at(since)), LastError: err}
+	}
+	for _, tc := range []struct {
+		name  string
+		loads []cluster.LoadRecord
+		want  map[string]*moegridv1.RouterView
+	}{
+		{"no routers", nil, map[string]*moegridv1.RouterView{}},
+		{"all trusted", []cluster.LoadRecord{router("r1"), router("r2")}, map[string]*moegridv1.RouterView{}},
+		{"one suspect", []cluster.LoadRecord{router("r1", verdict("n1", cluster.VerdictSuspect, 5, "slow"))},
+			map[string]*moegridv1.RouterView{"n1": view(cluster.VerdictSuspect, 1, 5, "slow")}},
+		{"ejected wins over suspect", []cluster.LoadRecord{
+			router("r1", verdict("n1", cluster.VerdictSuspect, 1, "slow")),
+			router("r2", verdict("n1", cluster.VerdictEjected, 7, "refused")),
+			router("r3", verdict("n1", cluster.VerdictSuspect, 2, "slow")),
+		}, map[string]*moegridv1.RouterView{"n1": view(cluster.VerdictEjected, 1, 7, "refused")}},
+		{"earliest of the same state", []cluster.LoadRecord{
+			router("r1", verdict("n1", cluster.VerdictEjected, 9, "late"), verdict("n2", cluster.VerdictSuspect, 3, "x")),
+			router("r2", verdict("n1", cluster.VerdictEjected, 4, "early")),
+		}, map[string]*moegridv1.RouterView{
+			"n1": view(cluster.VerdictEjected, 2, 4, "early"),
+			"n2": view(cluster.VerdictSuspect, 1, 3, "x"),
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if diff := cmp.Diff(tc.want, routerViews(tc.loads), protocmp.Transform()); diff != "" {
+				t.Errorf("views (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
 func TestErrorBoundary(t *testing.T) {
-	boundary := errorBoundary(testLoggerDiscard())
+	boundary := errorBoundary(testLoggerDiscard()).Unary()
 	for _, tc := range []struct {
 		err  error
 		code codes.Code

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/moegrid/moegrid/internal/grpcerr"
 	"github.com/moegrid/moegrid/model"
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
 )
@@ -16,7 +17,7 @@ func FuzzValidate(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	svc := newExpertService("fuzz", cfg, &shardStore{}, 1, 1, newMetrics(nil))
+	svc := newExpertService("fuzz", cfg, &shardStore{}, 1, 1, newMetrics(nil), grpcerr.New(errorCodes, nil))
 	f.Add(uint32(0), uint32(128), int32(1), uint32(2), uint32(1), make([]byte, 512), uint32(3), uint32(0), []byte{})
 	f.Add(uint32(1), uint32(128), int32(2), uint32(7), uint32(2), make([]byte, 512), uint32(7), uint32(1), make([]byte, 256))
 	f.Fuzz(func(t *testing.T, layer, dim uint32, dtype int32, e1, r1 uint32, d1 []byte, e2, r2 uint32, d2 []byte) {

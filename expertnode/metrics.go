@@ -17,6 +17,8 @@ type metrics struct {
 	shards      prometheus.Gauge
 	// loadFailures counts shard loads that failed (each retry counts).
 	loadFailures prometheus.Counter
+	// loadFailing is the failed loads since the last that succeeded.
+	loadFailing prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -46,22 +48,19 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "moegrid", Subsystem: "expertnode", Name: "shard_load_failures_total",
 			Help: "Shard loads that failed; each is retried with backoff.",
 		}),
+		loadFailing: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "moegrid", Subsystem: "expertnode", Name: "shard_load_failing_attempts",
+			Help: "Failed shard loads since the last that succeeded: above 0 while the node cannot load its placement.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.calls, m.rows, m.latency, m.loadedBytes, m.shards, m.loadFailures)
+		reg.MustRegister(m.calls, m.rows, m.latency, m.loadedBytes, m.shards, m.loadFailures, m.loadFailing)
 	}
 	return m
 }
 
 func (m *metrics) observe(rows int, d time.Duration, err error) {
-	m.calls.WithLabelValues(status.Code(toStatusOrNil(err)).String()).Inc()
+	m.calls.WithLabelValues(status.Code(toStatus(err)).String()).Inc()
 	m.rows.Add(float64(rows))
 	m.latency.Observe(d.Seconds())
-}
-
-func toStatusOrNil(err error) error {
-	if err == nil {
-		return nil
-	}
-	return toStatus(err)
 }

@@ -9,13 +9,13 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
+	"github.com/moegrid/moegrid/internal/grpcerr"
 	"github.com/moegrid/moegrid/model"
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
 )
 
-// Domain errors of the Forward service; toStatus maps them to gRPC codes.
+// Domain errors of the Forward service; errorCodes maps them to gRPC codes.
 var (
 	errInvalid  = errors.New("expertnode: invalid request")
 	errNotHeld  = errors.New("expertnode: shard not held")
@@ -35,6 +35,9 @@ type expertService struct {
 	cfg     model.Config
 	store   *shardStore
 	metrics *metrics
+	// errs turns the calls' errors into statuses on ForwardStream, where
+	// each call is answered inside the stream and so passes no interceptor.
+	errs *grpcerr.Boundary
 
 	// queue admits calls: one token per call waiting or computing.
 	queue chan struct{}
@@ -52,12 +55,13 @@ type expertService struct {
 
 var _ moegridv1.ExpertServer = (*expertService)(nil)
 
-func newExpertService(nodeID string, cfg model.Config, store *shardStore, queueDepth, workers int, m *metrics) *expertService {
+func newExpertService(nodeID string, cfg model.Config, store *shardStore, queueDepth, workers int, m *metrics, errs *grpcerr.Boundary) *expertService {
 	return &expertService{
 		nodeID:  nodeID,
 		cfg:     cfg,
 		store:   store,
 		metrics: m,
+		errs:    errs,
 		queue:   make(chan struct{}, queueDepth),
 		compute: make(chan struct{}, workers),
 		drained: make(chan struct{}),
@@ -74,7 +78,10 @@ func (s *expertService) drain() {
 // ForwardStream serves Forward calls on one long-lived stream; each call
 // is admitted, computed, counted and answered as the unary Forward's is.
 func (s *expertService) ForwardStream(stream moegridv1.Expert_ForwardStreamServer) error {
-	return moegridv1.ServeForwardStream(stream, s.drained, s.Forward)
+	return moegridv1.ServeForwardStream(stream, s.drained, func(ctx context.Context, req *moegridv1.ForwardRequest) (*moegridv1.ForwardResponse, error) {
+		resp, err := s.Forward(ctx, req)
+		return resp, s.errs.Status("/moegrid.v1.Expert/ForwardStream", err)
+	})
 }
 
 // Forward computes every batch of the request with the expert it names.
@@ -83,7 +90,7 @@ func (s *expertService) Forward(ctx context.Context, req *moegridv1.ForwardReque
 	resp, rows, err := s.forward(ctx, req)
 	s.metrics.observe(rows, time.Since(start), err)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	s.calls.Add(1)
 	s.rows.Add(uint64(rows))
@@ -188,23 +195,17 @@ func (s *expertService) validate(req *moegridv1.ForwardRequest) (int, error) {
 	return rows, nil
 }
 
-// toStatus is the service's one error boundary: domain errors become their
-// gRPC codes, context errors pass through, and nothing leaks as Unknown.
+// errorCodes maps the service's domain errors to gRPC codes.
+var errorCodes = grpcerr.Table{
+	{Err: errInvalid, Code: codes.InvalidArgument},
+	{Err: errNotHeld, Code: codes.FailedPrecondition},
+	{Err: model.ErrExpertNotHeld, Code: codes.FailedPrecondition},
+	{Err: errBusy, Code: codes.ResourceExhausted},
+	{Err: errDraining, Code: codes.Unavailable},
+}
+
+// toStatus is the status a client sees for err, for the call metrics; the
+// server's boundary, which also logs unmapped errors, makes the same of it.
 func toStatus(err error) error {
-	code := codes.Internal
-	switch {
-	case errors.Is(err, errInvalid):
-		code = codes.InvalidArgument
-	case errors.Is(err, errNotHeld), errors.Is(err, model.ErrExpertNotHeld):
-		code = codes.FailedPrecondition
-	case errors.Is(err, errBusy):
-		code = codes.ResourceExhausted
-	case errors.Is(err, errDraining):
-		code = codes.Unavailable
-	case errors.Is(err, context.Canceled):
-		code = codes.Canceled
-	case errors.Is(err, context.DeadlineExceeded):
-		code = codes.DeadlineExceeded
-	}
-	return status.Error(code, err.Error())
+	return grpcerr.New(errorCodes, nil).Status("", err)
 }

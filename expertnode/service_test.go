@@ -8,11 +8,13 @@ import (
 	"strings"
 	"testing"
 
+	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/moegrid/moegrid/internal/grpcerr"
 	"github.com/moegrid/moegrid/model"
 	"github.com/moegrid/moegrid/model/safetensors"
 	"github.com/moegrid/moegrid/model/synth"
@@ -32,9 +34,11 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	tinyDir = dir
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	// The kernel's worker pool lives as long as the process, by design.
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/moegrid/moegrid/model/kernel.worker"), goleak.Cleanup(func(code int) {
+		os.RemoveAll(dir)
+		os.Exit(code)
+	}))
 }
 
 // startService serves an expert service holding the given experts (all
@@ -52,8 +56,9 @@ func startService(t *testing.T, experts []int, queue int) (moegridv1.ExpertClien
 	store := &shardStore{}
 	store.swap(set)
 	t.Cleanup(func() { store.swap(nil) })
-	svc := newExpertService("node-a", cfg, store, queue, 1, newMetrics(nil))
-	srv := grpc.NewServer()
+	boundary := grpcerr.New(errorCodes, nil)
+	svc := newExpertService("node-a", cfg, store, queue, 1, newMetrics(nil), boundary)
+	srv := grpc.NewServer(grpc.UnaryInterceptor(boundary.Unary()), grpc.StreamInterceptor(boundary.Stream()))
 	moegridv1.RegisterExpertServer(srv, svc)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

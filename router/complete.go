@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/moegrid/moegrid/internal/apikey"
+	"github.com/moegrid/moegrid/model"
 	"github.com/moegrid/moegrid/model/sample"
 	"github.com/moegrid/moegrid/model/tokenizer"
 )
@@ -33,6 +34,8 @@ type completion struct {
 	// logprobs and promptLogprobs are Request's Logprobs and PromptLogprobs.
 	logprobs       int
 	promptLogprobs bool
+	// explain is Request's Explain.
+	explain bool
 }
 
 // chunk is one piece of a completion's stream.
@@ -45,6 +48,11 @@ type chunk struct {
 	// promptLogprobs, on the first chunk of a completion that asked for
 	// them, has one entry per prompt token (see Event.PromptLogprobs).
 	promptLogprobs []TokenLogprob
+	// routes has one entry per token, per layer, when the completion asked
+	// to explain (see Event.Routes); promptRoutes, on the first chunk, one
+	// per prompt token (see Event.PromptRoutes).
+	routes       [][]model.Route
+	promptRoutes [][]model.Route
 }
 
 // usage counts a completion's tokens.
@@ -68,6 +76,11 @@ type completionParams struct {
 	// log-probability (0: none); promptLogprobs asks for the prompt's.
 	logprobs       int
 	promptLogprobs bool
+	// promptOnly scores the prompt: the one token sampled after it is
+	// dropped, never fed back, so the prompt may fill the context.
+	promptOnly bool
+	// explain asks for the routes behind every token.
+	explain bool
 }
 
 // validate turns params into a completion, tokenizing a text prompt with BOS.
@@ -99,6 +112,9 @@ func (r *Router) validate(p completionParams) (completion, error) {
 		return bad("prompt: give text or ids")
 	}
 	room := cfg.MaxPositionEmbeddings - len(prompt)
+	if p.promptOnly {
+		room++
+	}
 	maxTokens := p.maxTokens
 	if maxTokens == 0 {
 		// The default never asks for more than the context holds.
@@ -142,6 +158,7 @@ func (r *Router) validate(p completionParams) (completion, error) {
 		ignoreEOS:      p.ignoreEOS,
 		logprobs:       p.logprobs,
 		promptLogprobs: p.promptLogprobs,
+		explain:        p.explain,
 	}, nil
 }
 
@@ -163,7 +180,7 @@ func (r *Router) complete(ctx context.Context, c completion, emit func(chunk) er
 	}
 	events, err := r.sched.Submit(ctx, Request{
 		Prompt: c.prompt, MaxTokens: c.maxTokens, IgnoreEOS: c.ignoreEOS, Sampler: sampler,
-		Logprobs: c.logprobs, PromptLogprobs: c.promptLogprobs,
+		Logprobs: c.logprobs, PromptLogprobs: c.promptLogprobs, Explain: c.explain,
 	})
 	if err != nil {
 		return 0, usage{}, err
@@ -186,9 +203,12 @@ func (r *Router) complete(ctx context.Context, c completion, emit func(chunk) er
 		u.completion++
 		apikey.Charge(ctx, 1)
 		text, stopped := st.next(ev.Token)
-		ch := chunk{tokens: []int{ev.Token}, text: text, promptLogprobs: ev.PromptLogprobs}
+		ch := chunk{tokens: []int{ev.Token}, text: text, promptLogprobs: ev.PromptLogprobs, promptRoutes: ev.PromptRoutes}
 		if ev.Logprob != nil {
 			ch.logprobs = []TokenLogprob{*ev.Logprob}
+		}
+		if ev.Routes != nil {
+			ch.routes = [][]model.Route{ev.Routes}
 		}
 		if err := emit(ch); err != nil {
 			return 0, u, clientGone(ctx, err)

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/moegrid/moegrid/internal/mtls"
 	"github.com/moegrid/moegrid/model"
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
 )
@@ -79,6 +80,10 @@ type DispatchConfig struct {
 	// disables ejection.
 	EjectAfter                    int
 	EjectBackoff, EjectMaxBackoff time.Duration
+	// TLS is the router's certificate, shown to expert nodes, and the CA
+	// their certificates must chain to; the node's certificate must name
+	// the host of its address. Nil dials in plaintext.
+	TLS *mtls.Source
 }
 
 // DefaultDispatchConfig returns the defaults, every field filled in.
@@ -192,7 +197,7 @@ func (d *Dispatcher) conn(ep Endpoint) (*hopConn, error) {
 	c, ok := d.conns[ep.Addr]
 	if !ok {
 		var err error
-		if c, err = dialHop(ep.Addr); err != nil {
+		if c, err = dialHop(ep.Addr, d.cfg.TLS); err != nil {
 			return nil, err
 		}
 		d.conns[ep.Addr] = c

@@ -3,9 +3,13 @@ package router
 import (
 	"math/bits"
 	"slices"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/moegrid/moegrid/cluster"
 )
 
 // The latency record of a node: the last latencyWindow successful calls in
@@ -51,8 +55,13 @@ type nodeHealth struct {
 	latency  [latencyClasses]latencyRing
 	observe  prometheus.Observer
 	failures int // consecutive failures and timeouts
+	// failingSince is the first of the current failures, lastFailure the
+	// latest, and lastErr its error: what the load report says of the node.
+	failingSince, lastFailure time.Time
+	lastErr                   string
 
 	ejected      bool
+	ejectedAt    time.Time // the ejection that a successful probe will end
 	ejectedUntil time.Time
 	backoff      time.Duration // of the current or last ejection
 	probing      bool          // a probe call is in flight
@@ -124,6 +133,7 @@ func (d *Dispatcher) succeededLocked(node string, rows int, took time.Duration) 
 	h.latency[latencyClass(rows)].add(took)
 	h.observe.Observe(took.Seconds())
 	h.failures = 0
+	h.lastErr = ""
 	h.probing = false
 	if h.ejected {
 		h.ejected = false
@@ -136,7 +146,12 @@ func (d *Dispatcher) succeededLocked(node string, rows int, took time.Duration) 
 // node was ejected by it, so the caller can fail the node's other calls.
 func (d *Dispatcher) failedLocked(node string, now time.Time, err error) bool {
 	h := d.healthLocked(node)
+	if h.failures == 0 {
+		h.failingSince = now
+	}
 	h.failures++
+	h.lastFailure = now
+	h.lastErr = err.Error()
 	switch {
 	case h.probing:
 		h.probing = false
@@ -145,6 +160,7 @@ func (d *Dispatcher) failedLocked(node string, now time.Time, err error) bool {
 		return false
 	default:
 		h.ejected = true
+		h.ejectedAt = now
 		h.backoff = d.cfg.EjectBackoff
 	}
 	h.ejectedUntil = now.Add(h.backoff)
@@ -160,4 +176,46 @@ func (d *Dispatcher) endedLocked(node string, probe bool) {
 	if h := d.health[node]; h != nil && probe {
 		h.probing = false
 	}
+}
+
+// suspectFor is how long a node whose last call failed stays suspect
+// without a further call: a node nobody calls is not proven bad, and a
+// status should not name it for ever.
+const suspectFor = time.Minute
+
+// Unhealthy returns the dispatcher's verdicts on the nodes it does not trust
+// now, sorted by node ID and at most cluster.MaxUnhealthyNodes: ejected
+// nodes, and suspects whose calls failed within the last minute.
+func (d *Dispatcher) Unhealthy(now time.Time) []cluster.NodeVerdict {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []cluster.NodeVerdict
+	for node, h := range d.health {
+		if cluster.ValidateID(node) != nil {
+			continue // the placement's IDs are valid; a record must stay so
+		}
+		v := cluster.NodeVerdict{NodeID: node, LastError: truncateUTF8(h.lastErr, cluster.MaxVerdictErrBytes)}
+		switch {
+		case h.ejected:
+			v.State, v.Since = cluster.VerdictEjected, h.ejectedAt
+		case h.failures > 0 && now.Sub(h.lastFailure) < suspectFor:
+			v.State, v.Since = cluster.VerdictSuspect, h.failingSince
+		default:
+			continue
+		}
+		out = append(out, v)
+	}
+	slices.SortFunc(out, func(a, b cluster.NodeVerdict) int { return strings.Compare(a.NodeID, b.NodeID) })
+	return out[:min(len(out), cluster.MaxUnhealthyNodes)]
+}
+
+// truncateUTF8 cuts s to at most n bytes without splitting a character.
+func truncateUTF8(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }

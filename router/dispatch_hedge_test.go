@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc/codes"
 
+	"github.com/moegrid/moegrid/cluster"
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
 )
 
@@ -137,6 +139,7 @@ func TestDispatcherEjectsAndProbes(t *testing.T) {
 
 	a.failCode.Store(uint32(codes.Unavailable))
 	forwardExact(t, d, 0)
+	wantVerdict(t, d, cluster.VerdictSuspect)
 	forwardExact(t, d, 1)
 	if diff := cmp.Diff(map[int]int{0: 1, 1: 1}, a.callsByLayer()); diff != "" {
 		t.Errorf("calls to the failing node before ejection (-want +got):\n%s", diff)
@@ -144,6 +147,7 @@ func TestDispatcherEjectsAndProbes(t *testing.T) {
 	if got := nodeCount(d.metrics.ejections, "a"); got != 1 {
 		t.Fatalf("ejections of node a: %v, want 1", got)
 	}
+	wantVerdict(t, d, cluster.VerdictEjected)
 	a.failCode.Store(0)
 	ejectedAt := time.Now()
 	forwardExact(t, d, 0)
@@ -178,6 +182,20 @@ func TestDispatcherEjectsAndProbes(t *testing.T) {
 	}
 	if got := nodeCount(d.metrics.retries, "a"); got != 4 {
 		t.Errorf("retries from node a: %v, want 4", got)
+	}
+	if v := d.Unhealthy(time.Now()); len(v) != 0 {
+		t.Errorf("verdicts after the probe succeeded: %+v, want none", v)
+	}
+}
+
+// wantVerdict checks that node a, failing with Unavailable, is the one node
+// the dispatcher reports, in state.
+func wantVerdict(t *testing.T, d *Dispatcher, state string) {
+	t.Helper()
+	v := d.Unhealthy(time.Now())
+	if len(v) != 1 || v[0].NodeID != "a" || v[0].State != state || v[0].Since.IsZero() ||
+		!strings.Contains(v[0].LastError, "Unavailable") {
+		t.Fatalf("verdicts %+v, want node a %s with its Unavailable error", v, state)
 	}
 }
 

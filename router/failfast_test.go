@@ -15,8 +15,8 @@ import (
 
 	"github.com/moegrid/moegrid/cluster"
 	"github.com/moegrid/moegrid/cluster/etcdtest"
-	"github.com/moegrid/moegrid/coordinator/placement"
 	"github.com/moegrid/moegrid/internal/serve"
+	"github.com/moegrid/moegrid/placement"
 )
 
 // failCluster is a router's view of a cluster in embedded etcd: the cluster
@@ -53,8 +53,11 @@ func startFailCluster(t *testing.T) *failCluster {
 		topo:  newClusterTopology(failFingerprint, g),
 		shape: placement.Model{Experts: fx.model.Config.NumLocalExperts, Layers: fx.model.Config.NumHiddenLayers, BytesPerExpertLayer: 1000},
 	}
-	servers, err := serve.Listen(serve.Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0"}, prometheus.NewRegistry(), log)
+	servers, err := serve.New(serve.Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0"}, prometheus.NewRegistry(), log)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := servers.Bind(); err != nil {
 		t.Fatal(err)
 	}
 	fc.readyURL = "http://" + servers.HTTPAddr() + "/readyz"

@@ -1,12 +1,10 @@
 package router
 
 import (
-	"context"
-	"errors"
-
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/moegrid/moegrid/internal/grpcerr"
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
 )
 
@@ -23,7 +21,7 @@ var _ moegridv1.GenerationServer = (*generationService)(nil)
 func (g *generationService) Generate(req *moegridv1.GenerateRequest, stream moegridv1.Generation_GenerateServer) error {
 	err := g.generate(req, stream)
 	g.r.metrics.requests.WithLabelValues("grpc", status.Code(toStatus(err)).String()).Inc()
-	return toStatus(err)
+	return err
 }
 
 func (g *generationService) generate(req *moegridv1.GenerateRequest, stream moegridv1.Generation_GenerateServer) error {
@@ -39,6 +37,7 @@ func (g *generationService) generate(req *moegridv1.GenerateRequest, stream moeg
 		// a huge uint32 from wrapping to a small int.
 		logprobs:       int(min(req.Logprobs, MaxLogprobs+1)),
 		promptLogprobs: req.PromptLogprobs,
+		explain:        req.Explain,
 	}
 	switch pr := req.Prompt.(type) {
 	case *moegridv1.GenerateRequest_Text:
@@ -63,6 +62,12 @@ func (g *generationService) generate(req *moegridv1.GenerateRequest, stream moeg
 		}
 		for i, lp := range ch.promptLogprobs {
 			msg.PromptLogprobs = append(msg.PromptLogprobs, tokenLogprobPB(lp, i > 0))
+		}
+		for _, rs := range ch.routes {
+			msg.Routes = append(msg.Routes, tokenRoutesPB(rs))
+		}
+		for _, rs := range ch.promptRoutes {
+			msg.PromptRoutes = append(msg.PromptRoutes, tokenRoutesPB(rs))
 		}
 		return stream.Send(msg)
 	})
@@ -92,27 +97,17 @@ func tokenLogprobPB(lp TokenLogprob, has bool) *moegridv1.TokenLogprob {
 	return pb
 }
 
-// toStatus is the router's one gRPC error boundary: domain errors become
-// their codes, context errors pass through, nothing leaks as Unknown.
+// errorCodes maps the router's domain errors to gRPC codes.
+var errorCodes = grpcerr.Table{
+	{Err: ErrInvalid, Code: codes.InvalidArgument},
+	{Err: ErrNoLiveReplica, Code: codes.Unavailable},
+	{Err: ErrStopped, Code: codes.Unavailable},
+	{Err: ErrQueueFull, Code: codes.ResourceExhausted},
+}
+
+// toStatus is the status a client sees for err: the gRPC API's boundary
+// (which also logs unmapped errors) makes the same of it, and the HTTP API
+// and the request metrics use it directly.
 func toStatus(err error) error {
-	if err == nil {
-		return nil
-	}
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
-	code := codes.Internal
-	switch {
-	case errors.Is(err, ErrInvalid):
-		code = codes.InvalidArgument
-	case errors.Is(err, ErrNoLiveReplica), errors.Is(err, ErrStopped):
-		code = codes.Unavailable
-	case errors.Is(err, ErrQueueFull):
-		code = codes.ResourceExhausted
-	case errors.Is(err, context.Canceled):
-		code = codes.Canceled
-	case errors.Is(err, context.DeadlineExceeded):
-		code = codes.DeadlineExceeded
-	}
-	return status.Error(code, err.Error())
+	return grpcerr.New(errorCodes, nil).Status("", err)
 }

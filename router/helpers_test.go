@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/moegrid/moegrid/internal/apikey"
+	"github.com/moegrid/moegrid/internal/grpcerr"
 	"github.com/moegrid/moegrid/model"
 	"github.com/moegrid/moegrid/model/safetensors"
 	"github.com/moegrid/moegrid/model/sample"
@@ -326,11 +327,14 @@ func newTestRouter(t *testing.T, o routerOptions) *testRouter {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var opts []grpc.ServerOption
+	var unary []grpc.UnaryServerInterceptor
+	var stream []grpc.StreamServerInterceptor
 	if o.keys != nil {
-		opts = append(opts, grpc.UnaryInterceptor(o.keys.UnaryServerInterceptor(grpcAPI)), grpc.StreamInterceptor(o.keys.StreamServerInterceptor(grpcAPI)))
+		unary = append(unary, o.keys.UnaryServerInterceptor(grpcAPI))
+		stream = append(stream, o.keys.StreamServerInterceptor(grpcAPI))
 	}
-	srv := grpc.NewServer(opts...)
+	stream = append(stream, grpcerr.New(errorCodes, r.log).Stream())
+	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...))
 	moegridv1.RegisterGenerationServer(srv, &generationService{r: r})
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()

@@ -8,10 +8,10 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
+	"github.com/moegrid/moegrid/internal/mtls"
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
 )
 
@@ -117,9 +117,9 @@ func (c *hopCall) release() {
 
 func (c *hopCall) finish() { c.done <- c }
 
-func dialHop(addr string) (*hopConn, error) {
+func dialHop(addr string, src *mtls.Source) (*hopConn, error) {
 	cc, err := grpc.NewClient(addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(mtls.DialCreds(src, addr)),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: keepaliveTimeout, PermitWithoutStream: true}),
 	)

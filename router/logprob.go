@@ -1,7 +1,7 @@
 package router
 
 import (
-	"math"
+	"github.com/moegrid/moegrid/model"
 )
 
 // MaxLogprobs is the most alternatives a request may ask for with each
@@ -26,19 +26,11 @@ type TopLogprob struct {
 
 // logprobOf returns the log-probability of tok under logits [vocab] and the
 // top most likely tokens. The distribution is the model's own: log-softmax of
-// the raw logits in float64, before temperature or any filter, which is what
-// the OpenAI API and vLLM report.
+// the raw logits (model.LogSumExp), before temperature or any filter, which
+// is what the OpenAI API and vLLM report.
 func logprobOf(logits []float32, tok, top int) TokenLogprob {
-	hi := float64(logits[0])
-	for _, v := range logits {
-		hi = max(hi, float64(v))
-	}
-	var sum float64
-	for _, v := range logits {
-		sum += math.Exp(float64(v) - hi)
-	}
-	logZ := hi + math.Log(sum)
-	tl := TokenLogprob{Token: tok, Logprob: float32(float64(logits[tok]) - logZ)}
+	logZ := model.LogSumExp(logits)
+	tl := TokenLogprob{Token: tok, Logprob: model.Logprob(logits, logZ, tok)}
 	if top == 0 {
 		return tl
 	}
@@ -62,7 +54,7 @@ func logprobOf(logits []float32, tok, top int) TokenLogprob {
 	}
 	tl.Top = make([]TopLogprob, len(best))
 	for i, id := range best {
-		tl.Top[i] = TopLogprob{Token: id, Logprob: float32(float64(logits[id]) - logZ)}
+		tl.Top[i] = TopLogprob{Token: id, Logprob: model.Logprob(logits, logZ, id)}
 	}
 	return tl
 }

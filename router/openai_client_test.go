@@ -19,6 +19,7 @@ import (
 	"github.com/openai/openai-go/v3/packages/param"
 	"github.com/openai/openai-go/v3/packages/ssestream"
 
+	"github.com/moegrid/moegrid/model"
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
 )
 
@@ -748,4 +749,53 @@ func TestOpenAIClientStreamError(t *testing.T) {
 		t.Errorf("stream error %v, want the router's Unavailable", stream.Err())
 	}
 	idle(t, tr.r.metrics)
+}
+
+// TestOpenAIClientScoreWholeContext scores prompts as perplexity runs do
+// (token ids, echo, logprobs 0, max_tokens 0): a prompt may fill the
+// model's context, since nothing generated is fed back, and its
+// log-probabilities are the in-process model's float32 values exactly.
+func TestOpenAIClientScoreWholeContext(t *testing.T) {
+	const ctxLen = 8
+	short := modelWith(func(c *model.Config) { c.MaxPositionEmbeddings = ctxLen })
+	tr := newTestRouter(t, routerOptions{model: short})
+	client := newOpenAIClient(t, tr)
+	ctx := testContext(t)
+	ids := fx.tok.Encode("the whole context is scored, one token after another", true)
+	if len(ids) <= ctxLen {
+		t.Fatalf("%d tokens, want more than the context of %d", len(ids), ctxLen)
+	}
+	score := func(ids []int) (*openai.Completion, error) {
+		return client.Completions.New(ctx, openai.CompletionNewParams{
+			Model:     "tiny",
+			Prompt:    openai.CompletionNewParamsPromptUnion{OfArrayOfTokens: toInt64s(ids)},
+			MaxTokens: openai.Int(0),
+			Echo:      openai.Bool(true),
+			Logprobs:  openai.Int(0),
+		})
+	}
+
+	full := ids[:ctxLen]
+	c, err := score(full)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := short.Forward(ctx, fx.experts, []model.Input{{Cache: short.NewCache(), Tokens: full, AllLogits: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	V := short.Config.VocabSize
+	got := c.Choices[0].Logprobs.TokenLogprobs
+	if len(got) != len(full) || c.Usage.CompletionTokens != 0 {
+		t.Fatalf("%d token_logprobs and %d completion tokens for a %d-token prompt; want %d and 0", len(got), c.Usage.CompletionTokens, len(full), len(full))
+	}
+	for i := 1; i < len(full); i++ {
+		row := res.Logits[0][(i-1)*V : i*V]
+		if want := model.Logprob(row, model.LogSumExp(row), full[i]); float32(got[i]) != want {
+			t.Errorf("token_logprobs[%d] %v, want %v", i, got[i], want)
+		}
+	}
+
+	_, err = score(ids[:ctxLen+1])
+	wantAPIError(t, err, http.StatusBadRequest, "", "9 tokens leave no room in the model's context of 8")
 }

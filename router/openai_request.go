@@ -56,6 +56,9 @@ type commonFields struct {
 	FrequencyPenalty *float64           `json:"frequency_penalty"`
 	LogitBias        map[string]float64 `json:"logit_bias"`
 	IgnoreEOS        bool               `json:"ignore_eos"` // vLLM's extension
+	// MoegridExplain adds moegrid_routes, the experts behind every
+	// generated token, to each choice or chunk.
+	MoegridExplain bool `json:"moegrid_explain"`
 }
 
 type streamOptions struct {
@@ -129,7 +132,7 @@ func (a *apiRequest) parseCommon(f *commonFields, maxTokens *int, param string) 
 	a.stream = f.Stream
 	a.includeUsage = f.StreamOptions != nil && f.StreamOptions.IncludeUsage
 	a.user = f.User
-	a.params = completionParams{topK: max(f.TopK, 0), stop: stop, ignoreEOS: f.IgnoreEOS, temperature: 1, topP: 1}
+	a.params = completionParams{topK: max(f.TopK, 0), stop: stop, ignoreEOS: f.IgnoreEOS, temperature: 1, topP: 1, explain: f.MoegridExplain}
 	if f.Seed != nil {
 		seed := uint64(*f.Seed) // OpenAI's seeds are signed; any 64 bits will do
 		a.params.seed = &seed
@@ -153,7 +156,7 @@ func (a *apiRequest) parseCommon(f *commonFields, maxTokens *int, param string) 
 		case n == 0 && !a.echo:
 			return badParam(param, "%s 0 generates nothing; give a positive number, or 0 with echo to score the prompt", param)
 		case n == 0:
-			a.promptOnly = true
+			a.promptOnly, a.params.promptOnly = true, true
 			a.params.maxTokens = 1 // validated as a one-token request: the prompt must fit
 		default:
 			a.params.maxTokens = n

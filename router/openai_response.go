@@ -33,6 +33,9 @@ type (
 		Delta        *chatDelta `json:"delta,omitempty"`   // chat stream
 		Logprobs     any        `json:"logprobs"`          // nil, *legacyLogprobs or *chatLogprobs
 		FinishReason *string    `json:"finish_reason"`
+		// MoegridRoutes, with moegrid_explain, has one entry per generated
+		// token the choice or chunk carries.
+		MoegridRoutes []tokenRoutesJSON `json:"moegrid_routes,omitempty"`
 	}
 	chatDelta struct {
 		Role    string  `json:"role,omitempty"`
@@ -84,6 +87,9 @@ func (r *Router) handleChat(w http.ResponseWriter, req *http.Request) {
 type piece struct {
 	text   string
 	tokens []pieceToken
+	// routes are the generated tokens' routes when the request asked to
+	// explain; unlike tokens they are not held back with the text.
+	routes []tokenRoutesJSON
 }
 
 // choice is one choice of a response: the completion of a prompt.
@@ -252,6 +258,9 @@ func (o *response) run(ctx context.Context, ch choice, emit func(piece) error) (
 			return err
 		}
 		p := piece{text: ck.text}
+		for i, rs := range ck.routes {
+			p.routes = append(p.routes, tokenRoutesOf(ck.tokens[i], rs))
+		}
 		for _, lp := range ck.logprobs {
 			p.tokens = append(p.tokens, pieceToken{lp: lp, predicted: true, offset: offset})
 			offset += utf8.RuneCountInString(dec.Next(lp.Token))
@@ -265,12 +274,14 @@ func (o *response) run(ctx context.Context, ch choice, emit func(piece) error) (
 func (o *response) whole(ctx context.Context, w http.ResponseWriter, choices []choice) ([]outcome, error) {
 	texts := make([]strings.Builder, len(choices))
 	lps := make([]*logprobsJSON, len(choices))
+	routes := make([][]tokenRoutesJSON, len(choices))
 	outcomes, err := o.runAll(ctx, choices, func(ctx context.Context, ch choice) (outcome, error) {
 		if o.a.logprobs {
 			lps[ch.index] = o.newLogprobs()
 		}
 		return o.run(ctx, ch, func(p piece) error {
 			texts[ch.index].WriteString(p.text)
+			routes[ch.index] = append(routes[ch.index], p.routes...)
 			if l := lps[ch.index]; l != nil {
 				l.add(p.tokens)
 			}
@@ -284,7 +295,7 @@ func (o *response) whole(ctx context.Context, w http.ResponseWriter, choices []c
 	o.obj.Choices = make([]completionChoice, len(choices))
 	for i := range choices {
 		s, f := texts[i].String(), finishName(outcomes[i].finish)
-		cc := completionChoice{Index: i, FinishReason: &f}
+		cc := completionChoice{Index: i, FinishReason: &f, MoegridRoutes: routes[i]}
 		if lps[i] != nil {
 			cc.Logprobs = lps[i].value()
 		}
@@ -344,7 +355,7 @@ func (o *response) stream(ctx context.Context, w http.ResponseWriter, choices []
 	outcomes, err := o.runAll(ctx, choices, func(ctx context.Context, ch choice) (outcome, error) {
 		roleSent := false
 		chunk := func(p piece, finish *string) completionObject {
-			cc := completionChoice{Index: ch.index, FinishReason: finish}
+			cc := completionChoice{Index: ch.index, FinishReason: finish, MoegridRoutes: p.routes}
 			if o.a.logprobs && finish == nil {
 				lps := o.newLogprobs()
 				lps.add(p.tokens)
@@ -366,7 +377,7 @@ func (o *response) stream(ctx context.Context, w http.ResponseWriter, choices []
 			return obj
 		}
 		oc, err := o.run(ctx, ch, func(p piece) error {
-			if p.text == "" && len(p.tokens) == 0 {
+			if p.text == "" && len(p.tokens) == 0 && len(p.routes) == 0 {
 				return nil
 			}
 			return send(chunk(p, nil))

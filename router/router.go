@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -14,10 +15,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
-	"google.golang.org/grpc"
 
 	"github.com/moegrid/moegrid/cluster"
 	"github.com/moegrid/moegrid/internal/apikey"
+	"github.com/moegrid/moegrid/internal/grpcerr"
+	"github.com/moegrid/moegrid/internal/mtls"
+	"github.com/moegrid/moegrid/internal/pki"
 	"github.com/moegrid/moegrid/internal/serve"
 	"github.com/moegrid/moegrid/model"
 	"github.com/moegrid/moegrid/model/tokenizer"
@@ -62,15 +65,20 @@ type Config struct {
 	// Generate and /v1/ APIs authenticate against, reloaded when it
 	// changes; empty lets every client generate.
 	APIKeysFile string
+	// Security is the router's certificate (served to clients, shown to
+	// expert nodes), the CA it trusts and the gossip keyring, or Insecure.
+	// Client, admin and router certificates may call Generation.
+	Security mtls.Security
 }
 
-// DefaultConfig returns the local defaults.
+// DefaultConfig returns the local defaults, which are also the command
+// line's: fixed loopback ports for the servers, a free one for gossip.
 func DefaultConfig() Config {
 	return Config{
 		ID:               "router-0",
 		Prefix:           cluster.DefaultPrefix,
-		GRPCAddr:         "127.0.0.1:0",
-		HTTPAddr:         "127.0.0.1:0",
+		GRPCAddr:         "127.0.0.1:7400",
+		HTTPAddr:         "127.0.0.1:8400",
 		GossipAddr:       "127.0.0.1:0",
 		LeaseTTL:         cluster.DefaultLeaseTTL,
 		Dispatch:         DefaultDispatchConfig(),
@@ -82,110 +90,104 @@ func DefaultConfig() Config {
 	}
 }
 
+// validate reports every problem with the configuration at once.
 func (c *Config) validate() error {
-	s := c.Scheduler
-	switch {
-	case c.ModelDir == "":
-		return errors.New("router: a model directory is required")
-	case len(c.EtcdEndpoints) == 0:
-		return errors.New("router: etcd endpoints are required")
-	case s.MaxBatchTokens < 1 || s.PrefillChunk < 1 || s.MaxRunning < 1 || s.MaxWaiting < 1:
-		return fmt.Errorf("router: scheduler limits must be at least 1: %+v", s)
-	case c.DefaultMaxTokens < 1:
-		return fmt.Errorf("router: default max tokens %d must be at least 1", c.DefaultMaxTokens)
-	case c.Dispatch.WaitForHolder <= 0:
-		return fmt.Errorf("router: wait for holder %v must be positive", c.Dispatch.WaitForHolder)
+	var errs []error
+	if c.ModelDir == "" {
+		errs = append(errs, errors.New("a model directory is required"))
 	}
-	return cluster.ValidateID(c.ID)
+	if len(c.EtcdEndpoints) == 0 {
+		errs = append(errs, errors.New("etcd endpoints are required"))
+	}
+	if _, err := cluster.NewKeys(c.Prefix); err != nil {
+		errs = append(errs, fmt.Errorf("prefix: %w", err))
+	}
+	if s := c.Scheduler; s.MaxBatchTokens < 1 || s.PrefillChunk < 1 || s.MaxRunning < 1 || s.MaxWaiting < 1 {
+		errs = append(errs, fmt.Errorf("scheduler limits must be at least 1: %+v", s))
+	}
+	if c.DefaultMaxTokens < 1 {
+		errs = append(errs, fmt.Errorf("default max tokens %d must be at least 1", c.DefaultMaxTokens))
+	}
+	if c.Dispatch.WaitForHolder <= 0 {
+		errs = append(errs, fmt.Errorf("wait for holder %v must be positive", c.Dispatch.WaitForHolder))
+	}
+	if c.LoadReport <= 0 {
+		errs = append(errs, fmt.Errorf("load report interval %v must be positive", c.LoadReport))
+	}
+	if err := cluster.ValidateID(c.ID); err != nil {
+		errs = append(errs, fmt.Errorf("id: %w", err))
+	}
+	if err := c.Security.Validate(true); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
-// Router is a running router.
+// Policy is who may call a router: clients, admins and other routers
+// generate.
+var Policy = mtls.Policy{Allow: map[string][]pki.Role{
+	"/" + moegridv1.Generation_ServiceDesc.ServiceName + "/*": {pki.RoleClient, pki.RoleAdmin, pki.RoleRouter},
+}}
+
+// Router is one router. Build it with New and run it with Run; its
+// accessors are safe for concurrent use.
 type Router struct {
-	cfg         Config
-	log         *slog.Logger
+	cfg     Config
+	log     *slog.Logger
+	metrics *metrics
+	reg     prometheus.Registerer // for the servers and the dispatcher Run makes
+	seeds   seedSource
+
+	running atomic.Bool
+	ready   chan struct{}
+
+	// Set by Run before the servers start, read-only afterwards.
 	model       *model.Model
 	tok         *tokenizer.Tokenizer
 	fingerprint string
-	metrics     *metrics
-	reg         prometheus.Registerer // for the dispatcher Run makes
 	gossipTopo  *clusterTopology
 	dispatcher  *Dispatcher
+	sched       *Scheduler
+	servers     *serve.Servers
+	started     time.Time
+	// Set before ready is closed, read-only afterwards.
+	grpcAddr, httpAddr string
 	// experts publishes dispatcher, once Run has made it, to Experts.
 	experts atomic.Pointer[Dispatcher]
-	sched   *Scheduler
-	servers *serve.Servers
-	// keys authenticates clients; nil when Config.APIKeysFile is empty.
-	keys    *apikey.Guard
-	seeds   seedSource
-	started time.Time
+	// keys authenticates clients; nil when Config.APIKeysFile is empty. Set
+	// by Run before the servers start.
+	keys *apikey.Guard
 
 	// routed counts tokens routed to each expert (all layers) since the last
 	// load report.
 	routed []atomic.Uint64
 }
 
-// New loads the model and tokenizer and opens the listeners; Run joins the
-// cluster and serves.
-func New(cfg Config, log *slog.Logger, reg *prometheus.Registry) (*Router, error) {
+// New validates cfg, reporting every problem at once, and builds a router
+// whose metrics are registered with reg (nil: a private registry); /metrics
+// serves reg if it is also a prometheus.Gatherer, as *prometheus.Registry
+// is. A nil logger discards. New reads no files and binds nothing: Run does.
+func New(cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Router, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("router: config: %w", err)
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if err := cfg.validate(); err != nil {
-		return nil, err
+	if reg == nil {
+		reg = prometheus.NewRegistry()
 	}
 	if cfg.ModelName == "" {
 		cfg.ModelName = filepath.Base(filepath.Clean(cfg.ModelDir))
 	}
-	m, err := model.Load(cfg.ModelDir)
-	if err != nil {
-		return nil, err
-	}
-	tok, err := model.LoadTokenizer(cfg.ModelDir)
-	if err != nil {
-		m.Close()
-		return nil, err
-	}
-	if tok.VocabSize() > m.Config.VocabSize {
-		m.Close()
-		return nil, fmt.Errorf("router: tokenizer has %d tokens, the model %d", tok.VocabSize(), m.Config.VocabSize)
-	}
-	fp, err := model.Fingerprint(cfg.ModelDir)
-	if err != nil {
-		m.Close()
-		return nil, err
-	}
-	r := &Router{
-		cfg:         cfg,
-		log:         log.With("router", cfg.ID),
-		model:       m,
-		tok:         tok,
-		fingerprint: fp,
-		metrics:     newMetrics(reg),
-		reg:         reg,
-		seeds:       newSeedSource(),
-		started:     time.Now(),
-		routed:      make([]atomic.Uint64, m.Config.NumLocalExperts),
-	}
-	scfg := serve.Config{GRPCAddr: cfg.GRPCAddr, HTTPAddr: cfg.HTTPAddr, StopTimeout: cfg.StopTimeout}
-	if cfg.APIKeysFile == "" {
-		r.log.Warn("no API keys: every client may generate")
-	} else {
-		if r.keys, err = apikey.New(apikey.Config{File: cfg.APIKeysFile}, r.log, reg); err != nil {
-			m.Close()
-			return nil, err
-		}
-		r.log.Info("API keys loaded", "file", cfg.APIKeysFile, "keys", r.keys.Len())
-		scfg.UnaryInterceptors = []grpc.UnaryServerInterceptor{r.keys.UnaryServerInterceptor(grpcAPI)}
-		scfg.StreamInterceptors = []grpc.StreamServerInterceptor{r.keys.StreamServerInterceptor(grpcAPI)}
-	}
-	r.servers, err = serve.Listen(scfg, reg, r.log)
-	if err != nil {
-		m.Close()
-		return nil, err
-	}
-	moegridv1.RegisterGenerationServer(r.servers.GRPC, &generationService{r: r})
-	r.httpHandler(r.servers.Mux)
-	return r, nil
+	return &Router{
+		cfg:     cfg,
+		log:     log.With("router", cfg.ID),
+		metrics: newMetrics(reg),
+		reg:     reg,
+		seeds:   newSeedSource(),
+		ready:   make(chan struct{}),
+	}, nil
 }
 
 // Experts returns the remote experts the router dispatches to, or nil before
@@ -199,40 +201,94 @@ func (r *Router) Experts() model.Experts {
 	return nil
 }
 
-// GRPCAddr is the bound gRPC address.
-func (r *Router) GRPCAddr() string { return r.servers.GRPCAddr() }
+// Ready is closed once Run serves; the address accessors are valid from
+// then on.
+func (r *Router) Ready() <-chan struct{} { return r.ready }
 
-// HTTPAddr is the bound HTTP address.
-func (r *Router) HTTPAddr() string { return r.servers.HTTPAddr() }
+// GRPCAddr is the bound gRPC address (after Ready).
+func (r *Router) GRPCAddr() string { return r.grpcAddr }
 
-// Run joins the cluster and serves until ctx is done.
+// HTTPAddr is the bound HTTP address (after Ready).
+func (r *Router) HTTPAddr() string { return r.httpAddr }
+
+// Run loads the model and tokenizer, binds the listeners, joins the cluster
+// and serves until ctx is done. It returns nil when ctx ends it, also while
+// it still waits for etcd, and releases everything it acquired on every
+// return. Run may be called once.
 func (r *Router) Run(ctx context.Context) error {
+	if !r.running.CompareAndSwap(false, true) {
+		return errors.New("router: Run called twice")
+	}
+	if err := r.loadModel(); err != nil {
+		return err
+	}
 	defer r.model.Close()
-	cli, err := cluster.NewEtcdClient(r.cfg.EtcdEndpoints)
+	src, err := r.cfg.Security.Source(r.log)
 	if err != nil {
-		return err
+		return fmt.Errorf("router: %w", err)
 	}
-	defer cli.Close()
-	st, err := cluster.Connect(ctx, cli, r.cfg.Prefix, r.log)
+	if r.cfg.Security.Insecure {
+		r.log.Warn("running INSECURE: plaintext gRPC, HTTP, etcd and gossip, no identity checks (--insecure)")
+	}
+	etcdOpts, etcdSrc, err := cluster.EtcdSecurity(r.cfg.Security, src, r.cfg.EtcdEndpoints, r.log)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil // stopped while waiting for etcd
+		return fmt.Errorf("router: %w", err)
+	}
+	keyring, err := r.cfg.Security.GossipKeyring()
+	if err != nil {
+		return fmt.Errorf("router: %w", err)
+	}
+
+	// Authorization by role, then authentication by API key, run before
+	// the error boundary: their refusals are statuses already, and a
+	// refused call never reaches a handler.
+	scfg := serve.Config{GRPCAddr: r.cfg.GRPCAddr, HTTPAddr: r.cfg.HTTPAddr, StopTimeout: r.cfg.StopTimeout, TLS: src, Policy: Policy}
+	if r.cfg.APIKeysFile == "" {
+		r.log.Warn("no API keys: every client may generate")
+	} else {
+		keys, err := apikey.New(apikey.Config{File: r.cfg.APIKeysFile}, r.log, r.reg)
+		if err != nil {
+			return fmt.Errorf("router: %w", err)
 		}
-		return err
+		r.keys = keys
+		r.log.Info("API keys loaded", "file", r.cfg.APIKeysFile, "keys", keys.Len())
+		scfg.UnaryInterceptors = append(scfg.UnaryInterceptors, keys.UnaryServerInterceptor(grpcAPI))
+		scfg.StreamInterceptors = append(scfg.StreamInterceptors, keys.StreamServerInterceptor(grpcAPI))
 	}
+	boundary := grpcerr.New(errorCodes, r.log)
+	scfg.UnaryInterceptors = append(scfg.UnaryInterceptors, boundary.Unary())
+	scfg.StreamInterceptors = append(scfg.StreamInterceptors, boundary.Stream())
+	servers, err := serve.New(scfg, r.reg, r.log)
+	if err != nil {
+		return fmt.Errorf("router: %w", err)
+	}
+	moegridv1.RegisterGenerationServer(servers.GRPC, &generationService{r: r})
+	r.httpHandler(servers.Mux)
+	if err := servers.Bind(); err != nil {
+		return fmt.Errorf("router: %w", err)
+	}
+	defer servers.Close()
+	r.servers = servers
+
 	gcfg := cluster.DefaultGossipConfig(r.cfg.ID, cluster.RoleRouter)
 	gcfg.BindAddr = r.cfg.GossipAddr
 	gcfg.AdvertiseAddr = r.cfg.GossipAdvertise
 	gcfg.Join = r.cfg.Join
-	gcfg.Seeds = cluster.FollowGossipSeeds(ctx, st)
-	gossip, err := cluster.StartGossip(gcfg, r.log)
+	gcfg.Keyring = keyring
+	member, err := cluster.Join(ctx, cluster.JoinConfig{EtcdEndpoints: r.cfg.EtcdEndpoints, Prefix: r.cfg.Prefix, Etcd: etcdOpts, Gossip: gcfg}, r.log)
 	if err != nil {
-		return err
+		if ctx.Err() != nil {
+			return nil // stopped while waiting for etcd
+		}
+		return fmt.Errorf("router: %w", err)
 	}
-	defer gossip.Close()
+	defer member.Close()
+	st := member.Store
 
-	r.gossipTopo = newClusterTopology(r.fingerprint, gossip)
-	r.dispatcher = NewDispatcher(r.cfg.Dispatch, r.gossipTopo, r.model.Config.HiddenSize, r.log, r.reg)
+	r.gossipTopo = newClusterTopology(r.fingerprint, member.Gossip)
+	dcfg := r.cfg.Dispatch
+	dcfg.TLS = src
+	r.dispatcher = NewDispatcher(dcfg, r.gossipTopo, r.model.Config.HiddenSize, r.log, r.reg)
 	defer r.dispatcher.Close()
 	r.gossipTopo.onChange = r.dispatcher.Retain
 	r.experts.Store(r.dispatcher)
@@ -241,11 +297,16 @@ func (r *Router) Run(ctx context.Context) error {
 	loads, err := st.ReportLoad(ctx, cluster.LoadRecord{RouterID: r.cfg.ID, Fingerprint: r.fingerprint, TokensPerSecond: make([]float64, r.model.Config.NumLocalExperts)},
 		cluster.LeaseOptions{TTL: r.cfg.LeaseTTL, Logger: r.log})
 	if err != nil {
-		return err
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("router: %w", err)
 	}
 	defer loads.Close()
 
-	r.log.Info("router up", "grpc", r.GRPCAddr(), "http", r.HTTPAddr(), "gossip", gossip.Addr(), "model", r.cfg.ModelName, "fingerprint", r.fingerprint)
+	r.grpcAddr, r.httpAddr = servers.GRPCAddr(), servers.HTTPAddr()
+	r.log.Info("router up", "grpc", r.grpcAddr, "http", r.httpAddr, "gossip", member.Gossip.Addr(), "model", r.cfg.ModelName, "fingerprint", r.fingerprint)
+	close(r.ready)
 	g, gctx := errgroup.WithContext(ctx)
 	// The scheduler outlives ctx until the servers have stopped: their
 	// graceful stop waits for the streams in flight, which need it to
@@ -253,13 +314,39 @@ func (r *Router) Run(ctx context.Context) error {
 	schedCtx, stopSched := context.WithCancel(context.WithoutCancel(gctx))
 	g.Go(func() error { r.gossipTopo.run(gctx, st); return nil })
 	g.Go(func() error { return r.sched.Run(schedCtx) })
-	g.Go(func() error { defer stopSched(); return r.servers.Run(gctx) })
+	g.Go(func() error { defer stopSched(); return servers.Run(gctx) })
 	g.Go(func() error { r.followReadiness(gctx); return nil })
 	g.Go(func() error { r.reportLoad(gctx, loads); return nil })
 	if r.keys != nil {
 		g.Go(func() error { r.keys.Run(gctx); return nil })
 	}
+	g.Go(func() error { return mtls.RunSources(gctx, src, etcdSrc) })
 	return g.Wait()
+}
+
+// loadModel maps the model's non-expert weights and reads its tokenizer and
+// fingerprint; on error it holds nothing.
+func (r *Router) loadModel() error {
+	m, err := model.Load(r.cfg.ModelDir)
+	if err != nil {
+		return fmt.Errorf("router: %w", err)
+	}
+	tok, err := model.LoadTokenizer(r.cfg.ModelDir)
+	if err == nil && tok.VocabSize() > m.Config.VocabSize {
+		err = fmt.Errorf("tokenizer has %d tokens, the model %d", tok.VocabSize(), m.Config.VocabSize)
+	}
+	var fp string
+	if err == nil {
+		fp, err = model.Fingerprint(r.cfg.ModelDir)
+	}
+	if err != nil {
+		m.Close()
+		return fmt.Errorf("router: %w", err)
+	}
+	r.model, r.tok, r.fingerprint = m, tok, fp
+	r.routed = make([]atomic.Uint64, m.Config.NumLocalExperts)
+	r.started = time.Now()
+	return nil
 }
 
 // grpcAPI names the API key permission each gRPC method needs; health and
@@ -304,11 +391,14 @@ func (r *Router) countRoutes(routes [][]model.Route) {
 }
 
 // reportLoad publishes the routing rate per expert (rows per second, all
-// layers) for the coordinator's replica choice.
+// layers) for the coordinator's replica choice, and the expert nodes the
+// dispatcher holds suspect or ejected for the cluster's status. A change of
+// verdict is written at once; rates wait for the lease's refresh.
 func (r *Router) reportLoad(ctx context.Context, loads *cluster.LoadReporter) {
 	t := time.NewTicker(r.cfg.LoadReport)
 	defer t.Stop()
 	last := time.Now()
+	var reported []cluster.NodeVerdict
 	for {
 		select {
 		case <-ctx.Done():
@@ -322,8 +412,27 @@ func (r *Router) reportLoad(ctx context.Context, loads *cluster.LoadReporter) {
 			if err := loads.Set(rates); err != nil {
 				r.log.Debug("load report failed", "err", err)
 			}
+			verdicts := r.dispatcher.Unhealthy(now)
+			if slices.EqualFunc(verdicts, reported, sameVerdict) {
+				continue
+			}
+			if err := loads.SetUnhealthy(verdicts); err != nil {
+				r.log.Warn("reporting unhealthy expert nodes failed", "err", err)
+				continue
+			}
+			if err := loads.Flush(ctx); err != nil {
+				r.log.Debug("load report failed", "err", err)
+				continue
+			}
+			reported = verdicts
 		}
 	}
+}
+
+// sameVerdict reports whether two verdicts say the same of the same node
+// from the same moment: a new error text alone is not worth a write.
+func sameVerdict(a, b cluster.NodeVerdict) bool {
+	return a.NodeID == b.NodeID && a.State == b.State && a.Since.Equal(b.Since)
 }
 
 // seedSource draws sampling seeds for requests that give none.

@@ -123,6 +123,9 @@ type Request struct {
 	// (with Logprobs alternatives each), as the OpenAI API's echo reports
 	// them. It costs the logits of every prompt position.
 	PromptLogprobs bool
+	// Explain asks for the routes behind every token (Event.Routes and
+	// Event.PromptRoutes).
+	Explain bool
 }
 
 // Event is one message of a sequence's stream: a token, or the end (Finish
@@ -137,8 +140,16 @@ type Event struct {
 	// token has nothing before it to predict it: its entry has only Token
 	// set.
 	PromptLogprobs []TokenLogprob
-	Finish         FinishReason
-	Err            error
+	// Routes, when the request asked to explain, is per layer the route of
+	// the position the token was sampled from: the last prompt token for
+	// the first token, then the token before.
+	Routes []model.Route
+	// PromptRoutes, on the first token's event of a request that asked to
+	// explain, is per prompt token, in order, the routes of its position
+	// (per layer).
+	PromptRoutes [][]model.Route
+	Finish       FinishReason
+	Err          error
 }
 
 // sequence is a request being served; owned by the scheduler goroutine.
@@ -157,6 +168,8 @@ type sequence struct {
 	// promptLogprobs gathers the prompt's log-probabilities chunk by chunk
 	// until the first token's event carries them.
 	promptLogprobs []TokenLogprob
+	// promptRoutes gathers the prompt's routes likewise.
+	promptRoutes [][]model.Route
 }
 
 // Scheduler runs continuous batching: every step computes one token of each
@@ -518,12 +531,19 @@ func (s *Scheduler) step(ctx context.Context, running []*sequence) []*sequence {
 	}
 	now := time.Now()
 	done := map[*sequence]bool{}
+	row := 0 // the first row of inputs[i] in res.Routes
 	for i, q := range members {
 		logits := res.Logits[i]
+		n := len(inputs[i].Tokens)
+		row += n
 		if q.prefilled < len(q.req.Prompt) {
-			n := len(inputs[i].Tokens)
 			if q.req.PromptLogprobs {
 				q.gatherPromptLogprobs(logits, n, s.model.Config.VocabSize)
+			}
+			if q.req.Explain {
+				for r := row - n; r < row; r++ {
+					q.promptRoutes = append(q.promptRoutes, routesOfRow(res.Routes, r))
+				}
 			}
 			q.prefilled += n
 			if q.prefilled < len(q.req.Prompt) {
@@ -544,6 +564,12 @@ func (s *Scheduler) step(ctx context.Context, running []*sequence) []*sequence {
 		}
 		if q.req.PromptLogprobs && q.generated == 1 {
 			ev.PromptLogprobs, q.promptLogprobs = q.promptLogprobs, nil
+		}
+		if q.req.Explain {
+			ev.Routes = routesOfRow(res.Routes, row-1)
+			if q.generated == 1 {
+				ev.PromptRoutes, q.promptRoutes = q.promptRoutes, nil
+			}
 		}
 		if q.generated == 1 {
 			s.metrics.prefillTime.Observe(now.Sub(q.admitted).Seconds())
@@ -588,6 +614,16 @@ func (q *sequence) gatherPromptLogprobs(logits []float32, n, vocab int) {
 		}
 		q.promptLogprobs = append(q.promptLogprobs, logprobOf(logits[r*vocab:(r+1)*vocab], q.req.Prompt[next], q.req.Logprobs))
 	}
+}
+
+// routesOfRow picks one row's routes, per layer, out of a step's
+// routes[layer][row].
+func routesOfRow(routes [][]model.Route, row int) []model.Route {
+	out := make([]model.Route, len(routes))
+	for l, rs := range routes {
+		out[l] = rs[row]
+	}
+	return out
 }
 
 // workModel prices a step's rows from the model's shapes, in multiply-adds

@@ -11,8 +11,8 @@ import (
 	"google.golang.org/grpc/connectivity"
 
 	"github.com/moegrid/moegrid/cluster"
-	"github.com/moegrid/moegrid/coordinator/placement"
 	"github.com/moegrid/moegrid/model"
+	"github.com/moegrid/moegrid/placement"
 )
 
 // clusterTopology is the Topology the router follows in a cluster: the

@@ -12,11 +12,15 @@
 //	cli := srv.Client(t)
 //	srv.Restart() // stop (connections cut) and start again on the same data and port
 //
+// StartTLS starts one that speaks TLS to clients and requires a client
+// certificate from its CA, as a production etcd with ClientCertAuth does.
+//
 // A Server is safe for concurrent use by the test's goroutines.
 package etcdtest
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -26,6 +30,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
@@ -40,6 +45,7 @@ const startTimeout = 30 * time.Second
 type Server struct {
 	t   testing.TB
 	dir string
+	tls *TLS
 
 	// proxyAddr is the address clients dial (stable across restarts);
 	// clientAddr and peerAddr are etcd's own listeners.
@@ -52,11 +58,36 @@ type Server struct {
 	stopped bool
 }
 
+// TLS is a server's TLS to its clients.
+type TLS struct {
+	// CertFile and KeyFile are etcd's certificate, which must name
+	// 127.0.0.1, and its key; CAFile is the bundle client certificates
+	// must chain to.
+	CertFile, KeyFile, CAFile string
+	// Client is what Client dials with: a client certificate and the CA
+	// of etcd's certificate.
+	Client *tls.Config
+}
+
 // Start starts a fresh etcd with its data in t.TempDir() and registers its
 // shutdown with t.Cleanup. It fails the test if etcd does not become ready.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	s := &Server{t: t, dir: t.TempDir()}
+	return start(t, nil)
+}
+
+// StartTLS is Start with TLS to clients and client certificates required.
+func StartTLS(t testing.TB, cfg TLS) *Server {
+	t.Helper()
+	if cfg.CertFile == "" || cfg.KeyFile == "" || cfg.CAFile == "" || cfg.Client == nil {
+		t.Fatalf("etcdtest: StartTLS needs a certificate, key, CA file and client config: %+v", cfg)
+	}
+	return start(t, &cfg)
+}
+
+func start(t testing.TB, cfg *TLS) *Server {
+	t.Helper()
+	s := &Server{t: t, dir: t.TempDir(), tls: cfg}
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
 		// Free ports are picked by binding :0 and releasing them; another
@@ -78,14 +109,26 @@ func Start(t testing.TB) *Server {
 }
 
 // Endpoints returns the client endpoints, the same for the Server's whole life.
-func (s *Server) Endpoints() []string { return []string{"http://" + s.proxyAddr} }
+func (s *Server) Endpoints() []string { return []string{s.scheme() + "://" + s.proxyAddr} }
+
+func (s *Server) scheme() string {
+	if s.tls != nil {
+		return "https"
+	}
+	return "http"
+}
 
 // Client returns a new client for the server, closed when the test ends. It
 // reconnects at most 500 ms apart, so that tests do not wait on gRPC's
 // growing backoff after Restart.
 func (s *Server) Client(t testing.TB) *clientv3.Client {
 	t.Helper()
+	var tlsCfg *tls.Config
+	if s.tls != nil {
+		tlsCfg = s.tls.Client
+	}
 	cli, err := clientv3.New(clientv3.Config{
+		TLS:         tlsCfg,
 		Endpoints:   s.Endpoints(),
 		DialTimeout: 5 * time.Second,
 		Logger:      zap.NewNop(),
@@ -176,9 +219,14 @@ func (s *Server) startLocked() error {
 	// Fast raft timings: a single member elects itself within a few ticks.
 	cfg.TickMs = 10
 	cfg.ElectionMs = 100
-	cu := url.URL{Scheme: "http", Host: s.clientAddr}
+	cu := url.URL{Scheme: s.scheme(), Host: s.clientAddr}
 	pu := url.URL{Scheme: "http", Host: s.peerAddr}
-	au := url.URL{Scheme: "http", Host: s.proxyAddr}
+	au := url.URL{Scheme: s.scheme(), Host: s.proxyAddr}
+	if s.tls != nil {
+		cfg.ClientTLSInfo = transport.TLSInfo{
+			CertFile: s.tls.CertFile, KeyFile: s.tls.KeyFile, TrustedCAFile: s.tls.CAFile, ClientCertAuth: true,
+		}
+	}
 	cfg.ListenClientUrls = []url.URL{cu}
 	cfg.AdvertiseClientUrls = []url.URL{au}
 	cfg.ListenPeerUrls = []url.URL{pu}

@@ -18,6 +18,7 @@ func newBenchCmd() *cobra.Command {
 	sched := router.DefaultSchedulerConfig()
 	var addr, output, modelDir, apiKey string
 	var inProcess bool
+	var tlsFlags dialFlags
 	cmd := &cobra.Command{
 		Use:   "bench [--addr HOST:PORT | --in-process --model DIR] [--requests 64] [--concurrency 8]",
 		Short: "Load a router with a bounded number of requests and report throughput and latencies",
@@ -63,7 +64,7 @@ The command fails when any request failed.`,
 				if modelDir != "" {
 					return errors.New("--model is for --in-process; a router serves its own model")
 				}
-				conn, err := dialRouter(addr)
+				conn, err := dialRouter(addr, &tlsFlags)
 				if err != nil {
 					return err
 				}
@@ -84,6 +85,7 @@ The command fails when any request failed.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&addr, "addr", "", "router gRPC address (default: the router of the running `moegrid up`)")
+	tlsFlags.register(f)
 	f.BoolVar(&inProcess, "in-process", false, "run the router's scheduler over --model in this process instead of calling a router")
 	f.StringVar(&modelDir, "model", "", "checkpoint directory for --in-process")
 	f.StringVar(&apiKey, "api-key", "", "API key sent as a bearer token (also MOEGRID_API_KEY)")

@@ -58,7 +58,7 @@ func TestBenchFails(t *testing.T) {
 		want string
 	}{
 		{"past the context", []string{"--in-process", "--model", dir, "--max-tokens", "40000", "-o", "json"}, "do not fit the model's context"},
-		{"no router", []string{"--addr", "127.0.0.1:1", "--timeout", "5s"}, "Unavailable"},
+		{"no router", []string{"--addr", "127.0.0.1:1", "--insecure", "--timeout", "5s"}, "Unavailable"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"bench", "--requests", "2", "--concurrency", "2"}, tc.args...)

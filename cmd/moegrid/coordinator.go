@@ -26,6 +26,7 @@ and /metrics, /healthz, /readyz on --http-addr.`,
 			cfg.EtcdEndpoints, cfg.Prefix = cf.etcd, cf.prefix
 			cfg.Gossip.BindAddr, cfg.Gossip.AdvertiseAddr, cfg.Gossip.Join = cf.gossipAddr, cf.gossipAdvertise, cf.join
 			cfg.GossipDisabled = noGossip
+			cfg.Security = cf.security
 			c, err := coordinator.New(cfg, log, newRegistry())
 			if err != nil {
 				return err

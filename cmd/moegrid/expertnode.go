@@ -24,6 +24,7 @@ func newExpertnodeCmd() *cobra.Command {
 			cfg.EtcdEndpoints, cfg.Prefix = cf.etcd, cf.prefix
 			cfg.GossipAddr, cfg.GossipAdvertise, cfg.Join = cf.gossipAddr, cf.gossipAdvertise, cf.join
 			cfg.CapacityBytes = int64(capacity)
+			cfg.Security = cf.security
 			n, err := expertnode.New(cfg, log, newRegistry())
 			if err != nil {
 				return err
@@ -33,11 +34,11 @@ func newExpertnodeCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	cf.register(f)
-	f.StringVar(&cfg.ID, "id", defaultID("expert-0"), "node ID, unique in the cluster and stable across restarts")
-	f.StringVar(&cfg.ModelDir, "model", "", "checkpoint directory (config.json, *.safetensors) or GGUF file")
-	f.StringVar(&cfg.GRPCAddr, "grpc-addr", "127.0.0.1:7100", "gRPC listen address")
-	f.StringVar(&cfg.HTTPAddr, "http-addr", "127.0.0.1:9100", "HTTP listen address for /metrics, /healthz, /readyz")
-	f.StringVar(&cfg.AdvertiseAddr, "advertise-addr", "", "gRPC address routers dial (default: the bound address)")
+	f.StringVar(&cfg.ID, "id", defaultID(cfg.ID), "node ID, unique in the cluster and stable across restarts")
+	f.StringVar(&cfg.ModelDir, "model", cfg.ModelDir, "checkpoint directory (config.json, *.safetensors) or GGUF file")
+	f.StringVar(&cfg.GRPCAddr, "grpc-addr", cfg.GRPCAddr, "gRPC listen address")
+	f.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "HTTP listen address for /metrics, /healthz, /readyz")
+	f.StringVar(&cfg.AdvertiseAddr, "advertise-addr", cfg.AdvertiseAddr, "gRPC address routers dial (default: the bound address)")
 	f.Var(&capacity, "capacity", "memory this node offers for expert weights, e.g. 80GiB")
 	f.StringVar(&cfg.Device.Kind, "device-kind", cfg.Device.Kind, "device class reported to planners: cpu, cuda, …")
 	f.StringVar(&cfg.Device.Name, "device-name", cfg.Device.Name, "device model reported to planners")

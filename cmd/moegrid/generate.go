@@ -10,9 +10,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
@@ -27,7 +25,9 @@ func newGenerateCmd() *cobra.Command {
 		seed              int64
 		stop              []string
 		ignoreEOS         bool
+		explain           bool
 		timeout           time.Duration
+		tlsFlags          dialFlags
 		apiKey            string
 	)
 	cmd := &cobra.Command{
@@ -35,7 +35,7 @@ func newGenerateCmd() *cobra.Command {
 		Short: "Stream a completion from a router (the one `moegrid up` started when --addr is not given)",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req := &moegridv1.GenerateRequest{MaxTokens: maxTokens, Temperature: temperature, TopP: topP, TopK: topK, Stop: stop, IgnoreEos: ignoreEOS}
+			req := &moegridv1.GenerateRequest{MaxTokens: maxTokens, Temperature: temperature, TopP: topP, TopK: topK, Stop: stop, IgnoreEos: ignoreEOS, Explain: explain}
 			switch {
 			case len(args) == 1 && ids != "":
 				return errors.New("give a prompt or --ids, not both")
@@ -78,12 +78,19 @@ func newGenerateCmd() *cobra.Command {
 			var got []int
 			var text strings.Builder
 			var last *moegridv1.GenerateResponse
-			err = generateFailover(ctx, addrs, req, cmd.ErrOrStderr(), func(msg *moegridv1.GenerateResponse) {
+			var ex explanation
+			err = generateFailover(ctx, addrs, &tlsFlags, req, cmd.ErrOrStderr(), func(msg *moegridv1.GenerateResponse) {
 				for _, id := range msg.TokenIds {
 					got = append(got, int(id))
 				}
 				text.WriteString(msg.Text)
-				if output == "text" {
+				switch {
+				case explain:
+					ex.add(msg)
+					if output == "text" {
+						ex.printLast(out, len(msg.TokenIds))
+					}
+				case output == "text":
 					fmt.Fprint(out, msg.Text)
 				}
 				if msg.FinishReason != moegridv1.FinishReason_FINISH_REASON_UNSPECIFIED {
@@ -98,11 +105,17 @@ func newGenerateCmd() *cobra.Command {
 					got = []int{}
 				}
 				res := map[string]any{"ids": got, "text": text.String()}
+				if explain {
+					res["routes"], res["prompt_routes"] = ex.Routes, ex.PromptRoutes
+				}
 				if last != nil {
 					res["finish_reason"] = strings.ToLower(strings.TrimPrefix(last.FinishReason.String(), "FINISH_REASON_"))
 					res["usage"] = map[string]uint32{"prompt_tokens": last.Usage.GetPromptTokens(), "completion_tokens": last.Usage.GetCompletionTokens()}
 				}
 				return json.NewEncoder(out).Encode(res)
+			}
+			if explain {
+				fmt.Fprintf(out, "%s", text.String())
 			}
 			fmt.Fprintln(out)
 			if last != nil {
@@ -122,8 +135,10 @@ func newGenerateCmd() *cobra.Command {
 	f.Int64Var(&seed, "seed", 0, "sampling seed (default: random)")
 	f.StringSliceVar(&stop, "stop", nil, "stop strings")
 	f.BoolVar(&ignoreEOS, "ignore-eos", false, "keep generating past the end-of-sequence token")
+	f.BoolVar(&explain, "explain", false, "show the experts and gate weights of every layer behind each token: a line per token, then the text (json: routes and prompt_routes)")
 	f.StringVar(&output, "output", "text", "text (stream the text) or json ({\"ids\": [...], \"text\": ...})")
 	f.DurationVar(&timeout, "timeout", 5*time.Minute, "request deadline")
+	tlsFlags.register(f)
 	f.StringVar(&apiKey, "api-key", "", "API key sent as a bearer token (also MOEGRID_API_KEY)")
 	return cmd
 }
@@ -134,11 +149,11 @@ func newGenerateCmd() *cobra.Command {
 // reach its experts) has produced nothing, so the request goes to the next
 // one; once a response has arrived, a failure is returned as it is, since a
 // second router would repeat tokens already delivered.
-func generateFailover(ctx context.Context, addrs []string, req *moegridv1.GenerateRequest, warn io.Writer, onMsg func(*moegridv1.GenerateResponse)) error {
+func generateFailover(ctx context.Context, addrs []string, d *dialFlags, req *moegridv1.GenerateRequest, warn io.Writer, onMsg func(*moegridv1.GenerateResponse)) error {
 	var err error
 	for i, addr := range addrs {
 		var started bool
-		started, err = generateOnce(ctx, addr, req, onMsg)
+		started, err = generateOnce(ctx, addr, d, req, onMsg)
 		if err == nil || started || status.Code(err) != codes.Unavailable || ctx.Err() != nil {
 			break
 		}
@@ -149,10 +164,10 @@ func generateFailover(ctx context.Context, addrs []string, req *moegridv1.Genera
 	return err
 }
 
-// generateOnce streams req from the router at addr; started reports whether
-// any response arrived.
-func generateOnce(ctx context.Context, addr string, req *moegridv1.GenerateRequest, onMsg func(*moegridv1.GenerateResponse)) (started bool, err error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+// generateOnce streams req from the router at addr, dialled with the
+// credentials d gives; started reports whether any response arrived.
+func generateOnce(ctx context.Context, addr string, d *dialFlags, req *moegridv1.GenerateRequest, onMsg func(*moegridv1.GenerateResponse)) (started bool, err error) {
+	conn, err := d.dial(addr)
 	if err != nil {
 		return false, fmt.Errorf("router %s: %w", addr, err)
 	}

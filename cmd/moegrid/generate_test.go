@@ -70,7 +70,7 @@ func TestGenerateFailover(t *testing.T) {
 			addrs := []string{serveRouter(t, tc.first), serveRouter(t, next)}
 			var warn bytes.Buffer
 			texts := 0
-			err := generateFailover(t.Context(), addrs, &moegridv1.GenerateRequest{}, &warn, func(m *moegridv1.GenerateResponse) {
+			err := generateFailover(t.Context(), addrs, &dialFlags{insecure: true}, &moegridv1.GenerateRequest{}, &warn, func(m *moegridv1.GenerateResponse) {
 				if m.Text != "" {
 					texts++
 				}

@@ -125,14 +125,14 @@ func TestGenerateAPIKey(t *testing.T) {
 	t.Cleanup(srv.Stop)
 	addr := lis.Addr().String()
 
-	if _, err := runCmd(t, "generate", "--addr", addr, "hi"); status.Code(err) != codes.Unauthenticated {
+	if _, err := runCmd(t, "generate", "--insecure", "--addr", addr, "hi"); status.Code(err) != codes.Unauthenticated {
 		t.Errorf("without a key: %v, want Unauthenticated", err)
 	}
-	if _, err := runCmd(t, "generate", "--addr", addr, "--api-key", key, "hi"); err != nil {
+	if _, err := runCmd(t, "generate", "--insecure", "--addr", addr, "--api-key", key, "hi"); err != nil {
 		t.Errorf("--api-key: %v", err)
 	}
 	t.Setenv("MOEGRID_API_KEY", key)
-	if _, err := runCmd(t, "generate", "--addr", addr, "hi"); err != nil {
+	if _, err := runCmd(t, "generate", "--insecure", "--addr", addr, "hi"); err != nil {
 		t.Errorf("MOEGRID_API_KEY: %v", err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/moegrid/moegrid/model"
+	"github.com/moegrid/moegrid/model/demo"
 	"github.com/moegrid/moegrid/model/gguf"
 	"github.com/moegrid/moegrid/model/safetensors"
 	"github.com/moegrid/moegrid/model/sample"
@@ -27,7 +28,7 @@ func newModelCmd() *cobra.Command {
 		Use:   "model",
 		Short: "Create, inspect and run checkpoints in one process",
 	}
-	cmd.AddCommand(newSynthCmd(), newInspectCmd(), newEvalCmd(), newLocalGenerateCmd(), newQuantizeCmd(), newConvertCmd())
+	cmd.AddCommand(newSynthCmd(), newDemoCmd(), newInspectCmd(), newEvalCmd(), newLocalGenerateCmd(), newQuantizeCmd(), newConvertCmd())
 	return cmd
 }
 
@@ -66,6 +67,27 @@ func newSynthCmd() *cobra.Command {
 	f.StringVar(&dtype, "dtype", "f32", "weight dtype: f32 or bf16")
 	f.IntVar(&shards, "shards", 1, "number of safetensors files")
 	f.StringVar(&out, "out", "", "output directory")
+	return cmd
+}
+
+func newDemoCmd() *cobra.Command {
+	var out string
+	cmd := &cobra.Command{
+		Use:   "demo --out DIR",
+		Short: "Write the built-in demo model (a Mixtral trained on the King James Bible)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if out == "" {
+				return errors.New("--out is required")
+			}
+			if err := demo.Write(out); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s (%s, sha256 %s)\n", out, demo.Name, demo.Hash())
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&out, "out", "", "output directory")
 	return cmd
 }
 

@@ -6,8 +6,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/moegrid/moegrid/coordinator"
@@ -18,11 +16,13 @@ import (
 type coordinatorClient struct {
 	addr    string
 	timeout time.Duration
+	tls     dialFlags
 }
 
 func (c *coordinatorClient) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&c.addr, "coordinator", "", "gRPC address of any coordinator replica (default: the one `moegrid up` runs, else 127.0.0.1:7070)")
 	cmd.Flags().DurationVar(&c.timeout, "timeout", 10*time.Second, "deadline of the call")
+	c.tls.register(cmd.Flags())
 }
 
 // call dials the coordinator and runs fn with a deadline.
@@ -33,7 +33,7 @@ func (c *coordinatorClient) call(ctx context.Context, fn func(context.Context, m
 			c.addr = st.CoordinatorGRPC
 		}
 	}
-	conn, err := grpc.NewClient(c.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := c.tls.dial(c.addr)
 	if err != nil {
 		return fmt.Errorf("coordinator %s: %w", c.addr, err)
 	}
@@ -58,7 +58,7 @@ func newNodesCmd() *cobra.Command {
 		Long: `Show the cluster's nodes as a coordinator reports them (moegrid.v1.Cluster/Status).
 
 --output table (the default) prints a summary line and one row per node:
-  NODE       node ID
+  NODE       node ID, followed by INSECURE when the node runs with --insecure
   STATE      joining, ready or draining; down: assigned shards but no longer registered
   ALIVE      the gossip view: no once memberlist declared the node dead
   SHARDS     shards the placement assigns: e3 is expert 3 over every layer, e3:0-15 layers 0 to 15
@@ -66,6 +66,8 @@ func newNodesCmd() *cobra.Command {
   MEMORY     bytes of assigned weights / the node's capacity
   LOAD       recent rows per second and Forward calls in flight
   HEARTBEAT  age of the node's last record update
+A node that fails to load its shards (it retries with backoff) has a line
+under its row: "load error (attempt N, AGE ago): MESSAGE"; JSON: loadError.
 
 --output json prints the StatusResponse in the protobuf JSON mapping:
 lowerCamelCase field names (placementVersion, memoryCapacityBytes, ...),

@@ -5,6 +5,7 @@ import (
 	"context"
 	"net"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -83,7 +84,7 @@ func TestNodesCommand(t *testing.T) {
 	stub := &statusStub{resp: &resp}
 	addr := serveStatusStub(t, stub)
 
-	out, err := runMoegrid(t, "nodes", "--coordinator", addr, "--output", "json")
+	out, err := runMoegrid(t, "nodes", "--insecure", "--coordinator", addr, "--output", "json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +94,7 @@ func TestNodesCommand(t *testing.T) {
 		t.Errorf("json (-want +got):\n%s", diff)
 	}
 
-	out, err = runMoegrid(t, "nodes", "--coordinator", addr)
+	out, err = runMoegrid(t, "nodes", "--insecure", "--coordinator", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,19 +103,19 @@ func TestNodesCommand(t *testing.T) {
 	if diff := cmp.Diff(want.String(), out); diff != "" {
 		t.Errorf("table (-want +got):\n%s", diff)
 	}
-	if !strings.Contains(out, "NODE      STATE     ALIVE  SHARDS") {
+	if !regexp.MustCompile(`(?m)^NODE +STATE +ALIVE +SHARDS +LOADED`).MatchString(out) {
 		t.Errorf("table header missing:\n%s", out)
 	}
 
-	if _, err := runMoegrid(t, "nodes", "--coordinator", addr, "-o", "yaml"); err == nil || !strings.Contains(err.Error(), "want table or json") {
+	if _, err := runMoegrid(t, "nodes", "--insecure", "--coordinator", addr, "-o", "yaml"); err == nil || !strings.Contains(err.Error(), "want table or json") {
 		t.Errorf("bad --output: %v", err)
 	}
 
-	out, err = runMoegrid(t, "drain", "expert-0", "--coordinator", addr)
+	out, err = runMoegrid(t, "drain", "expert-0", "--insecure", "--coordinator", addr)
 	if err != nil || out != "node expert-0 draining\n" || len(stub.drained) != 1 {
 		t.Errorf("drain: %q, %v, drained %v", out, err, stub.drained)
 	}
-	_, err = runMoegrid(t, "drain", "nobody", "--coordinator", addr)
+	_, err = runMoegrid(t, "drain", "nobody", "--insecure", "--coordinator", addr)
 	if err == nil || !strings.Contains(err.Error(), "NotFound") || !strings.Contains(err.Error(), "nobody") {
 		t.Errorf("drain of an unknown node: %v", err)
 	}

@@ -46,6 +46,7 @@ func newRootCmd() *cobra.Command {
 		newNodesCmd(),
 		newDrainCmd(),
 		newModelCmd(),
+		newEvalGroupCmd(),
 		newTokenizeCmd(),
 		newCertsCmd(),
 		newKeysCmd(),

@@ -36,6 +36,7 @@ func newRouterCmd() *cobra.Command {
 			}
 			cfg.EtcdEndpoints, cfg.Prefix = cf.etcd, cf.prefix
 			cfg.GossipAddr, cfg.GossipAdvertise, cfg.Join = cf.gossipAddr, cf.gossipAdvertise, cf.join
+			cfg.Security = cf.security
 			r, err := router.New(cfg, log, newRegistry())
 			if err != nil {
 				return err
@@ -46,10 +47,10 @@ func newRouterCmd() *cobra.Command {
 	f := cmd.Flags()
 	cf.register(f)
 	f.StringVar(&cfg.ID, "id", defaultID(cfg.ID), "router ID, unique in the cluster")
-	f.StringVar(&cfg.ModelDir, "model", "", "checkpoint directory (config.json, *.safetensors, tokenizer.json)")
-	f.StringVar(&cfg.ModelName, "model-name", "", "model name in the HTTP API (default: the directory name)")
-	f.StringVar(&cfg.GRPCAddr, "grpc-addr", "127.0.0.1:7400", "gRPC listen address (Generation service)")
-	f.StringVar(&cfg.HTTPAddr, "http-addr", "127.0.0.1:8400", "HTTP listen address (OpenAI API, /metrics, /healthz, /readyz)")
+	f.StringVar(&cfg.ModelDir, "model", cfg.ModelDir, "checkpoint directory (config.json, *.safetensors, tokenizer.json)")
+	f.StringVar(&cfg.ModelName, "model-name", cfg.ModelName, "model name in the HTTP API (default: the directory name)")
+	f.StringVar(&cfg.GRPCAddr, "grpc-addr", cfg.GRPCAddr, "gRPC listen address (Generation service)")
+	f.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "HTTP listen address (OpenAI API, /metrics, /healthz, /readyz)")
 	f.StringVar(&wire, "wire-dtype", "f32", "activation dtype on the wire: f32 (exact) or bf16 (half the bytes)")
 	f.DurationVar(&cfg.Dispatch.CallTimeout, "call-timeout", cfg.Dispatch.CallTimeout, "bound on one Forward call to an expert node: the ceiling of the deadlines derived from latency, and the deadline of a call to a sole holder")
 	f.DurationVar(&cfg.Dispatch.HedgeMin, "hedge-min", cfg.Dispatch.HedgeMin, "shortest time an expert call runs before it is also sent to another holder (the delay is 3x the node's p95, up to --hedge-max)")
@@ -71,7 +72,7 @@ func newRouterCmd() *cobra.Command {
 	f.DurationVar(&cfg.RequestTimeout, "request-timeout", cfg.RequestTimeout, "deadline of requests whose client sets none (0: none)")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", cfg.LeaseTTL, "etcd lease time to live of the load record")
 	f.DurationVar(&cfg.StopTimeout, "stop-timeout", cfg.StopTimeout, "graceful stop bound")
-	f.StringVar(&cfg.APIKeysFile, "api-keys", "", "API key file (made by moegrid keys create), reloaded when it changes; clients send Authorization: Bearer KEY (default: no authentication)")
+	f.StringVar(&cfg.APIKeysFile, "api-keys", cfg.APIKeysFile, "API key file (made by moegrid keys create), reloaded when it changes; clients send Authorization: Bearer KEY (default: no authentication)")
 	cmd.MarkFlagRequired("model")
 	return cmd
 }

@@ -9,7 +9,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/moegrid/moegrid/internal/up"
 )
@@ -69,8 +68,8 @@ func routerAddrs(addr string) ([]string, error) {
 }
 
 // dialRouter connects to the router at addr, or with addr empty to the one
-// the running `moegrid up` started.
-func dialRouter(addr string) (*grpc.ClientConn, error) {
+// the running `moegrid up` started, with the credentials d gives.
+func dialRouter(addr string, d *dialFlags) (*grpc.ClientConn, error) {
 	if addr == "" {
 		st, err := readUpState()
 		if err != nil {
@@ -78,7 +77,7 @@ func dialRouter(addr string) (*grpc.ClientConn, error) {
 		}
 		addr = st.RouterGRPC
 	}
-	return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	return d.dial(addr)
 }
 
 func newUpCmd() *cobra.Command {
@@ -123,7 +122,7 @@ The embedded etcd compacts history older than --etcd-compaction.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.ModelDir, "model", "", "checkpoint directory or GGUF file (default: the synthetic tiny model, generated on first run)")
+	f.StringVar(&cfg.ModelDir, "model", "", "checkpoint directory or GGUF file (default: the built-in demo model, trained on the King James Bible)")
 	f.StringVar(&cfg.CacheDir, "cache-dir", cfg.CacheDir, "where generated models are kept")
 	f.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "etcd data, logs and the state file that `moegrid generate` reads (also MOEGRID_STATE_DIR)")
 	f.IntVar(&cfg.Nodes, "nodes", cfg.Nodes, "number of expert nodes")
@@ -139,6 +138,7 @@ The embedded etcd compacts history older than --etcd-compaction.`,
 	f.DurationVar(&cfg.Restart.Min, "restart-backoff", cfg.Restart.Min, "delay before a dead child is restarted the first time")
 	f.DurationVar(&cfg.Restart.Max, "restart-backoff-max", cfg.Restart.Max, "cap on the restart delay, which doubles with each quick death")
 	f.DurationVar(&cfg.Restart.Reset, "restart-reset", cfg.Restart.Reset, "a child that ran this long before dying is restarted after --restart-backoff again")
+	f.BoolVar(&cfg.Insecure, "insecure", false, "run every child in plaintext with no identity checks (default: mutual TLS with a CA kept in --state-dir/tls)")
 	f.DurationVar(&cfg.EtcdCompaction, "etcd-compaction", cfg.EtcdCompaction, "the embedded etcd compacts revisions older than this, this often")
 	return cmd
 }

@@ -196,6 +196,27 @@ func (u *upCluster) child(id string) int {
 	return 0
 }
 
+// corpusWords returns the words of text and how many of them occur in the
+// demo model's training text.
+func corpusWords(t *testing.T, text string) (words []string, known int) {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("..", "..", "model", "demo", "testdata", "words.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	corpus := map[string]bool{}
+	for _, w := range strings.Fields(string(data)) {
+		corpus[w] = true
+	}
+	words = regexp.MustCompile(`[A-Za-z]+`).FindAllString(text, -1)
+	for _, w := range words {
+		if corpus[strings.ToLower(w)] {
+			known++
+		}
+	}
+	return words, known
+}
+
 // TestUpEndToEnd drives the built binary: `moegrid up` starts the whole
 // cluster, `moegrid generate` reaches it with no address and gets the
 // in-process model's greedy tokens, `moegrid nodes` lists the 8 nodes;
@@ -228,8 +249,11 @@ func TestUpEndToEnd(t *testing.T) {
 	if len(cluster) != 8 || !slices.Equal(cluster, local.IDs) {
 		t.Errorf("cluster generated %v, in-process %v", cluster, local.IDs)
 	}
-	if text := string(u.mustRun("generate", "Hello", "--max-tokens", "4")); strings.TrimSpace(text) == "" {
-		t.Error("text generation printed nothing")
+	// The default model is the trained demo model: its greedy continuation
+	// is English, in words of its corpus.
+	text := string(u.mustRun("generate", "And God said", "--max-tokens", "40", "--ignore-eos"))
+	if words, known := corpusWords(t, text); len(words) < 15 || float64(known) < 0.8*float64(len(words)) {
+		t.Errorf("generate printed %d words, %d of them in the corpus, want >= 15 and 80%%: %q", len(words), known, text)
 	}
 	var status struct {
 		Nodes []struct {

@@ -186,8 +186,8 @@ node-09: e1
 		nodes := equalNodes(10, 100)
 		// e5 gets the first extra (9 per replica), then e2 (5 > 9/2).
 		p := mustCompute(t, Input{Nodes: nodes, Model: small, Load: []float64{1, 1, 5, 1, 1, 9, 1, 1}})
-		wantEqual(t, "node-08", p.ShardsOf("node-08"), []Shard{{5, 0, 10}})
-		wantEqual(t, "node-09", p.ShardsOf("node-09"), []Shard{{2, 0, 10}})
+		wantEqual(t, "node-08", p.ShardsOf("node-08"), []Shard{{Expert: 5, First: 0, End: 10}})
+		wantEqual(t, "node-09", p.ShardsOf("node-09"), []Shard{{Expert: 2, First: 0, End: 10}})
 	})
 	t.Run("24 nodes uniform", func(t *testing.T) {
 		nodes := equalNodes(24, 80e9)
@@ -347,7 +347,7 @@ node-03: e1[3,5)
 	t.Run("mixtral 12x10GB: thirds", func(t *testing.T) {
 		nodes := equalNodes(12, 10e9)
 		p := mustCompute(t, Input{Nodes: nodes, Model: mixtral})
-		wantEqual(t, "expert 0", p.ShardsOf(p.HoldersOf(0, 0)[0])[0], Shard{0, 0, 11})
+		wantEqual(t, "expert 0", p.ShardsOf(p.HoldersOf(0, 0)[0])[0], Shard{Expert: 0, First: 0, End: 11})
 		if got := len(p.Assignments); got != 24 {
 			t.Errorf("%d shards, want 8 experts x 3 ranges", got)
 		}
@@ -679,24 +679,24 @@ func TestFinerGranularityKeepsContainedShards(t *testing.T) {
 func TestGarbagePrevious(t *testing.T) {
 	nodes := equalNodes(8, 200)
 	prev := &Placement{Model: small, Assignments: []Assignment{
-		{Shard: Shard{0, 0, 10}, Nodes: []string{"node-00", "node-00", "gone", ""}},
-		{Shard: Shard{0, 0, 10}, Nodes: []string{"node-01"}},  // duplicate shard
-		{Shard: Shard{0, 3, 7}, Nodes: []string{"node-02"}},   // irregular range
-		{Shard: Shard{9, 0, 10}, Nodes: []string{"node-03"}},  // no such expert
-		{Shard: Shard{-1, 0, 10}, Nodes: []string{"node-03"}}, // no such expert
-		{Shard: Shard{1, -5, 99}, Nodes: []string{"node-04"}}, // out of range
-		{Shard: Shard{2, 0, 10}, Nodes: nil},                  // no nodes
-		{Shard: Shard{3, 0, 10}, Nodes: []string{"node-05"}},  // fine
-		{Shard: Shard{3, 10, 10}, Nodes: []string{"node-06"}}, // empty range
-		{Shard: Shard{4, 0, 10}, Nodes: []string{"node-07"}},  // fine
-		{Shard: Shard{4, 0, 10}, Nodes: []string{"node-07"}},  // again
+		{Shard: Shard{Expert: 0, First: 0, End: 10}, Nodes: []string{"node-00", "node-00", "gone", ""}},
+		{Shard: Shard{Expert: 0, First: 0, End: 10}, Nodes: []string{"node-01"}},  // duplicate shard
+		{Shard: Shard{Expert: 0, First: 3, End: 7}, Nodes: []string{"node-02"}},   // irregular range
+		{Shard: Shard{Expert: 9, First: 0, End: 10}, Nodes: []string{"node-03"}},  // no such expert
+		{Shard: Shard{Expert: -1, First: 0, End: 10}, Nodes: []string{"node-03"}}, // no such expert
+		{Shard: Shard{Expert: 1, First: -5, End: 99}, Nodes: []string{"node-04"}}, // out of range
+		{Shard: Shard{Expert: 2, First: 0, End: 10}, Nodes: nil},                  // no nodes
+		{Shard: Shard{Expert: 3, First: 0, End: 10}, Nodes: []string{"node-05"}},  // fine
+		{Shard: Shard{Expert: 3, First: 10, End: 10}, Nodes: []string{"node-06"}}, // empty range
+		{Shard: Shard{Expert: 4, First: 0, End: 10}, Nodes: []string{"node-07"}},  // fine
+		{Shard: Shard{Expert: 4, First: 0, End: 10}, Nodes: []string{"node-07"}},  // again
 	}}
 	in := Input{Nodes: nodes, Model: small, Previous: prev}
 	p := mustCompute(t, in)
 	for _, want := range []struct {
 		node  string
 		shard Shard
-	}{{"node-00", Shard{0, 0, 10}}, {"node-05", Shard{3, 0, 10}}, {"node-07", Shard{4, 0, 10}}} {
+	}{{"node-00", Shard{Expert: 0, First: 0, End: 10}}, {"node-05", Shard{Expert: 3, First: 0, End: 10}}, {"node-07", Shard{Expert: 4, First: 0, End: 10}}} {
 		if !slices.Contains(p.ShardsOf(want.node), want.shard) {
 			t.Errorf("%s lost %v\n%s", want.node, want.shard, layout(p, nodes))
 		}

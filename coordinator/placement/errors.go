@@ -3,14 +3,16 @@ package placement
 import (
 	"errors"
 	"fmt"
+
+	record "github.com/moegrid/moegrid/placement"
 )
 
 var (
 	// ErrInvalidInput is wrapped by every error about malformed input to
 	// Compute: duplicate or empty node IDs, negative capacities, a model with
 	// no experts, layers or bytes, load statistics of the wrong length or with
-	// negative values, inconsistent options.
-	ErrInvalidInput = errors.New("placement: invalid input")
+	// negative values, inconsistent options. It is the record's sentinel.
+	ErrInvalidInput = record.ErrInvalidInput
 
 	// ErrNoNodes is returned when no schedulable (non-draining) node exists.
 	ErrNoNodes = errors.New("placement: no schedulable nodes")
@@ -21,7 +23,7 @@ var (
 	ErrTooFewNodes = errors.New("placement: fewer schedulable nodes than replicas")
 
 	// ErrInvalidPlacement is wrapped by the errors of Placement.Validate.
-	ErrInvalidPlacement = errors.New("placement: invalid placement")
+	ErrInvalidPlacement = record.ErrInvalidPlacement
 )
 
 // InsufficientCapacityError reports that the schedulable nodes cannot hold

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	record "github.com/moegrid/moegrid/placement"
 )
 
 // mixtral is Mixtral-8x7B's expert shape in bf16: w1, w2, w3 of 4096x14336.
@@ -101,7 +103,7 @@ func checkInvariants(t testing.TB, in Input, p Placement) {
 	// Canonical order and a uniform split of every expert.
 	k := 0
 	for i, a := range p.Assignments {
-		if i > 0 && compareShards(p.Assignments[i-1].Shard, a.Shard) >= 0 {
+		if i > 0 && record.CompareShards(p.Assignments[i-1].Shard, a.Shard) >= 0 {
 			t.Errorf("assignments out of order at %d: %v after %v", i, a.Shard, p.Assignments[i-1].Shard)
 		}
 		if !slices.IsSorted(a.Nodes) {

@@ -161,3 +161,57 @@ func BenchmarkHop(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkTLSCost measures what mutual TLS costs the serving path: two
+// clusters of a router and 8 expert nodes on loopback, one TLS (client →
+// router and router → nodes) and one insecure, each iteration sending the
+// same 16 concurrent streams to both, in alternating order, so that the
+// machine's other load falls on both alike. It reports each cluster's
+// tokens per second and TLS's throughput relative to insecure (1 is
+// parity).
+func BenchmarkTLSCost(b *testing.B) {
+	const streams, tokens = 16, 32
+	clusters := []*testCluster{
+		startCluster(b, clusterOptions{nodes: 8, minReplicas: 1}),
+		startCluster(b, clusterOptions{nodes: 8, minReplicas: 1, insecure: true}),
+	}
+	names := []string{"tls", "insecure"}
+	round := func(ctx context.Context, tc *testCluster) error {
+		errs := make(chan error, streams)
+		for i := range streams {
+			go func() {
+				_, err := tc.generate(ctx, []int{1, 415, 5565, 302 + i}, tokens)
+				errs <- err
+			}()
+		}
+		var first error
+		for range streams {
+			if err := <-errs; err != nil && first == nil {
+				first = err
+			}
+		}
+		return first
+	}
+	for _, tc := range clusters {
+		if err := round(b.Context(), tc); err != nil { // warm connections and caches
+			b.Fatal(err)
+		}
+	}
+	total := make([]time.Duration, len(clusters))
+	n := 0
+	for b.Loop() {
+		for k := range clusters {
+			i := (k + n) % len(clusters)
+			start := time.Now()
+			if err := round(b.Context(), clusters[i]); err != nil {
+				b.Fatalf("%s: %v", names[i], err)
+			}
+			total[i] += time.Since(start)
+		}
+		n++
+	}
+	for i, name := range names {
+		b.ReportMetric(float64(streams*tokens*n)/total[i].Seconds(), name+"-tok/s")
+	}
+	b.ReportMetric(float64(total[1])/float64(total[0]), "tls-vs-insecure")
+}

@@ -115,7 +115,8 @@ func routedFromMetrics(t *testing.T, url string) map[[2]int]float64 {
 func TestDashboardInChromium(t *testing.T) {
 	browser := chromium(t)
 	const nodes, generations, tokens = 4, 3, 8
-	tc := startCluster(t, clusterOptions{nodes: nodes, minReplicas: 1})
+	// Plaintext: the browser would not trust the test's CA.
+	tc := startCluster(t, clusterOptions{nodes: nodes, minReplicas: 1, insecure: true})
 	for i, p := range prompts[:generations] {
 		if _, err := tc.generate(t.Context(), p, tokens); err != nil {
 			t.Fatalf("generation %d: %v", i, err)

@@ -20,7 +20,7 @@ import (
 func TestNoHolderPossibleFailsFast(t *testing.T) {
 	const wait = 20 * time.Second
 	tc := startCluster(t, clusterOptions{nodes: 1, minReplicas: 1, childNodes: true, waitForHolder: wait})
-	readyURL := "http://" + tc.router.HTTPAddr() + "/readyz"
+	readyURL := tc.url(tc.router.HTTPAddr(), "/readyz")
 	if _, err := tc.generate(t.Context(), prompts[2], 4); err != nil {
 		t.Fatalf("before the fault: %v", err)
 	}
@@ -30,7 +30,7 @@ func TestNoHolderPossibleFailsFast(t *testing.T) {
 		t.Fatal(err)
 	}
 	for {
-		resp, err := http.Get(readyURL)
+		resp, err := tc.http.Get(readyURL)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusServiceUnavailable {

@@ -3,6 +3,7 @@ package integration
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
@@ -30,6 +32,9 @@ import (
 	"github.com/moegrid/moegrid/coordinator"
 	"github.com/moegrid/moegrid/expertnode"
 	"github.com/moegrid/moegrid/internal/bench"
+	"github.com/moegrid/moegrid/internal/mtls"
+	"github.com/moegrid/moegrid/internal/pki"
+	"github.com/moegrid/moegrid/internal/pki/pkitest"
 	"github.com/moegrid/moegrid/model"
 	"github.com/moegrid/moegrid/model/safetensors"
 	"github.com/moegrid/moegrid/model/sample"
@@ -82,13 +87,26 @@ func runChildNode(js string) int {
 	return 0
 }
 
-// testCluster is a whole cluster on loopback.
+// testCluster is a whole cluster on loopback, with mutual TLS everywhere
+// unless its options say insecure.
 type testCluster struct {
 	etcd   *etcdtest.Server
 	router *router.Router
-	conn   *grpc.ClientConn
+	// conn is a client's connection to the router, with a client
+	// certificate when the cluster runs TLS.
+	conn *grpc.ClientConn
+	// pki made every certificate; nil when insecure.
+	pki *pkitest.PKI
+	// http is an HTTP client that trusts the cluster's CA.
+	http *http.Client
+	// coordinator is the coordinator, and nodes the in-process expert
+	// nodes.
+	coordinator *coordinator.Coordinator
+	nodes       []*expertnode.Node
 	// children are expert nodes running as child processes, by ID.
 	children map[string]*exec.Cmd
+	// gate is in front of clusterOptions.gated.
+	gate *tcpGate
 }
 
 type clusterOptions struct {
@@ -101,6 +119,13 @@ type clusterOptions struct {
 	waitForHolder time.Duration
 	// model is the checkpoint every component serves; default tinyDir.
 	model string
+	// insecure runs every component with --insecure, in plaintext.
+	insecure bool
+	// gated names an in-process expert node whose gRPC traffic passes
+	// through tc.gate, which can cut it while the node lives on.
+	gated string
+	// tuneRouter, if set, edits the router's configuration.
+	tuneRouter func(*router.Config)
 }
 
 // component runs fn until the test ends, then cancels it and waits.
@@ -121,7 +146,20 @@ func startCluster(t testing.TB, o clusterOptions) *testCluster {
 	if o.leaseTTL == 0 {
 		o.leaseTTL = 3 * time.Second
 	}
-	tc := &testCluster{etcd: etcdtest.Start(t), children: map[string]*exec.Cmd{}}
+	tc := &testCluster{children: map[string]*exec.Cmd{}, http: http.DefaultClient}
+	security := func(pki.Role, string) mtls.Security { return mtls.Security{Insecure: true} }
+	if o.insecure {
+		tc.etcd = etcdtest.Start(t)
+	} else {
+		tc.pki = pkitest.New(t)
+		etcdFiles := tc.pki.Issue(t, pki.RoleEtcd, "etcd-0", 0)
+		tc.etcd = etcdtest.StartTLS(t, etcdtest.TLS{
+			CertFile: etcdFiles.Cert, KeyFile: etcdFiles.Key, CAFile: etcdFiles.CA,
+			Client: tc.pki.ClientTLS(t, pki.RoleAdmin, "admin"),
+		})
+		security = func(role pki.Role, name string) mtls.Security { return tc.pki.Security(t, role, name) }
+		tc.http = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: tc.pki.Pool()}}}
+	}
 	log := slog.New(slog.DiscardHandler)
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -133,32 +171,48 @@ func startCluster(t testing.TB, o clusterOptions) *testCluster {
 	ccfg.GRPCAddr, ccfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
 	ccfg.LeaseTTL = o.leaseTTL
 	ccfg.MinReplicas = o.minReplicas
+	ccfg.Security = security(pki.RoleCoordinator, ccfg.ID)
 	coord, err := coordinator.New(ccfg, log, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
 	component(t, "coordinator", coord.Run)
+	tc.coordinator = coord
 
 	for i := range o.nodes {
 		cfg := expertnode.DefaultConfig()
 		cfg.ID = fmt.Sprintf("expert-%d", i)
+		cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
 		cfg.ModelDir = cmp.Or(o.model, tinyDir)
 		cfg.EtcdEndpoints = tc.etcd.Endpoints()
 		cfg.LeaseTTL = o.leaseTTL
 		cfg.StopTimeout = 2 * time.Second
+		cfg.Security = security(pki.RoleExpertNode, cfg.ID)
 		if o.childNodes {
 			tc.startChild(t, cfg)
 			continue
+		}
+		var gate *tcpGate
+		if cfg.ID == o.gated {
+			gate = startGate(t)
+			cfg.AdvertiseAddr = gate.Addr()
+			tc.gate = gate
 		}
 		n, err := expertnode.New(cfg, log, prometheus.NewRegistry())
 		if err != nil {
 			t.Fatal(err)
 		}
 		component(t, cfg.ID, n.Run)
+		tc.nodes = append(tc.nodes, n)
+		if gate != nil {
+			awaitReady(t, cfg.ID, n.Ready(), 60*time.Second)
+			gate.setTarget(n.GRPCAddr())
+		}
 	}
 
 	rcfg := router.DefaultConfig()
 	rcfg.ModelDir = cmp.Or(o.model, tinyDir)
+	rcfg.GRPCAddr, rcfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
 	rcfg.EtcdEndpoints = tc.etcd.Endpoints()
 	rcfg.LeaseTTL = o.leaseTTL
 	rcfg.Dispatch.WaitForHolder = 20 * time.Second
@@ -166,15 +220,24 @@ func startCluster(t testing.TB, o clusterOptions) *testCluster {
 		rcfg.Dispatch.WaitForHolder = o.waitForHolder
 	}
 	rcfg.Dispatch.CallTimeout = 10 * time.Second
+	rcfg.Security = security(pki.RoleRouter, rcfg.ID)
+	if o.tuneRouter != nil {
+		o.tuneRouter(&rcfg)
+	}
 	r, err := router.New(rcfg, log, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
 	tc.router = r
 	component(t, "router", r.Run)
-	waitReady(t, "http://"+r.HTTPAddr()+"/readyz", 60*time.Second)
+	awaitReady(t, "router", r.Ready(), 60*time.Second)
+	tc.waitReady(t, tc.url(r.HTTPAddr(), "/readyz"), 60*time.Second)
 
-	tc.conn, err = grpc.NewClient(r.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds := insecure.NewCredentials()
+	if tc.pki != nil {
+		creds = credentials.NewTLS(tc.pki.ClientTLS(t, pki.RoleClient, "client-0"))
+	}
+	tc.conn, err = grpc.NewClient(r.GRPCAddr(), grpc.WithTransportCredentials(creds))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,11 +277,30 @@ func (tc *testCluster) startChild(t testing.TB, cfg expertnode.Config) {
 	})
 }
 
-func waitReady(t testing.TB, url string, timeout time.Duration) {
+// awaitReady waits for a component's Ready, after which its addresses are
+// valid.
+func awaitReady(t testing.TB, name string, ready <-chan struct{}, timeout time.Duration) {
+	t.Helper()
+	select {
+	case <-ready:
+	case <-time.After(timeout):
+		t.Fatalf("%s not serving after %v", name, timeout)
+	}
+}
+
+// url is the address of path on a component's HTTP server at addr.
+func (tc *testCluster) url(addr, path string) string {
+	if tc.pki != nil {
+		return "https://" + addr + path
+	}
+	return "http://" + addr + path
+}
+
+func (tc *testCluster) waitReady(t testing.TB, url string, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		resp, err := http.Get(url)
+		resp, err := tc.http.Get(url)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -417,7 +499,7 @@ func TestEtcdDownKeepsServing(t *testing.T) {
 	}
 
 	tc.etcd.Resume()
-	waitReady(t, "http://"+tc.router.HTTPAddr()+"/readyz", 30*time.Second)
+	tc.waitReady(t, tc.url(tc.router.HTTPAddr(), "/readyz"), 30*time.Second)
 	got, err := tc.generate(t.Context(), prompts[2], 8)
 	if err != nil {
 		t.Fatalf("after etcd came back: %v", err)

@@ -21,6 +21,20 @@ func ServerTLS(src *Source) *tls.Config {
 	}
 }
 
+// HTTPServerTLS is ServerTLS with the client certificate optional: a
+// client that sends one must chain it to the source's CAs (and
+// IdentityFromTLS then names it), one that sends none still gets in. It
+// is for HTTP servers whose probes and API clients carry no certificate.
+func HTTPServerTLS(src *Source) *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		NextProtos: []string{"h2", "http/1.1"},
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			return src.httpServerConfig(), nil
+		},
+	}
+}
+
 // ClientTLS is the configuration of a client that presents the source's
 // certificate and accepts a server whose certificate chains to one of the
 // source's CAs and names serverName (a host name or IP address). With

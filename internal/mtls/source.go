@@ -2,7 +2,9 @@
 // source that follows its files as they are replaced (Kubernetes Secrets,
 // `moegrid certs issue`), the server and client tls.Configs built on it,
 // and authorization by the role a verified peer certificate names, for gRPC
-// (interceptors) and HTTP (middleware).
+// (interceptors) and HTTP (middleware). Security is a component's settings
+// as its flags give them (--tls-*, --etcd-*, --gossip-key-file,
+// --insecure), validated with errors that name the flags.
 //
 // Rotation never touches a connection in flight: a handshake takes the
 // certificate, key and CA bundle current at that moment, and the connection
@@ -77,6 +79,8 @@ type Source struct {
 	leaf   *x509.Certificate
 	pool   *x509.CertPool
 	server *tls.Config // the per-handshake server config built from the above
+	// httpServer is server with the client certificate optional.
+	httpServer *tls.Config
 }
 
 // NewSource reads the files once and fails if they do not hold a usable
@@ -166,8 +170,10 @@ func (s *Source) Reload() (changed bool, err error) {
 		// gets a full handshake.
 		SessionTicketsDisabled: true,
 	}
+	httpServer := server.Clone()
+	httpServer.ClientAuth = tls.VerifyClientCertIfGiven
 	s.mu.Lock()
-	s.cert, s.leaf, s.pool, s.server = cert, cert.Leaf, pool, server
+	s.cert, s.leaf, s.pool, s.server, s.httpServer = cert, cert.Leaf, pool, server, httpServer
 	s.mu.Unlock()
 	return true, nil
 }
@@ -225,4 +231,29 @@ func (s *Source) serverConfig() *tls.Config {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.server
+}
+
+func (s *Source) httpServerConfig() *tls.Config {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.httpServer
+}
+
+// RunSources runs every non-nil source until ctx is done and returns nil
+// when they have all stopped, at once if there are none: a component's
+// certificate sources, some of which its settings leave out.
+func RunSources(ctx context.Context, srcs ...*Source) error {
+	var wg sync.WaitGroup
+	for _, s := range srcs {
+		if s == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = s.Run(ctx)
+		}()
+	}
+	wg.Wait()
+	return nil
 }

@@ -159,6 +159,37 @@ func ReadGossipKey(path string) ([]byte, error) {
 	return k, nil
 }
 
+// ReadGossipKeyring reads a gossip keyring file: one key per line, each as
+// ReadGossipKey reads it, blank lines ignored. The first key is the
+// primary, which encrypts; every key decrypts. Rotation adds a new key as a
+// second line everywhere, then moves it first, then drops the old one, a
+// rolling restart after each step.
+func ReadGossipKeyring(path string) ([][]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("pki: gossip keyring: %w", err)
+	}
+	var keys [][]byte
+	for i, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		k, err := base64.StdEncoding.DecodeString(line)
+		if err != nil {
+			return nil, fmt.Errorf("pki: gossip keyring %s line %d: not base64: %w", path, i+1, err)
+		}
+		if len(k) != GossipKeySize {
+			return nil, fmt.Errorf("pki: gossip keyring %s line %d: %d bytes, want %d", path, i+1, len(k), GossipKeySize)
+		}
+		keys = append(keys, k)
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("pki: gossip keyring %s holds no key", path)
+	}
+	return keys, nil
+}
+
 // ParseCertPEM parses the first certificate of a PEM file.
 func ParseCertPEM(b []byte) (*x509.Certificate, error) {
 	for {

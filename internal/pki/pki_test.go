@@ -310,3 +310,36 @@ func TestReadGossipKeyErrors(t *testing.T) {
 		t.Error("missing file read without error")
 	}
 }
+
+func TestReadGossipKeyring(t *testing.T) {
+	dir := t.TempDir()
+	k1, k2 := strings.Repeat("A", 43)+"=", strings.Repeat("B", 43)+"="
+	for _, tc := range []struct {
+		name, content string
+		keys          int
+		err           string
+	}{
+		{"one key", k1 + "\n", 1, ""},
+		{"two keys, blank lines", "\n" + k1 + "\n\n  " + k2 + "  \n", 2, ""},
+		{"empty", "\n \n", 0, "holds no key"},
+		{"bad second line", k1 + "\nnot-base64!\n", 0, "line 2: not base64"},
+		{"short key", "AAAA\n", 0, "line 1: 3 bytes, want 32"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "_"))
+			if err := os.WriteFile(p, []byte(tc.content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			keys, err := ReadGossipKeyring(p)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Errorf("ReadGossipKeyring: %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil || len(keys) != tc.keys {
+				t.Errorf("ReadGossipKeyring = %d keys, %v; want %d", len(keys), err, tc.keys)
+			}
+		})
+	}
+}

@@ -24,7 +24,7 @@ import (
 func start(t *testing.T, cfg Config, register func(*http.ServeMux)) *Servers {
 	t.Helper()
 	cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
-	s, err := Listen(cfg, prometheus.NewRegistry(), nil)
+	s, err := newBound(cfg, prometheus.NewRegistry(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

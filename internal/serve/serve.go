@@ -4,6 +4,12 @@
 // whatever the component adds. Every moegrid server (coordinator, expert
 // node, router) is built on it, so they all answer the same probes.
 //
+// With Config.TLS set, gRPC is mutual TLS (a client certificate from the
+// cluster CA is required at the handshake, and Config.Policy decides each
+// call by the caller's role; health and reflection stay open to every
+// holder of a certificate) and HTTP is TLS with the client certificate
+// optional, so that probes and API clients without one get in.
+//
 // Both servers defend themselves against clients that hold connections
 // without using them: a bounded number of connections (more wait in the
 // kernel's accept queue), deadlines on a request's headers and body and on
@@ -14,12 +20,14 @@ package serve
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,10 +38,13 @@ import (
 	"golang.org/x/net/netutil"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
+
+	"github.com/moegrid/moegrid/internal/mtls"
 )
 
 // Config says where to listen. An address with port 0 picks a free port;
@@ -48,12 +59,18 @@ type Config struct {
 	StopTimeout time.Duration
 	// MaxMessageBytes bounds a received gRPC message; 0 keeps gRPC's 4 MiB.
 	MaxMessageBytes int
-	// UnaryInterceptors run after the metrics interceptor, e.g. a
-	// component's error boundary.
-	UnaryInterceptors []grpc.UnaryServerInterceptor
-	// StreamInterceptors run after the metrics interceptor, e.g. a
-	// component's authentication.
+	// UnaryInterceptors and StreamInterceptors run after the metrics
+	// interceptors, in order, e.g. authentication and then a component's
+	// error boundary.
+	UnaryInterceptors  []grpc.UnaryServerInterceptor
 	StreamInterceptors []grpc.StreamServerInterceptor
+	// TLS is the server's certificate and the CA its clients' must chain
+	// to, read for every handshake, so that a reload applies to the next
+	// connection. Nil serves plaintext.
+	TLS *mtls.Source
+	// Policy says which roles may call which gRPC methods when TLS is
+	// set; a method it does not name is denied.
+	Policy mtls.Policy
 	// ReadyCheck, if set, must also pass for /readyz to answer 200, e.g. a
 	// dependency that must answer.
 	ReadyCheck func(context.Context) error
@@ -107,8 +124,9 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// Servers are a component's listeners. Register services on GRPC and
-// handlers on Mux before Run.
+// Servers are a component's network front. New builds them without
+// binding anything; register services on GRPC and handlers on Mux before
+// Bind, which opens the listeners, and Run, which serves on them.
 type Servers struct {
 	GRPC *grpc.Server
 	Mux  *http.ServeMux
@@ -116,40 +134,43 @@ type Servers struct {
 	cfg      Config
 	log      *slog.Logger
 	health   *health.Server
-	grpcLis  net.Listener
-	httpLis  net.Listener
+	grpcLis  net.Listener // set by Bind
+	httpLis  net.Listener // set by Bind; nil when HTTP is disabled
 	ready    atomic.Bool
 	stopping atomic.Bool
 }
 
-// Listen opens the listeners and registers the standard services; reg
-// receives the RPC metrics and, if it is also a prometheus.Gatherer (as
-// *prometheus.Registry is), is served on /metrics.
-func Listen(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Servers, error) {
+// New checks cfg and builds the servers with the standard services; it
+// binds nothing. reg (nil: a private registry) receives the RPC metrics
+// and, if it is also a prometheus.Gatherer (as *prometheus.Registry is), is
+// served on /metrics.
+func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Servers, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if reg == nil {
+		reg = prometheus.NewRegistry()
 	}
 	cfg.setDefaults()
 	if cfg.MaxConns < 0 || cfg.HeaderTimeout < 0 || cfg.BodyTimeout < 0 || cfg.IdleTimeout < 0 || cfg.MaxHeaderBytes < 0 {
 		return nil, fmt.Errorf("serve: negative limit in %+v", cfg)
 	}
-	gl, err := net.Listen("tcp", cfg.GRPCAddr)
-	if err != nil {
-		return nil, fmt.Errorf("serve: grpc listen %s: %w", cfg.GRPCAddr, err)
-	}
-	var hl net.Listener
-	if cfg.HTTPAddr != "" {
-		if hl, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
-			gl.Close()
-			return nil, fmt.Errorf("serve: http listen %s: %w", cfg.HTTPAddr, err)
+	var unary []grpc.UnaryServerInterceptor
+	var stream []grpc.StreamServerInterceptor
+	var creds []grpc.ServerOption
+	if cfg.TLS != nil {
+		policy := cfg.Policy
+		policy.Open = append(slices.Clone(policy.Open), mtls.HealthService, mtls.ReflectionService, mtls.ReflectionV1Alpha)
+		authz, err := mtls.NewAuthorizer(policy)
+		if err != nil {
+			return nil, fmt.Errorf("serve: %w", err)
 		}
+		unary = append(unary, authz.UnaryInterceptor())
+		stream = append(stream, authz.StreamInterceptor())
+		creds = append(creds, grpc.Creds(credentials.NewTLS(mtls.ServerTLS(cfg.TLS))))
 	}
 	rpcMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
 	if err := reg.Register(rpcMetrics); err != nil {
-		gl.Close()
-		if hl != nil {
-			hl.Close()
-		}
 		return nil, fmt.Errorf("serve: grpc metrics: %w", err)
 	}
 	opts := []grpc.ServerOption{
@@ -160,23 +181,19 @@ func Listen(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Servers, 
 			Timeout:           pingTimeout,
 		}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: minClientPing, PermitWithoutStream: true}),
-		grpc.ChainUnaryInterceptor(append([]grpc.UnaryServerInterceptor{rpcMetrics.UnaryServerInterceptor()}, cfg.UnaryInterceptors...)...),
-		grpc.ChainStreamInterceptor(append([]grpc.StreamServerInterceptor{rpcMetrics.StreamServerInterceptor()}, cfg.StreamInterceptors...)...),
+		grpc.ChainUnaryInterceptor(append(append([]grpc.UnaryServerInterceptor{rpcMetrics.UnaryServerInterceptor()}, unary...), cfg.UnaryInterceptors...)...),
+		grpc.ChainStreamInterceptor(append(append([]grpc.StreamServerInterceptor{rpcMetrics.StreamServerInterceptor()}, stream...), cfg.StreamInterceptors...)...),
 	}
+	opts = append(opts, creds...)
 	if cfg.MaxMessageBytes > 0 {
 		opts = append(opts, grpc.MaxRecvMsgSize(cfg.MaxMessageBytes), grpc.MaxSendMsgSize(cfg.MaxMessageBytes))
 	}
 	s := &Servers{
-		GRPC:    grpc.NewServer(opts...),
-		Mux:     http.NewServeMux(),
-		cfg:     cfg,
-		log:     log,
-		health:  health.NewServer(),
-		grpcLis: netutil.LimitListener(gl, cfg.MaxConns),
-		httpLis: hl,
-	}
-	if hl != nil {
-		s.httpLis = netutil.LimitListener(hl, cfg.MaxConns)
+		GRPC:   grpc.NewServer(opts...),
+		Mux:    http.NewServeMux(),
+		cfg:    cfg,
+		log:    log,
+		health: health.NewServer(),
 	}
 	healthpb.RegisterHealthServer(s.GRPC, s.health)
 	reflection.Register(s.GRPC)
@@ -210,10 +227,38 @@ func Listen(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Servers, 
 	return s, nil
 }
 
-// GRPCAddr is the bound gRPC address.
+// Bind opens the listeners; the address accessors are valid after it. With
+// Config.TLS set the HTTP listener speaks TLS (gRPC's credentials do the
+// same for its connections). If Bind fails it holds nothing; if Run is not
+// called after it, Close releases the listeners.
+func (s *Servers) Bind() error {
+	if s.grpcLis != nil {
+		return errors.New("serve: Bind called twice")
+	}
+	gl, err := net.Listen("tcp", s.cfg.GRPCAddr)
+	if err != nil {
+		return fmt.Errorf("serve: grpc listen %s: %w", s.cfg.GRPCAddr, err)
+	}
+	if s.cfg.HTTPAddr != "" {
+		hl, err := net.Listen("tcp", s.cfg.HTTPAddr)
+		if err != nil {
+			gl.Close()
+			return fmt.Errorf("serve: http listen %s: %w", s.cfg.HTTPAddr, err)
+		}
+		s.httpLis = netutil.LimitListener(hl, s.cfg.MaxConns)
+		if s.cfg.TLS != nil {
+			s.httpLis = tls.NewListener(s.httpLis, mtls.HTTPServerTLS(s.cfg.TLS))
+		}
+	}
+	s.grpcLis = netutil.LimitListener(gl, s.cfg.MaxConns)
+	return nil
+}
+
+// GRPCAddr is the bound gRPC address (after Bind).
 func (s *Servers) GRPCAddr() string { return s.grpcLis.Addr().String() }
 
-// HTTPAddr is the bound HTTP address, "" when HTTP is disabled.
+// HTTPAddr is the bound HTTP address (after Bind), "" when HTTP is
+// disabled.
 func (s *Servers) HTTPAddr() string {
 	if s.httpLis == nil {
 		return ""
@@ -235,8 +280,16 @@ func (s *Servers) SetReady(ready bool, services ...string) {
 }
 
 // Run serves until ctx is done, then turns NOT_SERVING, stops taking new
-// calls, lets running ones finish within StopTimeout, and returns.
+// calls, lets running ones finish within StopTimeout, and returns. It binds
+// first unless Bind has been called, and its listeners are closed when it
+// returns.
 func (s *Servers) Run(ctx context.Context) error {
+	if s.grpcLis == nil {
+		if err := s.Bind(); err != nil {
+			return err
+		}
+	}
+	defer s.Close()
 	httpSrv := &http.Server{
 		Handler:           bodyDeadline(s.Mux, s.cfg.BodyTimeout, s.log),
 		ReadHeaderTimeout: s.cfg.HeaderTimeout,
@@ -337,9 +390,12 @@ func (b *deadlineBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// Close releases the listeners of servers that will not Run.
+// Close releases the listeners of servers that will not Run; it may be
+// called more than once, and before Bind.
 func (s *Servers) Close() {
-	s.grpcLis.Close()
+	if s.grpcLis != nil {
+		s.grpcLis.Close()
+	}
 	if s.httpLis != nil {
 		s.httpLis.Close()
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -31,7 +33,7 @@ func get(t *testing.T, url string) (int, string) {
 func TestProbes(t *testing.T) {
 	var depOK atomic.Bool
 	depOK.Store(true)
-	s, err := Listen(Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", ReadyCheck: func(context.Context) error {
+	s, err := newBound(Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", ReadyCheck: func(context.Context) error {
 		if !depOK.Load() {
 			return errors.New("dependency down")
 		}
@@ -87,7 +89,7 @@ func TestProbes(t *testing.T) {
 }
 
 func TestHTTPDisabled(t *testing.T) {
-	s, err := Listen(Config{GRPCAddr: "127.0.0.1:0"}, prometheus.NewRegistry(), nil)
+	s, err := newBound(Config{GRPCAddr: "127.0.0.1:0"}, prometheus.NewRegistry(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,13 +103,63 @@ func TestHTTPDisabled(t *testing.T) {
 	}
 }
 
-func TestListenBusyAddress(t *testing.T) {
-	s, err := Listen(Config{GRPCAddr: "127.0.0.1:0"}, prometheus.NewRegistry(), nil)
+// newBound builds servers with cfg and binds them.
+func newBound(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Servers, error) {
+	s, err := New(cfg, reg, log)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Bind(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// freeAddr returns a loopback address that was free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
-	if _, err := Listen(Config{GRPCAddr: s.GRPCAddr()}, prometheus.NewRegistry(), nil); err == nil {
-		t.Error("Listen on a busy address succeeded")
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+// TestNewBindsNothing checks that only Bind and Run take ports, and that a
+// failed Bind gives back the one it took.
+func TestNewBindsNothing(t *testing.T) {
+	grpcAddr := freeAddr(t)
+	s, err := New(Config{GRPCAddr: grpcAddr, HTTPAddr: "127.0.0.1:0"}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
+	busy, err := net.Listen("tcp", grpcAddr)
+	if err != nil {
+		t.Fatalf("New held its gRPC address: %v", err)
+	}
+	if err := s.Bind(); err == nil {
+		t.Fatal("Bind on a busy address succeeded")
+	}
+	busy.Close()
+
+	httpBusy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer httpBusy.Close()
+	grpcAddr = freeAddr(t)
+	s, err = New(Config{GRPCAddr: grpcAddr, HTTPAddr: httpBusy.Addr().String()}, prometheus.NewRegistry(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Run(t.Context()); err == nil {
+		t.Fatal("Run with a busy HTTP address succeeded")
+	}
+	l, err := net.Listen("tcp", grpcAddr)
+	if err != nil {
+		t.Fatalf("failed Run kept its gRPC listener: %v", err)
+	}
+	l.Close()
 }

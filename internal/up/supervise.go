@@ -249,9 +249,8 @@ func (s *supervisor) stop(children []*child) {
 }
 
 // waitReady polls url until it answers 200, a child exits, or the timeout.
-func waitReady(ctx context.Context, url string, timeout time.Duration, sup *supervisor) error {
+func waitReady(ctx context.Context, client *http.Client, url string, timeout time.Duration, sup *supervisor) error {
 	deadline := time.Now().Add(timeout)
-	client := &http.Client{Timeout: time.Second}
 	for {
 		if name, err := sup.exited(); name != "" {
 			return fmt.Errorf("%s exited before the cluster was ready: %v", name, err)

@@ -20,28 +20,31 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 
-	"github.com/moegrid/moegrid/model/safetensors"
-	"github.com/moegrid/moegrid/model/synth"
+	"github.com/moegrid/moegrid/internal/pki"
+	"github.com/moegrid/moegrid/model/demo"
 )
 
 // Config configures a local cluster.
 type Config struct {
 	// Executable is the moegrid binary the children run.
 	Executable string
-	// ModelDir is the checkpoint; empty means the synthetic tiny model,
-	// generated into CacheDir on first use.
+	// ModelDir is the checkpoint; empty means the embedded demo model
+	// (package model/demo), written into CacheDir on first use.
 	ModelDir string
 	// CacheDir holds generated models.
 	CacheDir string
@@ -75,6 +78,11 @@ type Config struct {
 	EtcdCompaction time.Duration
 	// LogLevel is passed to the children.
 	LogLevel string
+	// Insecure runs everything in plaintext with no identity checks.
+	// Otherwise StateDir/tls holds a CA (made on first start, kept
+	// after), the gossip key and one certificate per role, and every
+	// child, etcd included, runs mutual TLS with them.
+	Insecure bool
 }
 
 // Backoff is the delay before a dead child is started again: Min after the
@@ -113,7 +121,15 @@ type State struct {
 	CoordinatorGRPC string   `json:"coordinator_grpc"`
 	Coordinators    []string `json:"coordinators"`
 	Logs            string   `json:"logs"`
+	// TLSDir is the certificate directory (pki.Dir) of a cluster that
+	// runs TLS: its ca.crt and the AdminCert let the CLI in. Empty when
+	// Insecure.
+	TLSDir   string `json:"tls_dir,omitempty"`
+	Insecure bool   `json:"insecure,omitempty"`
 }
+
+// TLSDirOf is where a state directory keeps its certificates.
+func TLSDirOf(stateDir string) pki.Dir { return pki.Dir(filepath.Join(stateDir, "tls")) }
 
 // Running reports whether the process that wrote the state still runs.
 func (st State) Running() bool { return processAlive(st.PID) }
@@ -186,7 +202,29 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		}
 	}
 	cfg.CoordinatorGRPC = coordinators[0]
-	etcd, endpoint, err := startEtcd(filepath.Join(cfg.StateDir, "etcd"), cfg.EtcdCompaction)
+	tlsDir := TLSDirOf(cfg.StateDir)
+	var etcdInfo *transport.TLSInfo
+	security := func(pki.Role) []string { return []string{"--insecure"} }
+	scheme := "http"
+	readyClient := &http.Client{Timeout: time.Second}
+	if cfg.Insecure {
+		fmt.Fprintln(out, "WARNING: --insecure: every connection is plaintext and unauthenticated; anyone who reaches these ports can drive the cluster")
+		log.Warn("running INSECURE: plaintext gRPC, HTTP, etcd and gossip, no identity checks (--insecure)")
+	} else {
+		if err := ensureCerts(tlsDir, out); err != nil {
+			return err
+		}
+		info := etcdTLS(tlsDir)
+		etcdInfo = &info
+		security = func(r pki.Role) []string { return tlsArgs(tlsDir, r) }
+		scheme = "https"
+		probe, err := probeTLS(tlsDir)
+		if err != nil {
+			return err
+		}
+		readyClient.Transport = &http.Transport{TLSClientConfig: probe}
+	}
+	etcd, endpoint, err := startEtcd(filepath.Join(cfg.StateDir, "etcd"), cfg.EtcdCompaction, etcdInfo)
 	if err != nil {
 		return err
 	}
@@ -203,14 +241,14 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		id := fmt.Sprintf("coordinator-%d", i)
 		if err := sup.start(id, false, append([]string{"coordinator", "--id", id,
 			"--grpc-addr", addr, "--http-addr", "127.0.0.1:0",
-			"--min-replicas", strconv.Itoa(cfg.MinReplicas), "--lease-ttl", ttl}, common...)); err != nil {
+			"--min-replicas", strconv.Itoa(cfg.MinReplicas), "--lease-ttl", ttl}, slices.Concat(common, security(pki.RoleCoordinator))...)); err != nil {
 			return err
 		}
 	}
 	for i := range cfg.Nodes {
 		id := fmt.Sprintf("expert-%d", i)
 		if err := sup.start(id, false, append([]string{"expertnode", "--id", id, "--model", modelDir,
-			"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--lease-ttl", ttl}, common...)); err != nil {
+			"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--lease-ttl", ttl}, slices.Concat(common, security(pki.RoleExpertNode))...)); err != nil {
 			return err
 		}
 	}
@@ -219,11 +257,11 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 	if cfg.APIKeysFile != "" {
 		routerArgs = append(routerArgs, "--api-keys", cfg.APIKeysFile)
 	}
-	if err := sup.start("router", true, append(routerArgs, common...)); err != nil {
+	if err := sup.start("router", true, append(routerArgs, slices.Concat(common, security(pki.RoleRouter))...)); err != nil {
 		return err
 	}
 
-	if err := waitReady(ctx, "http://"+cfg.RouterHTTP+"/readyz", cfg.ReadyTimeout, sup); err != nil {
+	if err := waitReady(ctx, readyClient, scheme+"://"+cfg.RouterHTTP+"/readyz", cfg.ReadyTimeout, sup); err != nil {
 		return fmt.Errorf("up: %w (logs in %s)", err, logs)
 	}
 	if name, err := sup.arm(); name != "" {
@@ -233,6 +271,12 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		PID: os.Getpid(), ModelDir: modelDir, Etcd: []string{endpoint},
 		RouterGRPC: cfg.RouterGRPC, RouterHTTP: cfg.RouterHTTP,
 		CoordinatorGRPC: cfg.CoordinatorGRPC, Coordinators: coordinators, Logs: logs,
+		Insecure: cfg.Insecure,
+	}
+	curl := "curl -s"
+	if !cfg.Insecure {
+		st.TLSDir = string(tlsDir)
+		curl += " --cacert " + tlsDir.CACert()
 	}
 	if err := writeState(cfg.StateDir, st); err != nil {
 		return err
@@ -242,17 +286,17 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 	fmt.Fprintf(out, `moegrid is up: %d expert nodes, %d coordinators and a router serving %s
 
   router gRPC    %s   (moegrid.v1.Generation)
-  router HTTP    http://%s   (OpenAI API: /v1/completions, /v1/chat/completions, /v1/models)
+  router HTTP    %s://%s   (OpenAI API: /v1/completions, /v1/chat/completions, /v1/models)
   coordinators   %s   (moegrid.v1.Cluster; moegrid nodes --coordinator %s)
   etcd           %s
   logs           %s
 
 Try:
-  moegrid generate "The capital of France is"
-  curl -s http://%s/v1/completions -d '{"prompt": "Hello", "max_tokens": 16}'
+  moegrid generate "And God said"
+  %s %s://%s/v1/completions -d '{"prompt": "In the beginning", "max_tokens": 16}'
 
 A child that dies is restarted. Ctrl-C stops everything.
-`, cfg.Nodes, cfg.Coordinators, modelDir, cfg.RouterGRPC, cfg.RouterHTTP, strings.Join(coordinators, ", "), cfg.CoordinatorGRPC, endpoint, logs, cfg.RouterHTTP)
+`, cfg.Nodes, cfg.Coordinators, modelDir, cfg.RouterGRPC, scheme, cfg.RouterHTTP, strings.Join(coordinators, ", "), cfg.CoordinatorGRPC, endpoint, logs, curl, scheme, cfg.RouterHTTP)
 
 	select {
 	case <-ctx.Done():
@@ -275,33 +319,17 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	return s.w.Write(p)
 }
 
-// ensureModel returns the checkpoint to serve, synthesising the tiny model
-// into the cache on first use.
+// ensureModel returns the checkpoint to serve: cfg.ModelDir, or else the
+// embedded demo model, written into the cache on first use.
 func ensureModel(cfg Config, out io.Writer) (string, error) {
 	if cfg.ModelDir != "" {
 		return cfg.ModelDir, nil
 	}
-	dir := filepath.Join(cfg.CacheDir, "models", "tiny-seed1-f32")
-	if _, err := os.Stat(filepath.Join(dir, "config.json")); err == nil {
-		return dir, nil
-	}
-	p, err := synth.PresetByName("tiny")
+	dir, err := demo.Ensure(cfg.CacheDir)
 	if err != nil {
-		return "", err
-	}
-	fmt.Fprintf(out, "generating the synthetic tiny model into %s…\n", dir)
-	tmp := dir + ".tmp-" + strconv.Itoa(os.Getpid())
-	if err := synth.Write(tmp, synth.Options{Preset: p, Seed: 1, DType: safetensors.F32, Shards: 1}); err != nil {
-		os.RemoveAll(tmp)
-		return "", err
-	}
-	if err := os.Rename(tmp, dir); err != nil {
-		os.RemoveAll(tmp)
-		if _, serr := os.Stat(filepath.Join(dir, "config.json")); serr == nil {
-			return dir, nil // another process generated it first
-		}
 		return "", fmt.Errorf("up: %w", err)
 	}
+	fmt.Fprintf(out, "serving the built-in demo model %s (trained on the King James Bible)\n", demo.Name)
 	return dir, nil
 }
 
@@ -341,7 +369,10 @@ func concreteAddr(addr string) (string, error) {
 // compaction of history: without it, etcd keeps every revision of the
 // records the cluster rewrites all the time (heartbeats, load reports) and
 // its database grows without bound.
-func startEtcd(dir string, compaction time.Duration) (*embed.Etcd, string, error) {
+//
+// With tlsInfo set, clients and peers speak TLS and must show a
+// certificate from its CA.
+func startEtcd(dir string, compaction time.Duration, tlsInfo *transport.TLSInfo) (*embed.Etcd, string, error) {
 	if err := os.RemoveAll(dir); err != nil {
 		return nil, "", fmt.Errorf("up: %w", err)
 	}
@@ -358,6 +389,10 @@ func startEtcd(dir string, compaction time.Duration) (*embed.Etcd, string, error
 	cfg.Dir = dir
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	cu, pu := url.URL{Scheme: "http", Host: client}, url.URL{Scheme: "http", Host: peer}
+	if tlsInfo != nil {
+		cu.Scheme, pu.Scheme = "https", "https"
+		cfg.ClientTLSInfo, cfg.PeerTLSInfo = *tlsInfo, *tlsInfo
+	}
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)

@@ -20,7 +20,7 @@ import (
 // TestEtcdCompacts checks that the embedded etcd compacts its history by
 // itself: a key rewritten over and over leaves no old revisions behind.
 func TestEtcdCompacts(t *testing.T) {
-	e, endpoint, err := startEtcd(filepath.Join(t.TempDir(), "etcd"), time.Second)
+	e, endpoint, err := startEtcd(filepath.Join(t.TempDir(), "etcd"), time.Second, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -284,8 +284,16 @@ type NodeStatus struct {
 	Loaded              []*Shard               `protobuf:"bytes,10,rep,name=loaded,proto3" json:"loaded,omitempty"`
 	Load                *NodeLoad              `protobuf:"bytes,11,opt,name=load,proto3" json:"load,omitempty"`
 	LastHeartbeat       *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=last_heartbeat,json=lastHeartbeat,proto3" json:"last_heartbeat,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// load_error is the node's last failed attempt to load its assigned
+	// shards, while it keeps failing; absent once a load succeeds.
+	LoadError *LoadError `protobuf:"bytes,13,opt,name=load_error,json=loadError,proto3" json:"load_error,omitempty"`
+	// insecure: the node runs with --insecure (plaintext, no identity checks).
+	Insecure bool `protobuf:"varint,14,opt,name=insecure,proto3" json:"insecure,omitempty"`
+	// router_view is what the live routers say of the node's calls, absent
+	// while every router trusts it.
+	RouterView    *RouterView `protobuf:"bytes,15,opt,name=router_view,json=routerView,proto3" json:"router_view,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeStatus) Reset() {
@@ -402,6 +410,165 @@ func (x *NodeStatus) GetLastHeartbeat() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *NodeStatus) GetLoadError() *LoadError {
+	if x != nil {
+		return x.LoadError
+	}
+	return nil
+}
+
+func (x *NodeStatus) GetInsecure() bool {
+	if x != nil {
+		return x.Insecure
+	}
+	return false
+}
+
+func (x *NodeStatus) GetRouterView() *RouterView {
+	if x != nil {
+		return x.RouterView
+	}
+	return nil
+}
+
+// RouterView merges the routers' verdicts on a node whose calls fail.
+type RouterView struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// state: ejected (a router skips the node where another holder exists,
+	// until a probe succeeds) if any router ejected it, else suspect (recent
+	// calls failed).
+	State string `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	// routers counts the routers that report this state.
+	Routers uint32 `protobuf:"varint,2,opt,name=routers,proto3" json:"routers,omitempty"`
+	// since is the earliest of those routers' verdicts.
+	Since *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=since,proto3" json:"since,omitempty"`
+	// last_error is the last failed call's error at the router that has held
+	// the verdict longest.
+	LastError     string `protobuf:"bytes,4,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouterView) Reset() {
+	*x = RouterView{}
+	mi := &file_proto_moegrid_v1_cluster_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouterView) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouterView) ProtoMessage() {}
+
+func (x *RouterView) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_moegrid_v1_cluster_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouterView.ProtoReflect.Descriptor instead.
+func (*RouterView) Descriptor() ([]byte, []int) {
+	return file_proto_moegrid_v1_cluster_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *RouterView) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *RouterView) GetRouters() uint32 {
+	if x != nil {
+		return x.Routers
+	}
+	return 0
+}
+
+func (x *RouterView) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *RouterView) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+// LoadError is an expert node's failure to load its shards.
+type LoadError struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Message string                 `protobuf:"bytes,1,opt,name=message,proto3" json:"message,omitempty"`
+	Time    *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	// attempts counts the failed attempts in a row.
+	Attempts      uint32 `protobuf:"varint,3,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LoadError) Reset() {
+	*x = LoadError{}
+	mi := &file_proto_moegrid_v1_cluster_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LoadError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LoadError) ProtoMessage() {}
+
+func (x *LoadError) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_moegrid_v1_cluster_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LoadError.ProtoReflect.Descriptor instead.
+func (*LoadError) Descriptor() ([]byte, []int) {
+	return file_proto_moegrid_v1_cluster_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *LoadError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *LoadError) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *LoadError) GetAttempts() uint32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
 type NodeLoad struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
 	ForwardCallsTotal uint64                 `protobuf:"varint,1,opt,name=forward_calls_total,json=forwardCallsTotal,proto3" json:"forward_calls_total,omitempty"`
@@ -414,7 +581,7 @@ type NodeLoad struct {
 
 func (x *NodeLoad) Reset() {
 	*x = NodeLoad{}
-	mi := &file_proto_moegrid_v1_cluster_proto_msgTypes[5]
+	mi := &file_proto_moegrid_v1_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -426,7 +593,7 @@ func (x *NodeLoad) String() string {
 func (*NodeLoad) ProtoMessage() {}
 
 func (x *NodeLoad) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_moegrid_v1_cluster_proto_msgTypes[5]
+	mi := &file_proto_moegrid_v1_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -439,7 +606,7 @@ func (x *NodeLoad) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeLoad.ProtoReflect.Descriptor instead.
 func (*NodeLoad) Descriptor() ([]byte, []int) {
-	return file_proto_moegrid_v1_cluster_proto_rawDescGZIP(), []int{5}
+	return file_proto_moegrid_v1_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *NodeLoad) GetForwardCallsTotal() uint64 {
@@ -483,7 +650,7 @@ type ShardStatus struct {
 
 func (x *ShardStatus) Reset() {
 	*x = ShardStatus{}
-	mi := &file_proto_moegrid_v1_cluster_proto_msgTypes[6]
+	mi := &file_proto_moegrid_v1_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -495,7 +662,7 @@ func (x *ShardStatus) String() string {
 func (*ShardStatus) ProtoMessage() {}
 
 func (x *ShardStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_moegrid_v1_cluster_proto_msgTypes[6]
+	mi := &file_proto_moegrid_v1_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -508,7 +675,7 @@ func (x *ShardStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardStatus.ProtoReflect.Descriptor instead.
 func (*ShardStatus) Descriptor() ([]byte, []int) {
-	return file_proto_moegrid_v1_cluster_proto_rawDescGZIP(), []int{6}
+	return file_proto_moegrid_v1_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ShardStatus) GetShard() *Shard {
@@ -541,7 +708,7 @@ type DrainRequest struct {
 
 func (x *DrainRequest) Reset() {
 	*x = DrainRequest{}
-	mi := &file_proto_moegrid_v1_cluster_proto_msgTypes[7]
+	mi := &file_proto_moegrid_v1_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -553,7 +720,7 @@ func (x *DrainRequest) String() string {
 func (*DrainRequest) ProtoMessage() {}
 
 func (x *DrainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_moegrid_v1_cluster_proto_msgTypes[7]
+	mi := &file_proto_moegrid_v1_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -566,7 +733,7 @@ func (x *DrainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainRequest.ProtoReflect.Descriptor instead.
 func (*DrainRequest) Descriptor() ([]byte, []int) {
-	return file_proto_moegrid_v1_cluster_proto_rawDescGZIP(), []int{7}
+	return file_proto_moegrid_v1_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DrainRequest) GetNodeId() string {
@@ -584,7 +751,7 @@ type DrainResponse struct {
 
 func (x *DrainResponse) Reset() {
 	*x = DrainResponse{}
-	mi := &file_proto_moegrid_v1_cluster_proto_msgTypes[8]
+	mi := &file_proto_moegrid_v1_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -596,7 +763,7 @@ func (x *DrainResponse) String() string {
 func (*DrainResponse) ProtoMessage() {}
 
 func (x *DrainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_moegrid_v1_cluster_proto_msgTypes[8]
+	mi := &file_proto_moegrid_v1_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -609,7 +776,7 @@ func (x *DrainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainResponse.ProtoReflect.Descriptor instead.
 func (*DrainResponse) Descriptor() ([]byte, []int) {
-	return file_proto_moegrid_v1_cluster_proto_rawDescGZIP(), []int{8}
+	return file_proto_moegrid_v1_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 var File_proto_moegrid_v1_cluster_proto protoreflect.FileDescriptor
@@ -635,7 +802,7 @@ const file_proto_moegrid_v1_cluster_proto_rawDesc = "" +
 	"\x06expert\x18\x01 \x01(\rR\x06expert\x12\x1f\n" +
 	"\vfirst_layer\x18\x02 \x01(\rR\n" +
 	"firstLayer\x12\x1b\n" +
-	"\tend_layer\x18\x03 \x01(\rR\bendLayer\"\xc5\x03\n" +
+	"\tend_layer\x18\x03 \x01(\rR\bendLayer\"\xd0\x04\n" +
 	"\n" +
 	"NodeStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
@@ -651,7 +818,23 @@ const file_proto_moegrid_v1_cluster_proto_rawDesc = "" +
 	"\x06loaded\x18\n" +
 	" \x03(\v2\x11.moegrid.v1.ShardR\x06loaded\x12(\n" +
 	"\x04load\x18\v \x01(\v2\x14.moegrid.v1.NodeLoadR\x04load\x12A\n" +
-	"\x0elast_heartbeat\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\rlastHeartbeat\"\x9d\x01\n" +
+	"\x0elast_heartbeat\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\rlastHeartbeat\x124\n" +
+	"\n" +
+	"load_error\x18\r \x01(\v2\x15.moegrid.v1.LoadErrorR\tloadError\x12\x1a\n" +
+	"\binsecure\x18\x0e \x01(\bR\binsecure\x127\n" +
+	"\vrouter_view\x18\x0f \x01(\v2\x16.moegrid.v1.RouterViewR\n" +
+	"routerView\"\x8d\x01\n" +
+	"\n" +
+	"RouterView\x12\x14\n" +
+	"\x05state\x18\x01 \x01(\tR\x05state\x12\x18\n" +
+	"\arouters\x18\x02 \x01(\rR\arouters\x120\n" +
+	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x04 \x01(\tR\tlastError\"q\n" +
+	"\tLoadError\x12\x18\n" +
+	"\amessage\x18\x01 \x01(\tR\amessage\x12.\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1a\n" +
+	"\battempts\x18\x03 \x01(\rR\battempts\"\x9d\x01\n" +
 	"\bNodeLoad\x12.\n" +
 	"\x13forward_calls_total\x18\x01 \x01(\x04R\x11forwardCallsTotal\x12\x1d\n" +
 	"\n" +
@@ -681,37 +864,43 @@ func file_proto_moegrid_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_proto_moegrid_v1_cluster_proto_rawDescData
 }
 
-var file_proto_moegrid_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_proto_moegrid_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_proto_moegrid_v1_cluster_proto_goTypes = []any{
 	(*StatusRequest)(nil),         // 0: moegrid.v1.StatusRequest
 	(*StatusResponse)(nil),        // 1: moegrid.v1.StatusResponse
 	(*ModelShape)(nil),            // 2: moegrid.v1.ModelShape
 	(*Shard)(nil),                 // 3: moegrid.v1.Shard
 	(*NodeStatus)(nil),            // 4: moegrid.v1.NodeStatus
-	(*NodeLoad)(nil),              // 5: moegrid.v1.NodeLoad
-	(*ShardStatus)(nil),           // 6: moegrid.v1.ShardStatus
-	(*DrainRequest)(nil),          // 7: moegrid.v1.DrainRequest
-	(*DrainResponse)(nil),         // 8: moegrid.v1.DrainResponse
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(*RouterView)(nil),            // 5: moegrid.v1.RouterView
+	(*LoadError)(nil),             // 6: moegrid.v1.LoadError
+	(*NodeLoad)(nil),              // 7: moegrid.v1.NodeLoad
+	(*ShardStatus)(nil),           // 8: moegrid.v1.ShardStatus
+	(*DrainRequest)(nil),          // 9: moegrid.v1.DrainRequest
+	(*DrainResponse)(nil),         // 10: moegrid.v1.DrainResponse
+	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
 }
 var file_proto_moegrid_v1_cluster_proto_depIdxs = []int32{
 	4,  // 0: moegrid.v1.StatusResponse.nodes:type_name -> moegrid.v1.NodeStatus
-	6,  // 1: moegrid.v1.StatusResponse.shards:type_name -> moegrid.v1.ShardStatus
+	8,  // 1: moegrid.v1.StatusResponse.shards:type_name -> moegrid.v1.ShardStatus
 	2,  // 2: moegrid.v1.StatusResponse.model:type_name -> moegrid.v1.ModelShape
 	3,  // 3: moegrid.v1.NodeStatus.assigned:type_name -> moegrid.v1.Shard
 	3,  // 4: moegrid.v1.NodeStatus.loaded:type_name -> moegrid.v1.Shard
-	5,  // 5: moegrid.v1.NodeStatus.load:type_name -> moegrid.v1.NodeLoad
-	9,  // 6: moegrid.v1.NodeStatus.last_heartbeat:type_name -> google.protobuf.Timestamp
-	3,  // 7: moegrid.v1.ShardStatus.shard:type_name -> moegrid.v1.Shard
-	0,  // 8: moegrid.v1.Cluster.Status:input_type -> moegrid.v1.StatusRequest
-	7,  // 9: moegrid.v1.Cluster.Drain:input_type -> moegrid.v1.DrainRequest
-	1,  // 10: moegrid.v1.Cluster.Status:output_type -> moegrid.v1.StatusResponse
-	8,  // 11: moegrid.v1.Cluster.Drain:output_type -> moegrid.v1.DrainResponse
-	10, // [10:12] is the sub-list for method output_type
-	8,  // [8:10] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	7,  // 5: moegrid.v1.NodeStatus.load:type_name -> moegrid.v1.NodeLoad
+	11, // 6: moegrid.v1.NodeStatus.last_heartbeat:type_name -> google.protobuf.Timestamp
+	6,  // 7: moegrid.v1.NodeStatus.load_error:type_name -> moegrid.v1.LoadError
+	5,  // 8: moegrid.v1.NodeStatus.router_view:type_name -> moegrid.v1.RouterView
+	11, // 9: moegrid.v1.RouterView.since:type_name -> google.protobuf.Timestamp
+	11, // 10: moegrid.v1.LoadError.time:type_name -> google.protobuf.Timestamp
+	3,  // 11: moegrid.v1.ShardStatus.shard:type_name -> moegrid.v1.Shard
+	0,  // 12: moegrid.v1.Cluster.Status:input_type -> moegrid.v1.StatusRequest
+	9,  // 13: moegrid.v1.Cluster.Drain:input_type -> moegrid.v1.DrainRequest
+	1,  // 14: moegrid.v1.Cluster.Status:output_type -> moegrid.v1.StatusResponse
+	10, // 15: moegrid.v1.Cluster.Drain:output_type -> moegrid.v1.DrainResponse
+	14, // [14:16] is the sub-list for method output_type
+	12, // [12:14] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_proto_moegrid_v1_cluster_proto_init() }
@@ -725,7 +914,7 @@ func file_proto_moegrid_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_moegrid_v1_cluster_proto_rawDesc), len(file_proto_moegrid_v1_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -105,8 +105,11 @@ type GenerateRequest struct {
 	// prompt_logprobs returns the log-probability of every prompt token (with
 	// logprobs alternatives each) on the first message.
 	PromptLogprobs bool `protobuf:"varint,11,opt,name=prompt_logprobs,json=promptLogprobs,proto3" json:"prompt_logprobs,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// explain returns the gate's choice behind every token: routes on each
+	// message, prompt_routes on the first.
+	Explain       bool `protobuf:"varint,12,opt,name=explain,proto3" json:"explain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GenerateRequest) Reset() {
@@ -227,6 +230,13 @@ func (x *GenerateRequest) GetPromptLogprobs() bool {
 	return false
 }
 
+func (x *GenerateRequest) GetExplain() bool {
+	if x != nil {
+		return x.Explain
+	}
+	return false
+}
+
 type isGenerateRequest_Prompt interface {
 	isGenerateRequest_Prompt()
 }
@@ -303,8 +313,17 @@ type GenerateResponse struct {
 	// prompt_logprobs, on the first message of a request that asked for
 	// them, has one entry per prompt token; the first has no logprob.
 	PromptLogprobs []*TokenLogprob `protobuf:"bytes,6,rep,name=prompt_logprobs,json=promptLogprobs,proto3" json:"prompt_logprobs,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// routes has one entry per token_ids entry when the request asked to
+	// explain: the routes of the position whose logits the token was sampled
+	// from (the last prompt token for the first generated token, then the
+	// token before).
+	Routes []*TokenRoutes `protobuf:"bytes,7,rep,name=routes,proto3" json:"routes,omitempty"`
+	// prompt_routes, on the first message of a request that asked to
+	// explain, has one entry per prompt token: the routes of that token's
+	// position. So the last one equals routes[0] of the same message.
+	PromptRoutes  []*TokenRoutes `protobuf:"bytes,8,rep,name=prompt_routes,json=promptRoutes,proto3" json:"prompt_routes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GenerateResponse) Reset() {
@@ -379,6 +398,122 @@ func (x *GenerateResponse) GetPromptLogprobs() []*TokenLogprob {
 	return nil
 }
 
+func (x *GenerateResponse) GetRoutes() []*TokenRoutes {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+func (x *GenerateResponse) GetPromptRoutes() []*TokenRoutes {
+	if x != nil {
+		return x.PromptRoutes
+	}
+	return nil
+}
+
+// TokenRoutes is the gate's choice at one position, one entry per layer
+// from layer 0.
+type TokenRoutes struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Layers        []*LayerRoute          `protobuf:"bytes,1,rep,name=layers,proto3" json:"layers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenRoutes) Reset() {
+	*x = TokenRoutes{}
+	mi := &file_proto_moegrid_v1_generation_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenRoutes) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenRoutes) ProtoMessage() {}
+
+func (x *TokenRoutes) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_moegrid_v1_generation_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenRoutes.ProtoReflect.Descriptor instead.
+func (*TokenRoutes) Descriptor() ([]byte, []int) {
+	return file_proto_moegrid_v1_generation_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *TokenRoutes) GetLayers() []*LayerRoute {
+	if x != nil {
+		return x.Layers
+	}
+	return nil
+}
+
+// LayerRoute is one layer's top-k experts for one token, in the order the
+// gate ranks them (highest weight first, the lower expert index first on
+// ties), with their softmax probabilities renormalised to sum to 1: the
+// weights the experts' outputs are summed with.
+type LayerRoute struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Experts       []uint32               `protobuf:"varint,1,rep,packed,name=experts,proto3" json:"experts,omitempty"`
+	Weights       []float32              `protobuf:"fixed32,2,rep,packed,name=weights,proto3" json:"weights,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LayerRoute) Reset() {
+	*x = LayerRoute{}
+	mi := &file_proto_moegrid_v1_generation_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LayerRoute) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LayerRoute) ProtoMessage() {}
+
+func (x *LayerRoute) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_moegrid_v1_generation_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LayerRoute.ProtoReflect.Descriptor instead.
+func (*LayerRoute) Descriptor() ([]byte, []int) {
+	return file_proto_moegrid_v1_generation_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *LayerRoute) GetExperts() []uint32 {
+	if x != nil {
+		return x.Experts
+	}
+	return nil
+}
+
+func (x *LayerRoute) GetWeights() []float32 {
+	if x != nil {
+		return x.Weights
+	}
+	return nil
+}
+
 // TokenLogprob is a token's log-probability at its position and the most
 // likely tokens there, most likely first.
 type TokenLogprob struct {
@@ -393,7 +528,7 @@ type TokenLogprob struct {
 
 func (x *TokenLogprob) Reset() {
 	*x = TokenLogprob{}
-	mi := &file_proto_moegrid_v1_generation_proto_msgTypes[3]
+	mi := &file_proto_moegrid_v1_generation_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -405,7 +540,7 @@ func (x *TokenLogprob) String() string {
 func (*TokenLogprob) ProtoMessage() {}
 
 func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_moegrid_v1_generation_proto_msgTypes[3]
+	mi := &file_proto_moegrid_v1_generation_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -418,7 +553,7 @@ func (x *TokenLogprob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenLogprob.ProtoReflect.Descriptor instead.
 func (*TokenLogprob) Descriptor() ([]byte, []int) {
-	return file_proto_moegrid_v1_generation_proto_rawDescGZIP(), []int{3}
+	return file_proto_moegrid_v1_generation_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *TokenLogprob) GetTokenId() uint32 {
@@ -452,7 +587,7 @@ type TopLogprob struct {
 
 func (x *TopLogprob) Reset() {
 	*x = TopLogprob{}
-	mi := &file_proto_moegrid_v1_generation_proto_msgTypes[4]
+	mi := &file_proto_moegrid_v1_generation_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -464,7 +599,7 @@ func (x *TopLogprob) String() string {
 func (*TopLogprob) ProtoMessage() {}
 
 func (x *TopLogprob) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_moegrid_v1_generation_proto_msgTypes[4]
+	mi := &file_proto_moegrid_v1_generation_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -477,7 +612,7 @@ func (x *TopLogprob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopLogprob.ProtoReflect.Descriptor instead.
 func (*TopLogprob) Descriptor() ([]byte, []int) {
-	return file_proto_moegrid_v1_generation_proto_rawDescGZIP(), []int{4}
+	return file_proto_moegrid_v1_generation_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *TopLogprob) GetTokenId() uint32 {
@@ -504,7 +639,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_proto_moegrid_v1_generation_proto_msgTypes[5]
+	mi := &file_proto_moegrid_v1_generation_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -516,7 +651,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_moegrid_v1_generation_proto_msgTypes[5]
+	mi := &file_proto_moegrid_v1_generation_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -529,7 +664,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_proto_moegrid_v1_generation_proto_rawDescGZIP(), []int{5}
+	return file_proto_moegrid_v1_generation_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Usage) GetPromptTokens() uint32 {
@@ -551,7 +686,7 @@ var File_proto_moegrid_v1_generation_proto protoreflect.FileDescriptor
 const file_proto_moegrid_v1_generation_proto_rawDesc = "" +
 	"\n" +
 	"!proto/moegrid/v1/generation.proto\x12\n" +
-	"moegrid.v1\"\xe0\x02\n" +
+	"moegrid.v1\"\xfa\x02\n" +
 	"\x0fGenerateRequest\x12\x14\n" +
 	"\x04text\x18\x01 \x01(\tH\x00R\x04text\x12(\n" +
 	"\x03ids\x18\x02 \x01(\v2\x14.moegrid.v1.TokenIDsH\x00R\x03ids\x12\x1d\n" +
@@ -566,18 +701,27 @@ const file_proto_moegrid_v1_generation_proto_rawDesc = "" +
 	"ignore_eos\x18\t \x01(\bR\tignoreEos\x12\x1a\n" +
 	"\blogprobs\x18\n" +
 	" \x01(\rR\blogprobs\x12'\n" +
-	"\x0fprompt_logprobs\x18\v \x01(\bR\x0epromptLogprobsB\b\n" +
+	"\x0fprompt_logprobs\x18\v \x01(\bR\x0epromptLogprobs\x12\x18\n" +
+	"\aexplain\x18\f \x01(\bR\aexplainB\b\n" +
 	"\x06promptB\a\n" +
 	"\x05_seed\"\x1c\n" +
 	"\bTokenIDs\x12\x10\n" +
-	"\x03ids\x18\x01 \x03(\rR\x03ids\"\xa4\x02\n" +
+	"\x03ids\x18\x01 \x03(\rR\x03ids\"\x93\x03\n" +
 	"\x10GenerateResponse\x12\x1b\n" +
 	"\ttoken_ids\x18\x01 \x03(\rR\btokenIds\x12\x12\n" +
 	"\x04text\x18\x02 \x01(\tR\x04text\x12=\n" +
 	"\rfinish_reason\x18\x03 \x01(\x0e2\x18.moegrid.v1.FinishReasonR\ffinishReason\x12'\n" +
 	"\x05usage\x18\x04 \x01(\v2\x11.moegrid.v1.UsageR\x05usage\x124\n" +
 	"\blogprobs\x18\x05 \x03(\v2\x18.moegrid.v1.TokenLogprobR\blogprobs\x12A\n" +
-	"\x0fprompt_logprobs\x18\x06 \x03(\v2\x18.moegrid.v1.TokenLogprobR\x0epromptLogprobs\"~\n" +
+	"\x0fprompt_logprobs\x18\x06 \x03(\v2\x18.moegrid.v1.TokenLogprobR\x0epromptLogprobs\x12/\n" +
+	"\x06routes\x18\a \x03(\v2\x17.moegrid.v1.TokenRoutesR\x06routes\x12<\n" +
+	"\rprompt_routes\x18\b \x03(\v2\x17.moegrid.v1.TokenRoutesR\fpromptRoutes\"=\n" +
+	"\vTokenRoutes\x12.\n" +
+	"\x06layers\x18\x01 \x03(\v2\x16.moegrid.v1.LayerRouteR\x06layers\"@\n" +
+	"\n" +
+	"LayerRoute\x12\x18\n" +
+	"\aexperts\x18\x01 \x03(\rR\aexperts\x12\x18\n" +
+	"\aweights\x18\x02 \x03(\x02R\aweights\"~\n" +
 	"\fTokenLogprob\x12\x19\n" +
 	"\btoken_id\x18\x01 \x01(\rR\atokenId\x12\x1d\n" +
 	"\alogprob\x18\x02 \x01(\x02H\x00R\alogprob\x88\x01\x01\x12(\n" +
@@ -612,30 +756,35 @@ func file_proto_moegrid_v1_generation_proto_rawDescGZIP() []byte {
 }
 
 var file_proto_moegrid_v1_generation_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_proto_moegrid_v1_generation_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_proto_moegrid_v1_generation_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_proto_moegrid_v1_generation_proto_goTypes = []any{
 	(FinishReason)(0),        // 0: moegrid.v1.FinishReason
 	(*GenerateRequest)(nil),  // 1: moegrid.v1.GenerateRequest
 	(*TokenIDs)(nil),         // 2: moegrid.v1.TokenIDs
 	(*GenerateResponse)(nil), // 3: moegrid.v1.GenerateResponse
-	(*TokenLogprob)(nil),     // 4: moegrid.v1.TokenLogprob
-	(*TopLogprob)(nil),       // 5: moegrid.v1.TopLogprob
-	(*Usage)(nil),            // 6: moegrid.v1.Usage
+	(*TokenRoutes)(nil),      // 4: moegrid.v1.TokenRoutes
+	(*LayerRoute)(nil),       // 5: moegrid.v1.LayerRoute
+	(*TokenLogprob)(nil),     // 6: moegrid.v1.TokenLogprob
+	(*TopLogprob)(nil),       // 7: moegrid.v1.TopLogprob
+	(*Usage)(nil),            // 8: moegrid.v1.Usage
 }
 var file_proto_moegrid_v1_generation_proto_depIdxs = []int32{
-	2, // 0: moegrid.v1.GenerateRequest.ids:type_name -> moegrid.v1.TokenIDs
-	0, // 1: moegrid.v1.GenerateResponse.finish_reason:type_name -> moegrid.v1.FinishReason
-	6, // 2: moegrid.v1.GenerateResponse.usage:type_name -> moegrid.v1.Usage
-	4, // 3: moegrid.v1.GenerateResponse.logprobs:type_name -> moegrid.v1.TokenLogprob
-	4, // 4: moegrid.v1.GenerateResponse.prompt_logprobs:type_name -> moegrid.v1.TokenLogprob
-	5, // 5: moegrid.v1.TokenLogprob.top:type_name -> moegrid.v1.TopLogprob
-	1, // 6: moegrid.v1.Generation.Generate:input_type -> moegrid.v1.GenerateRequest
-	3, // 7: moegrid.v1.Generation.Generate:output_type -> moegrid.v1.GenerateResponse
-	7, // [7:8] is the sub-list for method output_type
-	6, // [6:7] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	2,  // 0: moegrid.v1.GenerateRequest.ids:type_name -> moegrid.v1.TokenIDs
+	0,  // 1: moegrid.v1.GenerateResponse.finish_reason:type_name -> moegrid.v1.FinishReason
+	8,  // 2: moegrid.v1.GenerateResponse.usage:type_name -> moegrid.v1.Usage
+	6,  // 3: moegrid.v1.GenerateResponse.logprobs:type_name -> moegrid.v1.TokenLogprob
+	6,  // 4: moegrid.v1.GenerateResponse.prompt_logprobs:type_name -> moegrid.v1.TokenLogprob
+	4,  // 5: moegrid.v1.GenerateResponse.routes:type_name -> moegrid.v1.TokenRoutes
+	4,  // 6: moegrid.v1.GenerateResponse.prompt_routes:type_name -> moegrid.v1.TokenRoutes
+	5,  // 7: moegrid.v1.TokenRoutes.layers:type_name -> moegrid.v1.LayerRoute
+	7,  // 8: moegrid.v1.TokenLogprob.top:type_name -> moegrid.v1.TopLogprob
+	1,  // 9: moegrid.v1.Generation.Generate:input_type -> moegrid.v1.GenerateRequest
+	3,  // 10: moegrid.v1.Generation.Generate:output_type -> moegrid.v1.GenerateResponse
+	10, // [10:11] is the sub-list for method output_type
+	9,  // [9:10] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_proto_moegrid_v1_generation_proto_init() }
@@ -647,14 +796,14 @@ func file_proto_moegrid_v1_generation_proto_init() {
 		(*GenerateRequest_Text)(nil),
 		(*GenerateRequest_Ids)(nil),
 	}
-	file_proto_moegrid_v1_generation_proto_msgTypes[3].OneofWrappers = []any{}
+	file_proto_moegrid_v1_generation_proto_msgTypes[5].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_moegrid_v1_generation_proto_rawDesc), len(file_proto_moegrid_v1_generation_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   6,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

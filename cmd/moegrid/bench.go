@@ -84,7 +84,7 @@ The command fails when any request failed.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&addr, "addr", "", "router gRPC address (default: the router of the running `moegrid up`)")
+	f.StringVar(&addr, "addr", "", "router gRPC address (default: the router of the running moegrid up)")
 	tlsFlags.register(f)
 	f.BoolVar(&inProcess, "in-process", false, "run the router's scheduler over --model in this process instead of calling a router")
 	f.StringVar(&modelDir, "model", "", "checkpoint directory for --in-process")

@@ -126,7 +126,7 @@ func newGenerateCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&addr, "addr", "", "router gRPC addresses, comma separated: a request that fails UNAVAILABLE before its first token goes to the next (default: the router of the running `moegrid up`)")
+	f.StringVar(&addr, "addr", "", "router gRPC addresses, comma separated: a request that fails UNAVAILABLE before its first token goes to the next (default: the router of the running moegrid up)")
 	f.StringVar(&ids, "ids", "", "prompt as token ids, comma separated, used as given")
 	f.Uint32Var(&maxTokens, "max-tokens", 64, "tokens to generate at most")
 	f.Float32Var(&temperature, "temperature", 0, "sampling temperature; 0 is greedy")

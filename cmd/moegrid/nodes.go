@@ -20,7 +20,7 @@ type coordinatorClient struct {
 }
 
 func (c *coordinatorClient) register(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&c.addr, "coordinator", "", "gRPC address of any coordinator replica (default: the one `moegrid up` runs, else 127.0.0.1:7070)")
+	cmd.Flags().StringVar(&c.addr, "coordinator", "", "gRPC address of any coordinator replica (default: the one moegrid up runs, else 127.0.0.1:7070)")
 	cmd.Flags().DurationVar(&c.timeout, "timeout", 10*time.Second, "deadline of the call")
 	c.tls.register(cmd.Flags())
 }

@@ -2,13 +2,12 @@ package expertnode
 
 import (
 	"context"
-	"net"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/moegrid/moegrid/cluster/etcdtest"
+	"github.com/moegrid/moegrid/internal/lifecycletest"
 )
 
 func TestNewReportsEveryProblem(t *testing.T) {
@@ -27,33 +26,13 @@ func TestNewReportsEveryProblem(t *testing.T) {
 	}
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
-}
-
-func assertFree(t *testing.T, addr string) {
-	t.Helper()
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatalf("%s still held: %v", addr, err)
-	}
-	l.Close()
-}
-
 func nodeConfig(t *testing.T, etcd []string) Config {
 	cfg := DefaultConfig()
 	cfg.Security.Insecure = true // the lifecycle, not the security, is under test
 	cfg.ID = "n1"
 	cfg.ModelDir = tinyDir
 	cfg.EtcdEndpoints = etcd
-	cfg.GRPCAddr, cfg.HTTPAddr = freeAddr(t), freeAddr(t)
+	cfg.GRPCAddr, cfg.HTTPAddr = lifecycletest.FreeAddr(t), lifecycletest.FreeAddr(t)
 	cfg.StopTimeout = time.Second
 	return cfg
 }
@@ -71,7 +50,7 @@ func TestRunReleasesOnEarlyReturn(t *testing.T) {
 		{"etcd unreachable", func(*Config) {}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := nodeConfig(t, []string{"http://" + freeAddr(t)})
+			cfg := nodeConfig(t, []string{"http://" + lifecycletest.FreeAddr(t)})
 			tc.edit(&cfg)
 			n, err := New(cfg, nil, nil)
 			if err != nil {
@@ -82,8 +61,8 @@ func TestRunReleasesOnEarlyReturn(t *testing.T) {
 			if err := n.Run(ctx); (err != nil) != tc.wantErr {
 				t.Fatalf("Run = %v, want error %v", err, tc.wantErr)
 			}
-			assertFree(t, cfg.GRPCAddr)
-			assertFree(t, cfg.HTTPAddr)
+			lifecycletest.AssertFree(t, cfg.GRPCAddr)
+			lifecycletest.AssertFree(t, cfg.HTTPAddr)
 		})
 	}
 }
@@ -97,31 +76,5 @@ func TestRunServes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- n.Run(ctx) }()
-	select {
-	case <-n.Ready():
-	case err := <-done:
-		t.Fatalf("Run returned before Ready: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("not ready after 20s")
-	}
-	resp, err := http.Get("http://" + n.HTTPAddr() + "/healthz")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Errorf("/healthz = %d", resp.StatusCode)
-	}
-	if err := n.Run(ctx); err == nil {
-		t.Error("second Run succeeded")
-	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Errorf("Run: %v", err)
-	}
-	assertFree(t, n.GRPCAddr())
-	assertFree(t, n.HTTPAddr())
+	lifecycletest.RunServes(t, n)
 }

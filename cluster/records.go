@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/moegrid/moegrid/placement"
 )
@@ -163,6 +164,19 @@ type LoadError struct {
 	// Attempts counts the failed attempts since the last load that
 	// succeeded.
 	Attempts int `json:"attempts"`
+}
+
+// TruncateUTF8 cuts s to at most n bytes without splitting a character, so
+// that an error text fits a record's bound (MaxLoadErrorBytes,
+// MaxVerdictErrBytes).
+func TruncateUTF8(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // MaxLoadErrorBytes bounds LoadError.Message, which every reader of the

@@ -9,7 +9,6 @@ import (
 	"slices"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
@@ -393,7 +392,7 @@ func (n *Node) follow(ctx context.Context, st *cluster.Store, reg *cluster.Regis
 			n.metrics.loadFailures.Inc()
 			failed++
 			n.log.Error("loading shards failed; retrying", "shards", want, "retry_in", wait, "attempts", failed, "err", err)
-			setLoadError(&cluster.LoadError{Message: truncateUTF8(err.Error(), cluster.MaxLoadErrorBytes), Time: time.Now(), Attempts: failed})
+			setLoadError(&cluster.LoadError{Message: cluster.TruncateUTF8(err.Error(), cluster.MaxLoadErrorBytes), Time: time.Now(), Attempts: failed})
 			retryC = time.After(wait)
 			continue
 		}
@@ -438,15 +437,4 @@ func (n *Node) loadShards(shards []placement.Shard) error {
 	n.metrics.shards.Set(float64(set.Len()))
 	n.store.swap(set)
 	return nil
-}
-
-// truncateUTF8 cuts s to at most n bytes without splitting a character.
-func truncateUTF8(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n]
 }

@@ -5,7 +5,6 @@ import (
 	"slices"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -194,7 +193,7 @@ func (d *Dispatcher) Unhealthy(now time.Time) []cluster.NodeVerdict {
 		if cluster.ValidateID(node) != nil {
 			continue // the placement's IDs are valid; a record must stay so
 		}
-		v := cluster.NodeVerdict{NodeID: node, LastError: truncateUTF8(h.lastErr, cluster.MaxVerdictErrBytes)}
+		v := cluster.NodeVerdict{NodeID: node, LastError: cluster.TruncateUTF8(h.lastErr, cluster.MaxVerdictErrBytes)}
 		switch {
 		case h.ejected:
 			v.State, v.Since = cluster.VerdictEjected, h.ejectedAt
@@ -207,15 +206,4 @@ func (d *Dispatcher) Unhealthy(now time.Time) []cluster.NodeVerdict {
 	}
 	slices.SortFunc(out, func(a, b cluster.NodeVerdict) int { return strings.Compare(a.NodeID, b.NodeID) })
 	return out[:min(len(out), cluster.MaxUnhealthyNodes)]
-}
-
-// truncateUTF8 cuts s to at most n bytes without splitting a character.
-func truncateUTF8(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n]
 }

@@ -64,6 +64,14 @@ func needDir(dir string) error {
 	return nil
 }
 
+// needDays checks a validity flag (--days, --ca-days).
+func needDays(flag string, days int) error {
+	if days <= 0 {
+		return fmt.Errorf("--%s %d: want a positive number of days", flag, days)
+	}
+	return nil
+}
+
 func newCertsInitCmd() *cobra.Command {
 	var (
 		dir    string
@@ -80,8 +88,8 @@ leave every certificate the old one signed untrusted.`,
 			if err := needDir(dir); err != nil {
 				return err
 			}
-			if caDays <= 0 {
-				return fmt.Errorf("--ca-days %d: want a positive number of days", caDays)
+			if err := needDays("ca-days", caDays); err != nil {
+				return err
 			}
 			d := pki.Dir(dir)
 			ca, err := d.Init(time.Duration(caDays) * day)
@@ -165,8 +173,8 @@ certificate per component with "moegrid certs issue".`,
 			if err := needDir(dir); err != nil {
 				return err
 			}
-			if caDays <= 0 {
-				return fmt.Errorf("--ca-days %d: want a positive number of days", caDays)
+			if err := needDays("ca-days", caDays); err != nil {
+				return err
 			}
 			out := cmd.OutOrStdout()
 			d := pki.Dir(dir)
@@ -200,8 +208,8 @@ certificate per component with "moegrid certs issue".`,
 }
 
 func issue(out io.Writer, d pki.Dir, ca *pki.CA, id pki.Identity, hosts []string, days int) error {
-	if days <= 0 {
-		return fmt.Errorf("--days %d: want a positive number of days", days)
+	if err := needDays("days", days); err != nil {
+		return err
 	}
 	kp, err := ca.Issue(pki.LeafRequest{Identity: id, Hosts: hosts, Validity: time.Duration(days) * day})
 	if err != nil {

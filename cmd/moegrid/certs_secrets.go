@@ -126,11 +126,11 @@ and the pods pick them up without a restart.
 			if !validDomain(domain) {
 				return fmt.Errorf("--cluster-domain %q: want a DNS name like cluster.local", domain)
 			}
-			if days <= 0 {
-				return fmt.Errorf("--days %d: want a positive number of days", days)
+			if err := needDays("days", days); err != nil {
+				return err
 			}
-			if caDays <= 0 {
-				return fmt.Errorf("--ca-days %d: want a positive number of days", caDays)
+			if err := needDays("ca-days", caDays); err != nil {
+				return err
 			}
 			d := pki.Dir(dir)
 			ca, err := d.LoadCA()

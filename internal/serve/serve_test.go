@@ -15,6 +15,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/moegrid/moegrid/internal/lifecycletest"
 )
 
 func get(t *testing.T, url string) (int, string) {
@@ -115,22 +117,10 @@ func newBound(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Servers
 	return s, nil
 }
 
-// freeAddr returns a loopback address that was free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
-}
-
 // TestNewBindsNothing checks that only Bind and Run take ports, and that a
 // failed Bind gives back the one it took.
 func TestNewBindsNothing(t *testing.T) {
-	grpcAddr := freeAddr(t)
+	grpcAddr := lifecycletest.FreeAddr(t)
 	s, err := New(Config{GRPCAddr: grpcAddr, HTTPAddr: "127.0.0.1:0"}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -149,7 +139,7 @@ func TestNewBindsNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer httpBusy.Close()
-	grpcAddr = freeAddr(t)
+	grpcAddr = lifecycletest.FreeAddr(t)
 	s, err = New(Config{GRPCAddr: grpcAddr, HTTPAddr: httpBusy.Addr().String()}, prometheus.NewRegistry(), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -157,9 +147,5 @@ func TestNewBindsNothing(t *testing.T) {
 	if err := s.Run(t.Context()); err == nil {
 		t.Fatal("Run with a busy HTTP address succeeded")
 	}
-	l, err := net.Listen("tcp", grpcAddr)
-	if err != nil {
-		t.Fatalf("failed Run kept its gRPC listener: %v", err)
-	}
-	l.Close()
+	lifecycletest.AssertFree(t, grpcAddr) // the failed Run gave back its gRPC listener
 }

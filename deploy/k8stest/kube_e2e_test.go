@@ -275,18 +275,19 @@ current-context: e2e
 	return p
 }
 
-// serviceMonitorCRD is a stand-in for the Prometheus Operator's CRD: enough
-// for the API server to know the kind, so that the component's dry run
-// checks names, namespaces and admission (not the spec's schema, which the
-// offline test holds to the fields it knows).
-const serviceMonitorCRD = `apiVersion: apiextensions.k8s.io/v1
+// stubCRD is a stand-in for another project's CRD: enough for the API
+// server to know the kind, so that a component's dry run checks names,
+// namespaces and admission (not the spec's schema, which the offline tests
+// hold to the fields they know).
+func stubCRD(group, kind, plural string) []byte {
+	return []byte(fmt.Sprintf(`apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
 metadata:
-  name: servicemonitors.monitoring.coreos.com
+  name: %[3]s.%[1]s
 spec:
-  group: monitoring.coreos.com
+  group: %[1]s
   scope: Namespaced
-  names: {kind: ServiceMonitor, listKind: ServiceMonitorList, plural: servicemonitors, singular: servicemonitor}
+  names: {kind: %[2]s, listKind: %[2]sList, plural: %[3]s, singular: %[4]s}
   versions:
   - name: v1
     served: true
@@ -298,39 +299,19 @@ spec:
           spec:
             type: object
             x-kubernetes-preserve-unknown-fields: true
-`
+`, group, kind, plural, strings.ToLower(kind)))
+}
 
-// certManagerCRDs are stand-ins for cert-manager's CRDs (cert-manager is
-// not available offline): enough for the API server to know Issuer and
-// Certificate, so that the component's dry run checks names, namespaces and
-// admission; the offline test decodes their specs strictly into the fields
-// of cert-manager's API reference.
-var certManagerCRDs = func() []byte {
-	var crds [][]byte
-	for _, k := range []struct{ kind, plural string }{{"Issuer", "issuers"}, {"Certificate", "certificates"}} {
-		crds = append(crds, []byte(fmt.Sprintf(`apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: %[2]s.cert-manager.io
-spec:
-  group: cert-manager.io
-  scope: Namespaced
-  names: {kind: %[1]s, listKind: %[1]sList, plural: %[2]s, singular: %[3]s}
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema:
-        type: object
-        properties:
-          spec:
-            type: object
-            x-kubernetes-preserve-unknown-fields: true
-`, k.kind, k.plural, strings.ToLower(k.kind))))
-	}
-	return docs(crds...)
-}()
+// serviceMonitorCRD stands in for the Prometheus Operator's CRD.
+var serviceMonitorCRD = stubCRD("monitoring.coreos.com", "ServiceMonitor", "servicemonitors")
+
+// certManagerCRDs stand in for cert-manager's Issuer and Certificate
+// (cert-manager is not available offline); the offline test decodes their
+// specs strictly into the fields of cert-manager's API reference.
+var certManagerCRDs = docs(
+	stubCRD("cert-manager.io", "Issuer", "issuers"),
+	stubCRD("cert-manager.io", "Certificate", "certificates"),
+)
 
 // clusterSecrets runs `moegrid certs secrets` for namespace moegrid: the
 // Secrets the pods mount.
@@ -459,7 +440,7 @@ func TestKubernetes(t *testing.T) {
 		if _, err := cp.apply(ctx, "namespace", nsYAML); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := cp.apply(ctx, "servicemonitor-crd", []byte(serviceMonitorCRD)); err != nil {
+		if _, err := cp.apply(ctx, "servicemonitor-crd", serviceMonitorCRD); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := cp.apply(ctx, "cert-manager-crds", certManagerCRDs); err != nil {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"slices"
 
 	"github.com/moegrid/moegrid/model/kernel"
 	"github.com/moegrid/moegrid/model/safetensors"
@@ -291,46 +290,38 @@ func (m *Model) attention(l int, x []float32, rows []rowInfo, cos, sin []float32
 		cache.keys[l] = append(cache.keys[l][:ri.pos*kvDim], s.k[r*kvDim:(r+1)*kvDim]...)
 		cache.values[l] = append(cache.values[l][:ri.pos*kvDim], s.v[r*kvDim:(r+1)*kvDim]...)
 	}
-	// Every (token, head) pair attends on its own, so one long sequence
-	// spreads over the workers as well as a batch does.
-	nh := cfg.NumAttentionHeads
-	kernel.For(R*nh, 1, func(lo, hi int) {
+	// Every (token, KV head) pair attends on its own, so one long sequence
+	// spreads over the workers as well as a batch does; the query heads
+	// that share a KV head read its cached keys and values once.
+	nkv := cfg.NumKeyValueHeads
+	kernel.For(R*nkv, 1, func(lo, hi int) {
 		var scores []float32
 		for i := lo; i < hi; i++ {
-			r, h := i/nh, i%nh
-			scores = m.attendHead(s.attn[r*qDim+h*d:r*qDim+(h+1)*d], s.q[r*qDim+h*d:r*qDim+(h+1)*d], l, h, rows[r], scores)
+			r, kvh := i/nkv, i%nkv
+			scores = m.attendGroup(s.attn[r*qDim:(r+1)*qDim], s.q[r*qDim:(r+1)*qDim], l, kvh, rows[r], scores)
 		}
 	})
 	kernel.MatMul(s.o, s.attn, R, ly.O)
 	kernel.Add(x, s.o)
 }
 
-// attendHead: out = softmax(q·Kᵀ·d^-½ over the visible keys) · V for query
-// head h of one token, reading the keys and values of its KV head at
-// positions up to and including the token's own from its cache. scores is
+// attendGroup: out = softmax(q·Kᵀ·d^-½ over the visible keys) · V for the
+// query heads of one token that share KV head kvh, reading the keys and
+// values of that head at positions up to and including the token's own
+// from its cache. q and out are the token's [heads, d] rows; scores is
 // scratch, returned for reuse.
-func (m *Model) attendHead(out, q []float32, l, h int, ri rowInfo, scores []float32) []float32 {
+func (m *Model) attendGroup(out, q []float32, l, kvh int, ri rowInfo, scores []float32) []float32 {
 	cfg := &m.Config
-	d, kvDim := cfg.HeadDim(), cfg.KVDim()
+	d, kvDim, g := cfg.HeadDim(), cfg.KVDim(), cfg.QueriesPerKV()
 	first := 0
 	if w := cfg.SlidingWindow; w != nil {
 		first = max(0, ri.pos-*w+1)
 	}
 	keys, values := ri.cache.keys[l], ri.cache.values[l]
 	scale := float32(1 / math.Sqrt(float64(d)))
-	kvh := h / cfg.QueriesPerKV()
-	scores = slices.Grow(scores[:0], ri.pos+1-first)[:ri.pos+1-first]
-	for j := range scores {
-		p := first + j
-		scores[j] = kernel.Dot(q, keys[p*kvDim+kvh*d:p*kvDim+(kvh+1)*d]) * scale
-	}
-	kernel.Softmax(scores)
-	clear(out)
-	for j, w := range scores {
-		p := first + j
-		kernel.AddScaled(out, w, values[p*kvDim+kvh*d:p*kvDim+(kvh+1)*d])
-	}
-	return scores
+	base := first*kvDim + kvh*d
+	heads := out[kvh*g*d : (kvh+1)*g*d]
+	return kernel.Attend(heads, q[kvh*g*d:(kvh+1)*g*d], g, d, keys[base:], values[base:], kvDim, ri.pos+1-first, scale, scores)
 }
 
 // moe: x += MoE(post_attention_layernorm(x)) for layer l; returns the routes.

@@ -38,12 +38,32 @@ func Attend(out, q []float32, g, d int, keys, values []float32, stride, n int, s
 		Softmax(scores[h*n : (h+1)*n])
 	}
 	clear(out)
-	if useSIMD && d%8 == 0 {
-		weightedSumsAVX2(&out[0], &scores[0], n, g, d, &values[0], stride)
+	if useSIMD && d%32 == 0 {
+		weightedSumsSIMD(out, scores, n, g, d, values, stride)
 		return scores
 	}
 	weightedSumsGo(out, scores, n, g, d, values, stride)
 	return scores
+}
+
+// attendBlock is the number of positions whose value rows the SIMD
+// weighted sum takes at a time: the block's rows of one KV head (64 KiB
+// at head size 64) stay in the core's cache while every query head and
+// column group of the output passes over them.
+const attendBlock = 256
+
+// weightedSumsSIMD is the weighted sum of Attend on AVX2, d a multiple of
+// 32: each group of 32 output columns of each head is held in registers
+// over a block of positions, the positions taken in ascending order.
+func weightedSumsSIMD(out, w []float32, n, g, d int, values []float32, stride int) {
+	for j0 := 0; j0 < n; j0 += attendBlock {
+		m := min(attendBlock, n-j0)
+		for h := range g {
+			for c := 0; c < d; c += 32 {
+				accumulate32AVX2(&out[h*d+c], &w[h*n+j0], &values[j0*stride+c], stride, m)
+			}
+		}
+	}
 }
 
 // weightedSumsGo is the portable weighted sum of Attend: out[h][i] +=

@@ -1,9 +1,8 @@
 package kernel
 
-// weightedSumsAVX2 is Attend's weighted sum on AVX2: out[h·d+i] =
-// fma(w[h·n+j], values[j·stride+i], out[h·d+i]) for j ascending, h < g,
-// i < d, with g = heads. d is a positive multiple of 8, n and heads
-// positive.
+// accumulate32AVX2 adds a block of Attend's weighted value rows into 32
+// output columns on AVX2: acc[i] = fma(w[j], values[j·stride+i], acc[i])
+// for j < n in ascending order, i < 32. n is positive.
 //
 //go:noescape
-func weightedSumsAVX2(out, w *float32, n, heads, d int, values *float32, stride int)
+func accumulate32AVX2(acc, w, values *float32, stride, n int)

@@ -1,47 +1,34 @@
 #include "textflag.h"
 
-// func weightedSumsAVX2(out, w *float32, n, heads, d int, values *float32, stride int)
-// For each position j in order, for each head h, out[h] += w[h·n+j] ·
-// values[j], 8 lanes at a time with a fused multiply-add.
-TEXT ·weightedSumsAVX2(SB), NOSPLIT, $0-56
-	MOVQ out+0(FP), DI
-	MOVQ w+8(FP), SI
-	MOVQ n+16(FP), R12
-	MOVQ heads+24(FP), R9
-	MOVQ d+32(FP), R10
-	MOVQ values+40(FP), DX
-	MOVQ stride+48(FP), R11
-	SHLQ $2, R10 // d in bytes
-	SHLQ $2, R11 // stride in bytes
-	MOVQ R12, BX
-	SHLQ $2, BX  // n in bytes: from one head's weights to the next
+// func accumulate32AVX2(acc, w, values *float32, stride, n int)
+// For each position j < n in order: acc[i] = fma(w[j], values[j·stride+i],
+// acc[i]) for i < 32, the 32 sums held in four 8-lane registers.
+TEXT ·accumulate32AVX2(SB), NOSPLIT, $0-40
+	MOVQ    acc+0(FP), DI
+	MOVQ    w+8(FP), SI
+	MOVQ    values+16(FP), DX
+	MOVQ    stride+24(FP), R11
+	MOVQ    n+32(FP), CX
+	SHLQ    $2, R11 // stride in bytes
+	VMOVUPS 0(DI), Y0
+	VMOVUPS 32(DI), Y1
+	VMOVUPS 64(DI), Y2
+	VMOVUPS 96(DI), Y3
 
-posloop:
-	MOVQ SI, AX  // &w[h·n+j]
-	MOVQ DI, R13 // &out[h·d]
-	MOVQ R9, CX
+loop:
+	VBROADCASTSS (SI), Y4
+	VFMADD231PS  0(DX), Y4, Y0
+	VFMADD231PS  32(DX), Y4, Y1
+	VFMADD231PS  64(DX), Y4, Y2
+	VFMADD231PS  96(DX), Y4, Y3
+	ADDQ         $4, SI
+	ADDQ         R11, DX
+	DECQ         CX
+	JNZ          loop
 
-headloop:
-	VBROADCASTSS (AX), Y0
-	XORQ         R8, R8
-
-colloop:
-	VMOVUPS     (R13)(R8*1), Y1
-	VFMADD231PS (DX)(R8*1), Y0, Y1
-	VMOVUPS     Y1, (R13)(R8*1)
-	ADDQ        $32, R8
-	CMPQ        R8, R10
-	JLT         colloop
-
-	ADDQ BX, AX
-	ADDQ R10, R13
-	DECQ CX
-	JNZ  headloop
-
-	ADDQ $4, SI
-	ADDQ R11, DX
-	DECQ R12
-	JNZ  posloop
-
+	VMOVUPS Y0, 0(DI)
+	VMOVUPS Y1, 32(DI)
+	VMOVUPS Y2, 64(DI)
+	VMOVUPS Y3, 96(DI)
 	VZEROUPPER
 	RET

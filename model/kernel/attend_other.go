@@ -2,6 +2,6 @@
 
 package kernel
 
-func weightedSumsAVX2(out, w *float32, n, heads, d int, values *float32, stride int) {
+func accumulate32AVX2(acc, w, values *float32, stride, n int) {
 	panic("kernel: no AVX2 kernels on this architecture")
 }

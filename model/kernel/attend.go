@@ -1,5 +1,7 @@
 package kernel
 
+import "math"
+
 // Attend computes causal attention for the g query heads that share one
 // key/value head (grouped-query attention), over n cached positions:
 //
@@ -8,26 +10,35 @@ package kernel
 // q and out are [g, d]; position j's key is keys[j·stride : j·stride+d]
 // and its value values[j·stride : j·stride+d], so one KV head of a cache
 // laid out [position, kvDim] is passed by offsetting keys and values to it.
-// scores is scratch, grown to g·n and returned for reuse.
+// scores is scratch, grown to g·(n+1) and returned for reuse.
 //
 // Each key and value row is read once for all g heads, which is what a
 // long context's attention costs: streaming the cache. The order of
-// operations is fixed by g, d and n alone: the scores are Dot products,
-// each head's softmax is Softmax, and out[h][i] sums over j in ascending
-// order (fused multiply-adds on AVX2). A head's output therefore does not
+// operations is fixed by g, d and n alone: the scores are Dot products;
+// each head's exponentials (expSub) are summed in a fixed order; out[h][i]
+// sums the exponential-weighted values over j in ascending order and is
+// divided by that sum at the end. A head's output therefore does not
 // depend on the batch it is computed in.
 func Attend(out, q []float32, g, d int, keys, values []float32, stride, n int, scale float32, scores []float32) []float32 {
+	return attend(useSIMD, out, q, g, d, keys, values, stride, n, scale, scores)
+}
+
+// attend is Attend on the AVX2 kernels (simd) or the portable ones.
+func attend(simd bool, out, q []float32, g, d int, keys, values []float32, stride, n int, scale float32, scores []float32) []float32 {
 	out, q = out[:g*d], q[:g*d]
+	clear(out)
 	if n == 0 {
-		clear(out)
 		return scores
 	}
 	_ = keys[(n-1)*stride+d-1]
 	_ = values[(n-1)*stride+d-1]
-	if cap(scores) < g*n {
-		scores = make([]float32, g*n)
+	// The scores of head h are scores[h·n : (h+1)·n], the sums of their
+	// exponentials scores[g·n+h].
+	if cap(scores) < g*n+g {
+		scores = make([]float32, g*n+g)
 	}
-	scores = scores[:g*n]
+	scores = scores[:g*n+g]
+	sums := scores[g*n:]
 	for j := range n {
 		k := keys[j*stride : j*stride+d]
 		for h := range g {
@@ -35,15 +46,47 @@ func Attend(out, q []float32, g, d int, keys, values []float32, stride, n int, s
 		}
 	}
 	for h := range g {
-		Softmax(scores[h*n : (h+1)*n])
+		sc := scores[h*n : (h+1)*n]
+		mx := sc[0]
+		for _, v := range sc[1:] {
+			mx = max(mx, v)
+		}
+		sums[h] = expSub(simd, sc, mx)
 	}
-	clear(out)
-	if useSIMD && d%32 == 0 {
+	if simd && d%32 == 0 {
 		weightedSumsSIMD(out, scores, n, g, d, values, stride)
-		return scores
+	} else {
+		weightedSumsGo(out, scores, n, g, d, values, stride)
 	}
-	weightedSumsGo(out, scores, n, g, d, values, stride)
+	for h := range g {
+		inv := 1 / sums[h]
+		for i := range out[h*d : (h+1)*d] {
+			out[h*d+i] *= inv
+		}
+	}
 	return scores
+}
+
+// expSub replaces x[i] by exp(x[i]-mx) and returns their sum. On AVX2 the
+// leading multiple of 8 elements take a polynomial exponential (within
+// about two float32 ulps) eight lanes at a time, the rest math.Exp;
+// elsewhere every element takes math.Exp, summed in float64.
+func expSub(simd bool, x []float32, mx float32) float32 {
+	k := 0
+	var sum float32
+	if simd {
+		k = len(x) &^ 7
+		if k > 0 {
+			sum = expSubAVX2(&x[0], k, mx)
+		}
+	}
+	var rest float64
+	for i := k; i < len(x); i++ {
+		e := math.Exp(float64(x[i] - mx))
+		x[i] = float32(e)
+		rest += e
+	}
+	return sum + float32(rest)
 }
 
 // attendBlock is the number of positions whose value rows the SIMD

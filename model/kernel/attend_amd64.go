@@ -6,3 +6,9 @@ package kernel
 //
 //go:noescape
 func accumulate32AVX2(acc, w, values *float32, stride, n int)
+
+// expSubAVX2 replaces x[i] by exp(x[i]-mx) for i < n, n a positive
+// multiple of 8, and returns their sum (see expSub).
+//
+//go:noescape
+func expSubAVX2(x *float32, n int, mx float32) float32

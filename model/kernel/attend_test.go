@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
@@ -54,9 +55,9 @@ func TestAttend(t *testing.T) {
 						continue
 					}
 					out := randomVector(rng, g*d) // overwritten
-					scores = attendPath(simd, out, q, g, d, keys, values, stride, n, scale, scores)
+					scores = attend(simd, out, q, g, d, keys, values, stride, n, scale, scores)
 					for i, w := range want {
-						if diff := math.Abs(float64(out[i]) - w); diff > 1e-5 {
+						if diff := math.Abs(float64(out[i]) - w); diff > 2e-6 {
 							t.Fatalf("g=%d d=%d n=%d simd=%v: out[%d] = %v, want %v", g, d, n, simd, i, out[i], w)
 						}
 					}
@@ -64,19 +65,6 @@ func TestAttend(t *testing.T) {
 			}
 		}
 	}
-}
-
-// attendPath runs Attend with its weighted sum on the SIMD path, or redoes
-// the sum on the portable path from the softmax weights Attend leaves in
-// scores.
-func attendPath(simd bool, out, q []float32, g, d int, keys, values []float32, stride, n int, scale float32, scores []float32) []float32 {
-	if simd || n == 0 {
-		return Attend(out, q, g, d, keys, values, stride, n, scale, scores)
-	}
-	scores = Attend(out, q, g, d, keys, values, stride, n, scale, scores)
-	clear(out)
-	weightedSumsGo(out, scores, n, g, d, values, stride)
-	return scores
 }
 
 func randomVector(rng *rand.Rand, n int) []float32 {
@@ -103,5 +91,39 @@ func BenchmarkAttend(b *testing.B) {
 				scores = Attend(out, q, shape.g, shape.d, keys, values, stride, n, 0.125, scores)
 			}
 		})
+	}
+}
+
+// TestExpSub checks both exponential paths against math.Exp, over the
+// range a softmax meets (scores at most the maximum) and past the clamp.
+func TestExpSub(t *testing.T) {
+	var x []float32
+	for v := -100.0; v <= 0; v += 0.01 {
+		x = append(x, float32(v))
+	}
+	x = append(x, 0, -1e30, float32(math.Inf(-1)))
+	for _, simd := range []bool{false, true} {
+		if simd && !useSIMD {
+			continue
+		}
+		for _, mx := range []float32{0, 3.5, -20} {
+			got := make([]float32, len(x))
+			for i, v := range x {
+				got[i] = v + mx
+			}
+			in := slices.Clone(got)
+			sum := expSub(simd, got, mx)
+			var want float64
+			for i, v := range in {
+				e := math.Exp(float64(v - mx)) // the float32 difference, as expSub takes it
+				want += e
+				if d := math.Abs(float64(got[i]) - e); d > 3e-7*e+1e-37 {
+					t.Fatalf("simd=%v mx=%v: exp(%v) = %v, want %v", simd, mx, v-mx, got[i], e)
+				}
+			}
+			if d := math.Abs(float64(sum) - want); d > 1e-5*want {
+				t.Errorf("simd=%v mx=%v: sum %v, want %v", simd, mx, sum, want)
+			}
+		}
 	}
 }

@@ -71,10 +71,11 @@ func TestFit(t *testing.T) {
 // At the scale, a 30 000-token prompt near the end of its prefill
 // beside decoding streams: the chunk the rule gives keeps the step within
 // twice the decoding rows' work where the old fixed 256-token chunk
-// multiplied it by hundreds. One token is the least a prompt can progress
-// by; with the tiny model (whose decode rows are cheap next to its attention
-// at long context) and few streams, one token already costs more than the
-// share, and the step carries it anyway.
+// multiplied it by hundreds. One token is the least a step can give a
+// prompt; with the tiny model (whose decode rows are cheap next to its
+// attention at long context) and few streams, one token already costs
+// more than the share, and the prompt banks the share over steps without
+// prompt tokens, carrying a token on one step in (its cost / the share).
 func TestFairChunkAtLongContext(t *testing.T) {
 	w := newWorkModel(&fx.model.Config, DefaultAttentionPrice)
 	const decodeContext, c = 40, 29000
@@ -92,7 +93,8 @@ func TestFairChunkAtLongContext(t *testing.T) {
 		n := fit(256, budget, func(n int) float64 { return w.work(c, n, 0) })
 		step := (decodeWork + w.work(c, max(n, 1), 0)) / decodeWork
 		old := (decodeWork + w.work(c, 256, 0)) / decodeWork
-		t.Logf("%2d decoders at context %d: chunk %d, step work %.2f× the decode-only step (a 256-token chunk: %.0f×)", tc.decoders, c, max(n, 1), step, old)
+		t.Logf("%2d decoders at context %d: chunk %d, step work %.2f× the decode-only step (a 256-token chunk: %.0f×); a token every %.1f steps",
+			tc.decoders, c, max(n, 1), step, old, max(1, w.work(c, 1, 0)/budget))
 		if n != tc.want {
 			t.Errorf("%d decoders: chunk %d at context %d, want %d", tc.decoders, n, c, tc.want)
 		}
@@ -102,15 +104,12 @@ func TestFairChunkAtLongContext(t *testing.T) {
 	}
 }
 
-// A long prompt arriving beside decoding streams is prefilled over many
-// steps; every one of them gives each stream its token, and none carries
-// prompts whose estimated time passes the budget (PrefillShare times the
-// decoding part's), so the steps that carry the streams' tokens at most
-// double (the default share).
-func TestSchedulerLongPromptFair(t *testing.T) {
+// longPromptSteps runs decoders streams, then a prompt of long tokens
+// beside them through a scheduler of cfg, and returns the steps computed
+// while the prompt was prefilled.
+func longPromptSteps(t *testing.T, cfg SchedulerConfig, decoders, long int) []stepWork {
+	t.Helper()
 	ctx := testContext(t)
-	const decoders = 3
-	const long = 600
 	prompt := make([]int, long)
 	for i := range prompt {
 		prompt[i] = 1 + (i*7919)%(fx.model.Config.VocabSize-1)
@@ -119,7 +118,6 @@ func TestSchedulerLongPromptFair(t *testing.T) {
 	var phase atomic.Bool // set while the long prompt is being prefilled
 	var mu sync.Mutex
 	var steps []stepWork
-	cfg := DefaultSchedulerConfig()
 	s, met := newScheduler(cfg, fx.model, fx.experts)
 	s.onStep = func(w stepWork) {
 		if phase.Load() {
@@ -160,34 +158,90 @@ func TestSchedulerLongPromptFair(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	var prefilled int
-	var chunks []int
-	var worst float64
 	for i, w := range steps {
 		if w.decoding != decoders {
 			t.Errorf("step %d gave %d streams a token, want all %d", i, w.decoding, decoders)
 		}
-		if w.prefillTokens == 0 {
-			continue
-		}
-		prefilled += w.prefillTokens
-		chunks = append(chunks, w.prefillTokens)
 		if w.prefillBudget != cfg.PrefillShare*w.decodeWork {
 			t.Errorf("step %d: prefill budget %v, want %v × the decode work %v", i, w.prefillBudget, cfg.PrefillShare, w.decodeWork)
 		}
-		// With these sizes one prompt token always fits, so no step needs
-		// the one-token exception.
-		if w.prefillWork > w.prefillBudget {
-			t.Errorf("step %d: %d prompt tokens of work %v, over the budget %v", i, w.prefillTokens, w.prefillWork, w.prefillBudget)
-		}
-		worst = max(worst, (w.decodeWork+w.prefillWork)/w.decodeWork)
+		prefilled += w.prefillTokens
 	}
 	if prefilled != long {
 		t.Errorf("prefilled %d prompt tokens in the recorded steps, want %d", prefilled, long)
+	}
+	return steps
+}
+
+// A long prompt arriving beside decoding streams is prefilled over many
+// steps; every one of them gives each stream its token, and none carries
+// prompts whose estimated time passes the budget (PrefillShare times the
+// decoding part's), so the steps that carry the streams' tokens at most
+// double (the default share).
+func TestSchedulerLongPromptFair(t *testing.T) {
+	cfg := DefaultSchedulerConfig()
+	const long = 600
+	steps := longPromptSteps(t, cfg, 3, long)
+	var chunks []int
+	var worst float64
+	for i, w := range steps {
+		if w.prefillTokens == 0 {
+			continue
+		}
+		chunks = append(chunks, w.prefillTokens)
+		// With these sizes one prompt token always fits, so no step needs
+		// the prompt's bank.
+		if w.prefillWork > w.prefillBudget || w.banked != 0 || w.spent != 0 {
+			t.Errorf("step %d: %d prompt tokens of work %v, budget %v, banked %v, spent %v: want within the budget, no bank", i, w.prefillTokens, w.prefillWork, w.prefillBudget, w.banked, w.spent)
+		}
+		worst = max(worst, (w.decodeWork+w.prefillWork)/w.decodeWork)
 	}
 	if len(chunks) < 10 || chunks[0] <= chunks[len(chunks)-2] {
 		t.Errorf("chunks %v: want the prompt spread over many steps, shrinking as its context grows", chunks)
 	}
 	t.Logf("%d-token prompt over %d steps, chunks %d → %d tokens, worst step %.2f× the decode-only work", long, len(chunks), chunks[0], chunks[len(chunks)-2], worst)
+}
+
+// Where one prompt token costs more than a step's share (here a share of
+// 0.01, which every token of the tiny model passes two- to threefold),
+// the prompt advances by none on most steps, banking the share, and by one
+// token on the step its bank covers the token: it still completes, no step
+// carries more than that one token beyond the budget, and over the prefill
+// the prompt takes its share of the work within one token's excess.
+func TestSchedulerLongPromptBanks(t *testing.T) {
+	cfg := DefaultSchedulerConfig()
+	cfg.PrefillShare = 0.01
+	steps := longPromptSteps(t, cfg, 3, 16)
+	var budget, work, credit, worstSpent float64
+	var empty, over int
+	for i, w := range steps {
+		budget += w.prefillBudget
+		work += w.prefillWork
+		credit += w.banked - w.spent
+		worstSpent = max(worstSpent, w.spent)
+		switch {
+		case w.banked > 0 && (w.prefillTokens != 0 || w.spent != 0):
+			t.Errorf("step %d banked %v but carried %d prompt tokens (spent %v)", i, w.banked, w.prefillTokens, w.spent)
+		case w.spent > 0 && w.prefillTokens != 1:
+			t.Errorf("step %d spent the bank on %d prompt tokens, want 1", i, w.prefillTokens)
+		case w.prefillWork > w.prefillBudget+w.spent:
+			t.Errorf("step %d: prompt work %v over the budget %v and what it spent %v", i, w.prefillWork, w.prefillBudget, w.spent)
+		case w.spent > 0:
+			over++
+		case w.prefillTokens == 0:
+			empty++
+		}
+		if credit < -1e-6*budget {
+			t.Fatalf("step %d: the prompt spent %v more than it banked", i, -credit)
+		}
+	}
+	if over == 0 || empty < over {
+		t.Errorf("%d steps over the budget and %d without prompt tokens: want the bank used, on fewer steps than it was filled", over, empty)
+	}
+	if work > budget+worstSpent {
+		t.Errorf("the prompt took %v of work over its prefill, more than its share %v and one token's excess %v", work, budget, worstSpent)
+	}
+	t.Logf("%d steps: %d over the budget, %d without prompt tokens; prompt work %.3g of a share of %.3g", len(steps), over, empty, work, budget)
 }
 
 // The scheduler's work model prices what model.Forward computes: a

@@ -170,6 +170,10 @@ type sequence struct {
 	promptLogprobs []TokenLogprob
 	// promptRoutes gathers the prompt's routes likewise.
 	promptRoutes [][]model.Route
+	// credit is the prefill work the sequence banked, as the oldest
+	// prompt, on steps where one of its tokens cost more than the step had
+	// left (see Scheduler).
+	credit float64
 }
 
 // Scheduler runs continuous batching: every step computes one token of each
@@ -191,14 +195,22 @@ type sequence struct {
 //     any sequence decodes, work of at most PrefillShare times that of the
 //     decoding part of the step (its rows plus StepBaseRows rows for
 //     reading the weights); a long-context chunk shrinks until it fits;
-//   - the oldest prompt gets at least one token a step, so every prompt
-//     progresses even where one token costs more than the share;
+//   - where one token of the oldest prompt costs more than the step has
+//     left (a long context beside few streams: on the tiny preset at 29k
+//     positions one token's attention outweighs four streams' step), the
+//     prompt advances by none and banks what was left, and takes the
+//     token on the step where its bank covers what the token costs beyond
+//     that step's share. So every prompt progresses, and at its share on
+//     average: a step that carries such a token costs more than its
+//     bound, but only about one step in (token cost / share) does, and
+//     the others carry none of it;
 //   - with nothing decoding no one waits on the step, and prompts take the
 //     token limits alone.
 //
 // So a prompt arriving at most doubles (by default) the work of the steps
-// that carry the running streams' tokens, whatever its length; a long
-// prompt spreads over as many steps as that takes.
+// that carry the running streams' tokens, whatever its length, on average
+// over the steps and on every step where one of its tokens fits the share;
+// a long prompt spreads over as many steps as that takes.
 //
 // Admission: a request reserves the KV cache bytes of its prompt and
 // max_tokens (model.Config: layers × 2 × kv_dim × 4 bytes a token) when it
@@ -238,6 +250,8 @@ type stepWork struct {
 	prefillTokens int
 	prefillWork   float64 // of the prompt chunks
 	prefillBudget float64 // the bound on prefillWork; +Inf with nothing decoding
+	banked        float64 // what the oldest prompt added to its credit, given no token
+	spent         float64 // what it took from its credit for one token past prefillBudget
 	attention     int64   // attended positions per layer, every row
 	reserved      int64   // KV cache bytes reserved by the running sequences
 }
@@ -483,9 +497,20 @@ func (s *Scheduler) step(ctx context.Context, running []*sequence) []*sequence {
 			}
 			return s.cost.work(c, n, logitRows)
 		}
-		n := fit(min(rest, s.cfg.PrefillChunk, rows), w.prefillBudget-w.prefillWork, chunkWork)
-		if n == 0 && oldest {
+		left := w.prefillBudget - w.prefillWork
+		n := fit(min(rest, s.cfg.PrefillChunk, rows), left, chunkWork)
+		switch {
+		case n > 0 || !oldest:
+			if oldest {
+				q.credit = 0
+			}
+		case q.credit+left >= chunkWork(1):
 			n = 1
+			w.spent = chunkWork(1) - left
+			q.credit -= w.spent
+		default:
+			q.credit += left
+			w.banked = left
 		}
 		oldest = false
 		if n == 0 {

@@ -81,16 +81,18 @@ func randomVector(rng *rand.Rand, n int) []float32 {
 func BenchmarkAttend(b *testing.B) {
 	rng := rand.New(rand.NewPCG(5, 6))
 	for _, shape := range []struct{ g, d, kvHeads int }{{2, 32, 2}, {4, 64, 4}} {
-		const n = 29000
-		stride := shape.kvHeads * shape.d
-		keys, values := randomVector(rng, n*stride), randomVector(rng, n*stride)
-		q, out := randomVector(rng, shape.g*shape.d), make([]float32, shape.g*shape.d)
-		var scores []float32
-		b.Run(fmt.Sprintf("g=%d/d=%d/n=%d", shape.g, shape.d, n), func(b *testing.B) {
-			for b.Loop() {
-				scores = Attend(out, q, shape.g, shape.d, keys, values, stride, n, 0.125, scores)
-			}
-		})
+		for _, n := range []int{512, 29000} {
+			stride := shape.kvHeads * shape.d
+			keys, values := randomVector(rng, n*stride), randomVector(rng, n*stride)
+			q, out := randomVector(rng, shape.g*shape.d), make([]float32, shape.g*shape.d)
+			var scores []float32
+			b.Run(fmt.Sprintf("g=%d/d=%d/n=%d", shape.g, shape.d, n), func(b *testing.B) {
+				for b.Loop() {
+					scores = Attend(out, q, shape.g, shape.d, keys, values, stride, n, 0.125, scores)
+				}
+				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/position")
+			})
+		}
 	}
 }
 

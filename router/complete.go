@@ -141,6 +141,11 @@ func (r *Router) validate(p completionParams) (completion, error) {
 	if err := r.sched.checkSize(len(prompt), maxTokens); err != nil {
 		return completion{}, err
 	}
+	if p.explain {
+		if err := checkExplain(len(prompt), maxTokens, r.cfg.MaxExplainTokens); err != nil {
+			return completion{}, err
+		}
+	}
 	for i, s := range p.stop {
 		if s == "" || len(s) > maxStopBytes {
 			return bad("stop[%d]: must be 1 to %d bytes", i, maxStopBytes)

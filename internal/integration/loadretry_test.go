@@ -83,6 +83,9 @@ func TestExpertNodeRetriesFailedLoad(t *testing.T) {
 		}
 	}
 	component(t, "coordinator", coord.Run)
+	// Its address is known once it serves: read before, it is not yet the
+	// bound one, and every Status call below would fail.
+	awaitReady(t, "coordinator", coord.Ready(), 30*time.Second)
 
 	ready := func() bool {
 		resp, err := http.Get("http://" + n.HTTPAddr() + "/readyz")

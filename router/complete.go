@@ -197,7 +197,7 @@ func (r *Router) complete(ctx context.Context, c completion, emit func(chunk) er
 	req, finish, tail, ended := r.resume(c, Request{
 		Prompt: c.prompt, MaxTokens: c.maxTokens, IgnoreEOS: c.ignoreEOS, Sampler: sampler,
 		Logprobs: c.logprobs, PromptLogprobs: c.promptLogprobs, Explain: c.explain,
-	}, sampler, st)
+	}, st)
 	if ended {
 		if tail != "" {
 			if err := emit(chunk{text: tail}); err != nil {

@@ -3,8 +3,6 @@ package router
 import (
 	"fmt"
 	"slices"
-
-	"github.com/moegrid/moegrid/model/sample"
 )
 
 // Resuming a stream: a client whose router died mid-stream sends the same
@@ -31,17 +29,17 @@ func checkResume(resumed []int, maxTokens, vocab int) error {
 	return nil
 }
 
-// resume brings a completion's sampler and stopper to where they were after
-// its resumed tokens. It returns the request the scheduler continues with,
+// resume brings a completion's sampler (req's) and stopper to where they
+// were after its resumed tokens. It returns the request the scheduler continues with,
 // or, when the resumed tokens already ended the completion (the first
 // router died before it sent the end), ended true with the finish reason
 // and the text the end releases: none after a stop string, what the
 // stopper held after EOS or the last of max_tokens.
-func (r *Router) resume(c completion, req Request, sampler *sample.Sampler, st *stopper) (next Request, finish FinishReason, tail string, ended bool) {
+func (r *Router) resume(c completion, req Request, st *stopper) (next Request, finish FinishReason, tail string, ended bool) {
 	if len(c.resumed) == 0 {
 		return req, 0, "", false
 	}
-	sampler.Skip(len(c.resumed))
+	req.Sampler.Skip(len(c.resumed))
 	for _, tok := range c.resumed {
 		if _, stopped := st.next(tok); stopped {
 			return req, FinishStop, "", true

@@ -43,6 +43,9 @@ func TestStreamResumesOnAnotherRouter(t *testing.T) {
 			req.Prompt = &moegridv1.GenerateRequest_Ids{Ids: &moegridv1.TokenIDs{Ids: toU32(prompt)}}
 			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 			defer cancel()
+			// Every expert has a live holder again (a busy machine can make
+			// gossip suspect a node for a while).
+			tc.waitReady(t, tc.url(tc.router.HTTPAddr(), "/readyz"), 60*time.Second)
 			var want []uint32
 			var wantText strings.Builder
 			if err := genclient.Stream(ctx, []string{tc.router.GRPCAddr()}, dial, req, nil, func(m *moegridv1.GenerateResponse) {

@@ -36,6 +36,9 @@ type completion struct {
 	promptLogprobs bool
 	// explain is Request's Explain.
 	explain bool
+	// resumed are the tokens a cut stream of this completion already sent
+	// (see resume); they count in maxTokens.
+	resumed []int
 }
 
 // chunk is one piece of a completion's stream.
@@ -81,6 +84,8 @@ type completionParams struct {
 	promptOnly bool
 	// explain asks for the routes behind every token.
 	explain bool
+	// resume are the tokens a stream cut on another router sent.
+	resume []int
 }
 
 // validate turns params into a completion, tokenizing a text prompt with BOS.
@@ -141,6 +146,14 @@ func (r *Router) validate(p completionParams) (completion, error) {
 	if err := r.sched.checkSize(len(prompt), maxTokens); err != nil {
 		return completion{}, err
 	}
+	if err := checkResume(p.resume, maxTokens, cfg.VocabSize); err != nil {
+		return completion{}, err
+	}
+	if p.explain {
+		if err := checkExplain(len(prompt), maxTokens, r.cfg.MaxExplainTokens); err != nil {
+			return completion{}, err
+		}
+	}
 	for i, s := range p.stop {
 		if s == "" || len(s) > maxStopBytes {
 			return bad("stop[%d]: must be 1 to %d bytes", i, maxStopBytes)
@@ -159,6 +172,7 @@ func (r *Router) validate(p completionParams) (completion, error) {
 		logprobs:       p.logprobs,
 		promptLogprobs: p.promptLogprobs,
 		explain:        p.explain,
+		resumed:        p.resume,
 	}, nil
 }
 
@@ -178,16 +192,25 @@ func (r *Router) complete(ctx context.Context, c completion, emit func(chunk) er
 	if err != nil {
 		return 0, usage{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	events, err := r.sched.Submit(ctx, Request{
+	st := newStopper(r.tok, c.stop)
+	u := usage{prompt: len(c.prompt), completion: len(c.resumed)}
+	req, finish, tail, ended := r.resume(c, Request{
 		Prompt: c.prompt, MaxTokens: c.maxTokens, IgnoreEOS: c.ignoreEOS, Sampler: sampler,
 		Logprobs: c.logprobs, PromptLogprobs: c.promptLogprobs, Explain: c.explain,
-	})
+	}, st)
+	if ended {
+		if tail != "" {
+			if err := emit(chunk{text: tail}); err != nil {
+				return 0, u, clientGone(ctx, err)
+			}
+		}
+		return finish, u, nil
+	}
+	events, err := r.sched.Submit(ctx, req)
 	if err != nil {
 		return 0, usage{}, err
 	}
-	u := usage{prompt: len(c.prompt)}
-	apikey.Charge(ctx, u.prompt)
-	st := newStopper(r.tok, c.stop)
+	apikey.Charge(ctx, len(req.Prompt))
 	for ev := range events {
 		switch {
 		case ev.Err != nil:

@@ -4,11 +4,15 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net/http"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/moegrid/moegrid/model"
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
@@ -262,4 +266,62 @@ func TestOpenAIClientExplain(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestExplainLimit: a sequence may explain at most MaxExplainTokens
+// positions, prompt tokens plus max_tokens; past that both APIs refuse
+// the request before it runs, naming the limit, and the same request
+// without explain is served.
+func TestExplainLimit(t *testing.T) {
+	const limit = 12
+	tr := newTestRouter(t, routerOptions{maxExplainTokens: limit})
+	client := newOpenAIClient(t, tr)
+	ctx := testContext(t)
+	prompt := []int{1, 415, 3, 9, 27, 5, 8, 300}
+	for _, tc := range []struct {
+		name      string
+		maxTokens int
+		explain   bool
+		ok        bool
+	}{
+		{"at the limit", limit - len(prompt), true, true},
+		{"past the limit", limit - len(prompt) + 1, true, false},
+		{"past the limit without explain", limit - len(prompt) + 1, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Run("grpc", func(t *testing.T) {
+				g, err := generate(ctx, tr.client, &moegridv1.GenerateRequest{Prompt: idsPrompt(prompt), MaxTokens: uint32(tc.maxTokens), IgnoreEos: true, Explain: tc.explain})
+				if tc.ok {
+					if err != nil || len(g.tokens) != tc.maxTokens {
+						t.Fatalf("%d tokens, %v; want %d", len(g.tokens), err, tc.maxTokens)
+					}
+					return
+				}
+				st := status.Convert(err)
+				if st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), "at most 12 (max explain tokens)") {
+					t.Errorf("got %v, want InvalidArgument naming the limit of %d", err, limit)
+				}
+			})
+			t.Run("http", func(t *testing.T) {
+				params := openai.CompletionNewParams{
+					Model: "tiny", Prompt: openai.CompletionNewParamsPromptUnion{OfArrayOfTokens: toInt64s(prompt)},
+					MaxTokens: openai.Int(int64(tc.maxTokens)), Temperature: openai.Float(0),
+				}
+				opts := []option.RequestOption{option.WithJSONSet("ignore_eos", true), option.WithJSONSet("moegrid_explain", tc.explain)}
+				c, err := client.Completions.New(ctx, params, opts...)
+				if tc.ok {
+					if err != nil || c.Usage.CompletionTokens != int64(tc.maxTokens) {
+						t.Fatalf("completion %v, %v; want %d tokens", c, err, tc.maxTokens)
+					}
+					return
+				}
+				wantAPIError(t, err, http.StatusBadRequest, "", "at most 12 (max explain tokens)")
+				stream := client.Completions.NewStreaming(ctx, params, opts...)
+				for stream.Next() {
+					t.Errorf("chunk %s", stream.Current().RawJSON())
+				}
+				wantAPIError(t, stream.Err(), http.StatusBadRequest, "", "at most 12 (max explain tokens)")
+			})
+		})
+	}
 }

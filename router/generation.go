@@ -39,6 +39,9 @@ func (g *generationService) generate(req *moegridv1.GenerateRequest, stream moeg
 		promptLogprobs: req.PromptLogprobs,
 		explain:        req.Explain,
 	}
+	for _, id := range req.ResumeTokens {
+		p.resume = append(p.resume, int(id))
+	}
 	switch pr := req.Prompt.(type) {
 	case *moegridv1.GenerateRequest_Text:
 		p.text = &pr.Text

@@ -270,6 +270,7 @@ type routerOptions struct {
 	model            *model.Model  // default fx.model
 	experts          model.Experts // default fx.experts
 	defaultMaxTokens int           // default 16
+	maxExplainTokens int           // default DefaultMaxExplainTokens
 	noRun            bool          // do not run the scheduler
 	log              *slog.Logger  // default discards
 	keys             *apikey.Guard // default none: no authentication
@@ -293,7 +294,7 @@ func newTestRouter(t *testing.T, o routerOptions) *testRouter {
 		o.log = slog.New(slog.DiscardHandler)
 	}
 	r := &Router{
-		cfg:     Config{ID: "router-test", ModelName: "tiny", DefaultMaxTokens: o.defaultMaxTokens, Scheduler: o.sched},
+		cfg:     Config{ID: "router-test", ModelName: "tiny", DefaultMaxTokens: o.defaultMaxTokens, MaxExplainTokens: o.maxExplainTokens, Scheduler: o.sched},
 		log:     o.log,
 		model:   o.model,
 		tok:     fx.tok,

@@ -15,11 +15,12 @@ func TestNewReportsEveryProblem(t *testing.T) {
 	cfg.ID = "bad id"
 	cfg.DefaultMaxTokens = 0
 	cfg.Dispatch.WaitForHolder = 0
+	cfg.MaxExplainTokens = -1
 	_, err := New(cfg, nil, nil)
 	if err == nil {
 		t.Fatal("New accepted a bad config")
 	}
-	for _, want := range []string{"model directory", "etcd endpoints", "id:", "default max tokens", "wait for holder"} {
+	for _, want := range []string{"model directory", "etcd endpoints", "id:", "default max tokens", "wait for holder", "max explain tokens"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %q", err, want)
 		}

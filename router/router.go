@@ -54,6 +54,10 @@ type Config struct {
 	Scheduler SchedulerConfig
 	// DefaultMaxTokens applies to requests that give no max_tokens.
 	DefaultMaxTokens int
+	// MaxExplainTokens is the most positions, prompt tokens plus
+	// max_tokens, that one sequence may ask to explain; a request past it
+	// is invalid. 0 means DefaultMaxExplainTokens.
+	MaxExplainTokens int
 	// RequestTimeout is the deadline of a request whose client set none;
 	// 0 leaves such requests unbounded.
 	RequestTimeout time.Duration
@@ -84,6 +88,7 @@ func DefaultConfig() Config {
 		Dispatch:         DefaultDispatchConfig(),
 		Scheduler:        DefaultSchedulerConfig(),
 		DefaultMaxTokens: 128,
+		MaxExplainTokens: DefaultMaxExplainTokens,
 		RequestTimeout:   10 * time.Minute,
 		LoadReport:       5 * time.Second,
 		StopTimeout:      10 * time.Second,
@@ -107,6 +112,9 @@ func (c *Config) validate() error {
 	}
 	if c.DefaultMaxTokens < 1 {
 		errs = append(errs, fmt.Errorf("default max tokens %d must be at least 1", c.DefaultMaxTokens))
+	}
+	if c.MaxExplainTokens < 0 {
+		errs = append(errs, fmt.Errorf("max explain tokens %d must not be negative (0: the default %d)", c.MaxExplainTokens, DefaultMaxExplainTokens))
 	}
 	if c.Dispatch.WaitForHolder <= 0 {
 		errs = append(errs, fmt.Errorf("wait for holder %v must be positive", c.Dispatch.WaitForHolder))

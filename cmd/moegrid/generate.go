@@ -5,14 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
+	"github.com/moegrid/moegrid/internal/genclient"
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
 )
 
@@ -79,7 +77,7 @@ func newGenerateCmd() *cobra.Command {
 			var text strings.Builder
 			var last *moegridv1.GenerateResponse
 			var ex explanation
-			err = generateFailover(ctx, addrs, &tlsFlags, req, cmd.ErrOrStderr(), func(msg *moegridv1.GenerateResponse) {
+			err = genclient.Stream(ctx, addrs, tlsFlags.dial, req, cmd.ErrOrStderr(), func(msg *moegridv1.GenerateResponse) {
 				for _, id := range msg.TokenIds {
 					got = append(got, int(id))
 				}
@@ -126,7 +124,7 @@ func newGenerateCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&addr, "addr", "", "router gRPC addresses, comma separated: a request that fails UNAVAILABLE before its first token goes to the next (default: the router of the running moegrid up)")
+	f.StringVar(&addr, "addr", "", "router gRPC addresses, comma separated: a request that fails UNAVAILABLE goes to the next, resumed token-exactly after the tokens already received (default: the router of the running moegrid up)")
 	f.StringVar(&ids, "ids", "", "prompt as token ids, comma separated, used as given")
 	f.Uint32Var(&maxTokens, "max-tokens", 64, "tokens to generate at most")
 	f.Float32Var(&temperature, "temperature", 0, "sampling temperature; 0 is greedy")
@@ -141,52 +139,4 @@ func newGenerateCmd() *cobra.Command {
 	tlsFlags.register(f)
 	f.StringVar(&apiKey, "api-key", "", "API key sent as a bearer token (also MOEGRID_API_KEY)")
 	return cmd
-}
-
-// generateFailover streams req from the first router in addrs that takes
-// it, calling onMsg for every response. A router that fails the call with
-// UNAVAILABLE before it has sent anything (down, stopping, or unable to
-// reach its experts) has produced nothing, so the request goes to the next
-// one; once a response has arrived, a failure is returned as it is, since a
-// second router would repeat tokens already delivered.
-func generateFailover(ctx context.Context, addrs []string, d *dialFlags, req *moegridv1.GenerateRequest, warn io.Writer, onMsg func(*moegridv1.GenerateResponse)) error {
-	var err error
-	for i, addr := range addrs {
-		var started bool
-		started, err = generateOnce(ctx, addr, d, req, onMsg)
-		if err == nil || started || status.Code(err) != codes.Unavailable || ctx.Err() != nil {
-			break
-		}
-		if i+1 < len(addrs) {
-			fmt.Fprintf(warn, "router %s: %v; trying %s\n", addr, status.Convert(err).Message(), addrs[i+1])
-		}
-	}
-	return err
-}
-
-// generateOnce streams req from the router at addr, dialled with the
-// credentials d gives; started reports whether any response arrived.
-func generateOnce(ctx context.Context, addr string, d *dialFlags, req *moegridv1.GenerateRequest, onMsg func(*moegridv1.GenerateResponse)) (started bool, err error) {
-	conn, err := d.dial(addr)
-	if err != nil {
-		return false, fmt.Errorf("router %s: %w", addr, err)
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stream, err := moegridv1.NewGenerationClient(conn).Generate(ctx, req)
-	if err != nil {
-		return false, err
-	}
-	for {
-		msg, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			return started, nil
-		}
-		if err != nil {
-			return started, err
-		}
-		started = true
-		onMsg(msg)
-	}
 }

@@ -1,94 +1,28 @@
 package main
 
 import (
-	"bytes"
-	"net"
 	"strings"
-	"sync/atomic"
 	"testing"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
 )
 
-// fakeRouter is a Generation server that streams tokens tokens, then fails
-// with code (or finishes when code is OK), and counts its calls.
+// fakeRouter is a Generation server that streams tokens tokens, then
+// finishes.
 type fakeRouter struct {
 	moegridv1.UnimplementedGenerationServer
 	tokens int
-	code   codes.Code
-	calls  atomic.Int32
 }
 
 func (r *fakeRouter) Generate(_ *moegridv1.GenerateRequest, stream grpc.ServerStreamingServer[moegridv1.GenerateResponse]) error {
-	r.calls.Add(1)
 	for i := range r.tokens {
 		if err := stream.Send(&moegridv1.GenerateResponse{TokenIds: []uint32{uint32(i)}, Text: "x"}); err != nil {
 			return err
 		}
 	}
-	if r.code != codes.OK {
-		return status.Error(r.code, "router: "+r.code.String())
-	}
 	return stream.Send(&moegridv1.GenerateResponse{FinishReason: moegridv1.FinishReason_FINISH_REASON_LENGTH})
-}
-
-func serveRouter(t *testing.T, r *fakeRouter) string {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	moegridv1.RegisterGenerationServer(srv, r)
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	return lis.Addr().String()
-}
-
-// TestGenerateFailover: a request goes to the next router only when the
-// one before failed it UNAVAILABLE before sending anything.
-func TestGenerateFailover(t *testing.T) {
-	for _, tc := range []struct {
-		name      string
-		first     *fakeRouter
-		wantCode  codes.Code
-		wantNext  bool
-		wantTexts int
-	}{
-		{"unavailable before the first token", &fakeRouter{code: codes.Unavailable}, codes.OK, true, 3},
-		{"unavailable after a token", &fakeRouter{tokens: 1, code: codes.Unavailable}, codes.Unavailable, false, 1},
-		{"invalid argument", &fakeRouter{code: codes.InvalidArgument}, codes.InvalidArgument, false, 0},
-		{"resource exhausted", &fakeRouter{code: codes.ResourceExhausted}, codes.ResourceExhausted, false, 0},
-		{"success", &fakeRouter{tokens: 2}, codes.OK, false, 2},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			next := &fakeRouter{tokens: 3}
-			addrs := []string{serveRouter(t, tc.first), serveRouter(t, next)}
-			var warn bytes.Buffer
-			texts := 0
-			err := generateFailover(t.Context(), addrs, &dialFlags{insecure: true}, &moegridv1.GenerateRequest{}, &warn, func(m *moegridv1.GenerateResponse) {
-				if m.Text != "" {
-					texts++
-				}
-			})
-			if status.Code(err) != tc.wantCode {
-				t.Errorf("err = %v, want %v", err, tc.wantCode)
-			}
-			if got := next.calls.Load() == 1; got != tc.wantNext {
-				t.Errorf("next router called: %v, want %v", got, tc.wantNext)
-			}
-			if texts != tc.wantTexts {
-				t.Errorf("%d text pieces delivered, want %d", texts, tc.wantTexts)
-			}
-			if tc.wantNext && !strings.Contains(warn.String(), "trying "+addrs[1]) {
-				t.Errorf("the failover is not reported: %q", warn.String())
-			}
-		})
-	}
 }
 
 // TestRouterAddrs checks --addr parsing.

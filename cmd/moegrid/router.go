@@ -69,6 +69,7 @@ func newRouterCmd() *cobra.Command {
 	f.IntVar(&cfg.Scheduler.MaxRunning, "max-running", cfg.Scheduler.MaxRunning, "sequences decoding at once")
 	f.IntVar(&cfg.Scheduler.MaxWaiting, "max-waiting", cfg.Scheduler.MaxWaiting, "requests queued before RESOURCE_EXHAUSTED")
 	f.IntVar(&cfg.DefaultMaxTokens, "default-max-tokens", cfg.DefaultMaxTokens, "max_tokens of requests that give none")
+	f.IntVar(&cfg.MaxExplainTokens, "max-explain-tokens", cfg.MaxExplainTokens, "most positions, prompt tokens plus max_tokens, a request with explain may ask for; more is INVALID_ARGUMENT (HTTP 400)")
 	f.DurationVar(&cfg.RequestTimeout, "request-timeout", cfg.RequestTimeout, "deadline of requests whose client sets none (0: none)")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", cfg.LeaseTTL, "etcd lease time to live of the load record")
 	f.DurationVar(&cfg.StopTimeout, "stop-timeout", cfg.StopTimeout, "graceful stop bound")

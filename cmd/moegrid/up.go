@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/moegrid/moegrid/internal/up"
+	"github.com/moegrid/moegrid/router"
 )
 
 // defaultStateDir is where `moegrid up` keeps its state and where `moegrid
@@ -131,6 +132,7 @@ The embedded etcd compacts history older than --etcd-compaction.`,
 	f.StringVar(&cfg.RouterGRPC, "router-grpc-addr", cfg.RouterGRPC, "router gRPC address (port 0 picks one)")
 	f.StringVar(&cfg.RouterHTTP, "router-http-addr", cfg.RouterHTTP, "router HTTP address (port 0 picks one)")
 	f.StringVar(&cfg.APIKeysFile, "api-keys", "", "the router's API key file (see moegrid keys; default: no authentication)")
+	f.IntVar(&cfg.MaxExplainTokens, "max-explain-tokens", router.DefaultMaxExplainTokens, "the router's --max-explain-tokens: most positions, prompt tokens plus max_tokens, a request with explain may ask for")
 	f.StringVar(&cfg.CoordinatorGRPC, "coordinator-addr", cfg.CoordinatorGRPC, "coordinator gRPC address (port 0 picks one)")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", cfg.LeaseTTL, "etcd lease time to live of the nodes")
 	f.DurationVar(&cfg.ReadyTimeout, "ready-timeout", cfg.ReadyTimeout, "how long to wait for the cluster to be ready")

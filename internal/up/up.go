@@ -63,6 +63,8 @@ type Config struct {
 	RouterGRPC, RouterHTTP, CoordinatorGRPC string
 	// APIKeysFile, if set, is the router's API key file (router --api-keys).
 	APIKeysFile string
+	// MaxExplainTokens, if positive, is the router's --max-explain-tokens.
+	MaxExplainTokens int
 	// LeaseTTL is the etcd lease time to live of the nodes and of the
 	// coordinators' election.
 	LeaseTTL time.Duration
@@ -166,6 +168,9 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 	if cfg.Coordinators < 1 {
 		return fmt.Errorf("up: --coordinators %d must be at least 1", cfg.Coordinators)
 	}
+	if cfg.MaxExplainTokens < 0 {
+		return fmt.Errorf("up: --max-explain-tokens %d must not be negative", cfg.MaxExplainTokens)
+	}
 	if cfg.EtcdCompaction == 0 {
 		cfg.EtcdCompaction = 5 * time.Minute
 	}
@@ -256,6 +261,9 @@ func Run(ctx context.Context, cfg Config, out io.Writer, log *slog.Logger) error
 		"--grpc-addr", cfg.RouterGRPC, "--http-addr", cfg.RouterHTTP, "--lease-ttl", ttl}
 	if cfg.APIKeysFile != "" {
 		routerArgs = append(routerArgs, "--api-keys", cfg.APIKeysFile)
+	}
+	if cfg.MaxExplainTokens > 0 {
+		routerArgs = append(routerArgs, "--max-explain-tokens", strconv.Itoa(cfg.MaxExplainTokens))
 	}
 	if err := sup.start("router", true, append(routerArgs, slices.Concat(common, security(pki.RoleRouter))...)); err != nil {
 		return err

@@ -64,6 +64,19 @@ func New(p Params) (*Sampler, error) {
 	return &Sampler{p: p, rng: rand.New(rand.NewPCG(p.Seed, 0x6d6f6567726964))}, nil
 }
 
+// Skip advances the sampler past n tokens' draws, as if Next had picked n
+// tokens: a sequence resumed after n tokens then draws what it would have
+// drawn uninterrupted. Every sampled token takes one draw, whatever the
+// filters; greedy decoding takes none.
+func (s *Sampler) Skip(n int) {
+	if s.p.Temperature == 0 {
+		return
+	}
+	for range n {
+		s.rng.Uint64()
+	}
+}
+
 // Greedy returns the index of the largest logit, the lowest index on ties.
 func Greedy(logits []float32) int {
 	best := 0

@@ -355,3 +355,40 @@ func FuzzNext(f *testing.F) {
 		}
 	})
 }
+
+// TestSkipResumes: a sampler skipped past n tokens draws from there what a
+// sampler that picked those n tokens draws, for every filter and greedy,
+// so a sequence resumed after n tokens continues it exactly.
+func TestSkipResumes(t *testing.T) {
+	rng := rand.New(rand.NewPCG(4, 4))
+	steps := make([][]float32, 40)
+	for i := range steps {
+		steps[i] = randLogits(rng, 30)
+	}
+	for _, p := range []sample.Params{
+		{Temperature: 0, Seed: 1},
+		{Temperature: 0.8, Seed: 2},
+		{Temperature: 1.2, TopK: 5, Seed: 3},
+		{Temperature: 0.7, TopP: 0.9, Seed: 4},
+		{Temperature: 1, TopK: 1, Seed: 5},
+	} {
+		t.Run(fmt.Sprintf("%+v", p), func(t *testing.T) {
+			whole := newSampler(t, p)
+			var want []int
+			for _, l := range steps {
+				want = append(want, whole.Next(l))
+			}
+			for _, n := range []int{0, 1, 17, len(steps) - 1} {
+				s := newSampler(t, p)
+				s.Skip(n)
+				got := slices.Clone(want[:n])
+				for _, l := range steps[n:] {
+					got = append(got, s.Next(l))
+				}
+				if !slices.Equal(got, want) {
+					t.Errorf("skipped %d: %v, uninterrupted %v", n, got, want)
+				}
+			}
+		})
+	}
+}

@@ -107,7 +107,16 @@ type GenerateRequest struct {
 	PromptLogprobs bool `protobuf:"varint,11,opt,name=prompt_logprobs,json=promptLogprobs,proto3" json:"prompt_logprobs,omitempty"`
 	// explain returns the gate's choice behind every token: routes on each
 	// message, prompt_routes on the first.
-	Explain       bool `protobuf:"varint,12,opt,name=explain,proto3" json:"explain,omitempty"`
+	Explain bool `protobuf:"varint,12,opt,name=explain,proto3" json:"explain,omitempty"`
+	// resume_tokens continues a stream that another router was cut off in:
+	// the tokens the client received from it, in order, with every other
+	// field as it sent them then (the same seed). The router continues as if
+	// uninterrupted: it streams only the tokens that follow, the sampler
+	// advanced past the draws those tokens took, the text held back for
+	// stop strings and whole characters as the first router held it;
+	// max_tokens and usage count the resumed tokens as completion tokens.
+	// prompt_logprobs and prompt_routes then also cover the resumed tokens.
+	ResumeTokens  []uint32 `protobuf:"varint,13,rep,packed,name=resume_tokens,json=resumeTokens,proto3" json:"resume_tokens,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -235,6 +244,13 @@ func (x *GenerateRequest) GetExplain() bool {
 		return x.Explain
 	}
 	return false
+}
+
+func (x *GenerateRequest) GetResumeTokens() []uint32 {
+	if x != nil {
+		return x.ResumeTokens
+	}
+	return nil
 }
 
 type isGenerateRequest_Prompt interface {
@@ -686,7 +702,7 @@ var File_proto_moegrid_v1_generation_proto protoreflect.FileDescriptor
 const file_proto_moegrid_v1_generation_proto_rawDesc = "" +
 	"\n" +
 	"!proto/moegrid/v1/generation.proto\x12\n" +
-	"moegrid.v1\"\xfa\x02\n" +
+	"moegrid.v1\"\x9f\x03\n" +
 	"\x0fGenerateRequest\x12\x14\n" +
 	"\x04text\x18\x01 \x01(\tH\x00R\x04text\x12(\n" +
 	"\x03ids\x18\x02 \x01(\v2\x14.moegrid.v1.TokenIDsH\x00R\x03ids\x12\x1d\n" +
@@ -702,7 +718,8 @@ const file_proto_moegrid_v1_generation_proto_rawDesc = "" +
 	"\blogprobs\x18\n" +
 	" \x01(\rR\blogprobs\x12'\n" +
 	"\x0fprompt_logprobs\x18\v \x01(\bR\x0epromptLogprobs\x12\x18\n" +
-	"\aexplain\x18\f \x01(\bR\aexplainB\b\n" +
+	"\aexplain\x18\f \x01(\bR\aexplain\x12#\n" +
+	"\rresume_tokens\x18\r \x03(\rR\fresumeTokensB\b\n" +
 	"\x06promptB\a\n" +
 	"\x05_seed\"\x1c\n" +
 	"\bTokenIDs\x12\x10\n" +

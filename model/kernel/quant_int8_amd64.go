@@ -34,9 +34,19 @@ const int8KChunk = 16
 //go:noescape
 func int8Q4KAVX2(lanes *[tileCols][16]float32, w *[tileCols]*byte, ks *[int8KChunk][tileCols]int8KScales, q *int8, d *float32, sum *int32, nb int)
 
-// int8Q4K is the int8-mode product of four Q4_K rows: the scales unpacked
-// in Go for up to int8KChunk super-blocks, their values in assembly.
-func int8Q4K(out *[tileCols]float32, w *[tileCols]*byte, q *int8, d *float32, sum *int32, nb int) {
+//go:noescape
+func int8Q5KAVX2(lanes *[tileCols][16]float32, w *[tileCols]*byte, ks *[int8KChunk][tileCols]int8KScales, q *int8, d *float32, sum *int32, nb int)
+
+// int8K returns the int8-mode product of four Q4_K or Q5_K rows, of
+// blockBytes per super-block: the scales unpacked in Go for up to
+// int8KChunk super-blocks at a time, the values in assembly (asm).
+func int8K(blockBytes int, asm func(lanes *[tileCols][16]float32, w *[tileCols]*byte, ks *[int8KChunk][tileCols]int8KScales, q *int8, d *float32, sum *int32, nb int)) int8Four {
+	return func(out *[tileCols]float32, w *[tileCols]*byte, q *int8, d *float32, sum *int32, nb int) {
+		int8KRows(out, w, q, d, sum, nb, blockBytes, asm)
+	}
+}
+
+func int8KRows(out *[tileCols]float32, w *[tileCols]*byte, q *int8, d *float32, sum *int32, nb, blockBytes int, asm func(lanes *[tileCols][16]float32, w *[tileCols]*byte, ks *[int8KChunk][tileCols]int8KScales, q *int8, d *float32, sum *int32, nb int)) {
 	var (
 		l    [tileCols][16]float32
 		ks   [int8KChunk][tileCols]int8KScales
@@ -44,14 +54,14 @@ func int8Q4K(out *[tileCols]float32, w *[tileCols]*byte, q *int8, d *float32, su
 		rows [tileCols][]byte
 	)
 	for j := range tileCols {
-		rows[j] = unsafe.Slice(w[j], nb*144)
+		rows[j] = unsafe.Slice(w[j], nb*blockBytes)
 	}
 	qs, ds, ss := unsafe.Slice(q, nb*qk), unsafe.Slice(d, nb*8), unsafe.Slice(sum, nb*8)
 	for b0 := 0; b0 < nb; b0 += int8KChunk {
 		n := min(int8KChunk, nb-b0)
 		for b := range n {
 			for j := range tileCols {
-				blk := rows[j][(b0+b)*144 : (b0+b+1)*144]
+				blk := rows[j][(b0+b)*blockBytes : (b0+b+1)*blockBytes]
 				k := &ks[b][j]
 				k.d, k.dmin = halfAt(blk), halfAt(blk[2:])
 				for i := range 8 {
@@ -61,9 +71,9 @@ func int8Q4K(out *[tileCols]float32, w *[tileCols]*byte, q *int8, d *float32, su
 			}
 		}
 		for j := range tileCols {
-			wc[j] = &rows[j][b0*144]
+			wc[j] = &rows[j][b0*blockBytes]
 		}
-		int8Q4KAVX2(&l, &wc, &ks, &qs[b0*qk], &ds[b0*8], &ss[b0*8], n)
+		asm(&l, &wc, &ks, &qs[b0*qk], &ds[b0*8], &ss[b0*8], n)
 	}
 	for j := range tileCols {
 		out[j] = reduce8((*[8]float32)(l[j][:8])) - reduce8((*[8]float32)(l[j][8:]))
@@ -92,7 +102,9 @@ func int8Kernel(f Format) int8Four {
 	case Q8_0:
 		return int8Q8_0
 	case Q4_K:
-		return int8Q4K
+		return int8K(144, int8Q4KAVX2)
+	case Q5_K:
+		return int8K(176, int8Q5KAVX2)
 	case Q6_K:
 		return int8Q6K
 	}

@@ -6,13 +6,26 @@ import (
 	"testing"
 
 	"github.com/moegrid/moegrid/model"
+	"github.com/moegrid/moegrid/model/kernel"
 )
 
 // TestDistributedGGUF serves a Q8_0 GGUF file written by llama.cpp's tools
 // (the model package's testdata) from a router and expert nodes given the
 // file itself: the cluster computes exactly what the file computes in
-// process.
+// process, in the exact and in the int8 compute mode.
 func TestDistributedGGUF(t *testing.T) {
+	for _, c := range []kernel.Compute{kernel.ComputeExact, kernel.ComputeInt8} {
+		t.Run(string(c), func(t *testing.T) {
+			if err := kernel.SetCompute(c); err != nil {
+				t.Skipf("no %s compute mode on this CPU: %v", c, err)
+			}
+			defer kernel.SetCompute(kernel.ComputeExact)
+			testDistributedGGUF(t)
+		})
+	}
+}
+
+func testDistributedGGUF(t *testing.T) {
 	path, err := filepath.Abs(filepath.Join("..", "..", "model", "testdata", "gguf", "small-q8_0.gguf"))
 	if err != nil {
 		t.Fatal(err)

@@ -22,6 +22,15 @@ const (
 	// Products with other weight formats stay exact. Every node of a
 	// cluster must run the same mode.
 	ComputeBF16 Compute = "bf16"
+	// ComputeInt8 quantizes the activations of products with
+	// block-quantized weights (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) to 8 bits,
+	// 32 to a float32 scale, and multiplies them with integer dot
+	// products, as llama.cpp runs such models: several times fewer
+	// instructions per weight, at the cost of rounding the activations
+	// (BENCHMARKS.md gives its measured error). Products with float
+	// weights stay exact. Every path gives the same bits, so a cluster
+	// may mix CPUs, but every node must run the same mode.
+	ComputeInt8 Compute = "int8"
 )
 
 // compute is the process's mode; SetCompute changes it.
@@ -37,8 +46,12 @@ func SetCompute(c Compute) error {
 		if !hasBF16Dot || kernels.path != PathAVX512 {
 			return fmt.Errorf("kernel: compute mode bf16 needs the AVX-512 BF16 instructions (kernel path %s)", kernels.path)
 		}
+	case ComputeInt8:
+		if !hasAVX2 {
+			return fmt.Errorf("kernel: compute mode int8 needs AVX2, FMA and F16C")
+		}
 	default:
-		return fmt.Errorf("kernel: unknown compute mode %q (want exact or bf16)", c)
+		return fmt.Errorf("kernel: unknown compute mode %q (want exact, bf16 or int8)", c)
 	}
 	compute = c
 	return nil

@@ -97,3 +97,43 @@ func BenchmarkQuantize(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkQuantCompute multiplies the small preset's expert shapes in the
+// quantized formats by one and 16 input rows in the exact and the int8
+// compute modes, each pair side by side so that -count interleaves them;
+// the throughput is of weight bytes.
+func BenchmarkQuantCompute(b *testing.B) {
+	shapes := []struct {
+		name       string
+		rows, cols int
+	}{
+		{"W4096x1024", 4096, 1024},
+		{"small/w1_w3_3584x1024", 3584, 1024},
+		{"small/w2_1024x3584", 1024, 3584},
+	}
+	rng := rand.New(rand.NewPCG(1, 1))
+	for _, f := range []kernel.Format{kernel.Q8_0, kernel.Q4_K, kernel.Q6_K, kernel.Q5_K, kernel.Q4_0} {
+		for _, s := range shapes {
+			m, data := quantizedMatrix(b, rng, f, s.rows, s.cols)
+			for _, n := range []int{1, 16} {
+				x := make([]float32, n*s.cols)
+				for i := range x {
+					x[i] = float32(rng.NormFloat64())
+				}
+				out := make([]float32, n*s.rows)
+				for _, c := range []kernel.Compute{kernel.ComputeExact, kernel.ComputeInt8} {
+					b.Run(string(f)+"-"+string(c)+"/"+s.name+"/rows="+itoa(n), func(b *testing.B) {
+						if err := kernel.SetCompute(c); err != nil {
+							b.Skip(err)
+						}
+						defer kernel.SetCompute(kernel.ComputeExact)
+						b.SetBytes(int64(len(data)))
+						for b.Loop() {
+							kernel.MatMul(out, x, n, m)
+						}
+					})
+				}
+			}
+		}
+	}
+}

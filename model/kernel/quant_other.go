@@ -14,3 +14,6 @@ func fusedOne(Format, Path) func(acc *[tileRows * tileCols]float32, x *float32, 
 func fusedFour(Format, Path) func(acc *[tileRows * tileCols]float32, x *[tileRows]*float32, w *[tileCols]*byte, nb int) {
 	return nil
 }
+
+// int8Kernel reports that no int8-mode assembly exists off amd64.
+func int8Kernel(Format) int8Four { return nil }

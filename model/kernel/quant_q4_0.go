@@ -8,6 +8,7 @@ var q4_0 = quantFormat{
 	blockBytes: 2 + 16,
 	dequantize: dequantizeQ4_0,
 	quantize:   quantizeQ4_0,
+	dotInt8:    dotQ4_0Int8,
 }
 
 func dequantizeQ4_0(dst []float32, b []byte) {

@@ -15,6 +15,7 @@ var q4_K = quantFormat{
 	blockBytes: 2 + 2 + 12 + qk/2,
 	dequantize: dequantizeQ4_K,
 	quantize:   quantizeQ4_K,
+	dotInt8:    dotQ4KInt8,
 }
 
 // scaleMinK4 unpacks sub-block j's 6-bit scale and min from the 12 bytes

@@ -10,6 +10,7 @@ var q5_K = quantFormat{
 	blockBytes: 2 + 2 + 12 + qk/8 + qk/2,
 	dequantize: dequantizeQ5_K,
 	quantize:   quantizeQ5_K,
+	dotInt8:    dotQ5KInt8,
 }
 
 func dequantizeQ5_K(dst []float32, b []byte) {

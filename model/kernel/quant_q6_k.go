@@ -12,6 +12,7 @@ var q6_K = quantFormat{
 	blockBytes: qk/2 + qk/4 + qk/16 + 2,
 	dequantize: dequantizeQ6_K,
 	quantize:   quantizeQ6_K,
+	dotInt8:    dotQ6KInt8,
 }
 
 func dequantizeQ6_K(dst []float32, b []byte) {

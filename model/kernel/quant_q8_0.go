@@ -10,6 +10,7 @@ var q8_0 = quantFormat{
 	blockBytes: 2 + 32,
 	dequantize: dequantizeQ8_0,
 	quantize:   quantizeQ8_0,
+	dotInt8:    dotQ8_0Int8,
 }
 
 func dequantizeQ8_0(dst []float32, b []byte) {

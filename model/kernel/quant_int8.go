@@ -1,0 +1,239 @@
+package kernel
+
+import (
+	"math"
+	"sync"
+)
+
+// The int8 compute mode multiplies block-quantized weights by activations
+// quantized to 8 bits, as llama.cpp does: each 32 activations get a
+// float32 scale dx = max|x|/127 and the int8 values round(x/dx). The
+// products of a block are then integer dot products, exact in any order;
+// only their combination is in float32, in the fixed order that the
+// portable code below spells out and the assembly repeats, so that every
+// path, batch and thread split gives the same bits.
+//
+// Each 32-value block b of a weight row yields eight int32 lane sums,
+// lane l the four products of values 4l to 4l+3, each weight times its
+// integer sub-block scale (1 for Q8_0 and Q4_0). The lanes carry over
+// eight float32 accumulators: acc[l] += float32(lane[l])·s_b, the product
+// rounded before the sum, where s_b is the block's float32 weight scale
+// times dx_b. Q4_K and Q5_K add their mins, dmin·m_j·dx_j·Σx of sub-block
+// j, into eight more accumulators, one per sub-block of a super-block.
+// A row's result is reduce8 of the first accumulators less reduce8 of the
+// second. The integers stay below 2²⁴, so each lane converts exactly.
+
+// int8Block is the number of activations that share a scale.
+const int8Block = 32
+
+// int8Act is a row-major [rows, cols] activation quantized for the int8
+// mode: per 32 values a scale d, the values q and their sum.
+type int8Act struct {
+	q   []int8
+	d   []float32
+	sum []int32
+}
+
+var int8Pool sync.Pool
+
+// quantizeInt8 quantizes x, a multiple of 32 values, into a pooled
+// activation; putInt8 gives it back. A block whose largest magnitude is
+// not finite gets a NaN scale, so that the products it enters are NaN, as
+// they are in the exact mode.
+func quantizeInt8(x []float32) *int8Act {
+	nb := len(x) / int8Block
+	a, ok := int8Pool.Get().(*int8Act)
+	if !ok {
+		a = new(int8Act)
+	}
+	if cap(a.q) < len(x) {
+		a.q = make([]int8, len(x))
+	}
+	if cap(a.d) < nb {
+		a.d, a.sum = make([]float32, nb), make([]int32, nb)
+	}
+	a.q, a.d, a.sum = a.q[:len(x)], a.d[:nb], a.sum[:nb]
+	for b := range nb {
+		xs := x[b*int8Block : (b+1)*int8Block]
+		q := a.q[b*int8Block : (b+1)*int8Block]
+		_, amax := maxAbs(xs)
+		if math.IsNaN(float64(amax)) || math.IsInf(float64(amax), 0) {
+			clear(q)
+			a.d[b], a.sum[b] = float32(math.NaN()), 0
+			continue
+		}
+		d := amax / 127
+		// A scale too small to invert (or zero) leaves the block zero.
+		if d < 0x1p-120 {
+			clear(q)
+			a.d[b], a.sum[b] = 0, 0
+			continue
+		}
+		id := 1 / d
+		var sum int32
+		for i, v := range xs {
+			n := int32(max(-127, min(127, nearestInt(float32(v*id)))))
+			q[i] = int8(n)
+			sum += n
+		}
+		a.d[b], a.sum[b] = d, sum
+	}
+	return a
+}
+
+func putInt8(a *int8Act) { int8Pool.Put(a) }
+
+// int8Input is implemented by matrices that multiply int8 activations in
+// the int8 compute mode.
+type int8Input interface {
+	mulRowsInt8(out []float32, a *int8Act, cols, n, lo, hi int)
+}
+
+// int8Dot is one format's portable int8-mode product of a weight row with
+// the activation row q, d, sum.
+type int8Dot func(row []byte, q []int8, d []float32, sum []int32) float32
+
+// int8Four is an assembly int8-mode product of four weight rows w with
+// one activation row of nb weight blocks; out gets the four results.
+type int8Four func(out *[tileCols]float32, w *[tileCols]*byte, q *int8, d *float32, sum *int32, nb int)
+
+// reduce8 adds eight lanes in the tree of reduceLanes' last steps.
+func reduce8(l *[8]float32) float32 {
+	var h [4]float32
+	for i := range 4 {
+		h[i] = l[i] + l[i+4]
+	}
+	h[0] += h[2]
+	h[1] += h[3]
+	return h[0] + h[1]
+}
+
+// mulRowsInt8 is MulRows in the int8 mode, with the assembly product of
+// four weight rows where this path has one; a short last tile repeats its
+// last row. The weight tile is the outer loop, so that a batch reuses it
+// from cache.
+func (m *quantMatrix) mulRowsInt8(out []float32, a *int8Act, cols, n, lo, hi int) {
+	nb32 := cols / int8Block
+	nb := cols / m.q.blockSize
+	four := m.int8x4
+	if kernels.path == PathPortable {
+		four = nil
+	}
+	var (
+		res [tileCols]float32
+		w   [tileCols]*byte
+	)
+	for r := lo; r < hi; r += tileCols {
+		nw := min(tileCols, hi-r)
+		for j := range tileCols {
+			w[j] = &m.data[min(r+j, hi-1)*m.rowBytes]
+		}
+		for t := range n {
+			q := a.q[t*cols : (t+1)*cols]
+			d := a.d[t*nb32 : (t+1)*nb32]
+			s := a.sum[t*nb32 : (t+1)*nb32]
+			if four != nil {
+				four(&res, &w, &q[0], &d[0], &s[0], nb)
+			} else {
+				for j := range nw {
+					res[j] = m.q.dotInt8(m.data[(r+j)*m.rowBytes:(r+j+1)*m.rowBytes], q, d, s)
+				}
+			}
+			copy(out[t*m.rows+r:t*m.rows+r+nw], res[:nw])
+		}
+	}
+}
+
+// addLanes adds block b's lane sums p, times s, into acc.
+func addLanes(acc *[8]float32, p *[8]int32, s float32) {
+	for l, v := range p {
+		acc[l] += float32(float32(v) * s)
+	}
+}
+
+func dotQ8_0Int8(row []byte, q []int8, d []float32, _ []int32) float32 {
+	var acc [8]float32
+	for b := range len(row) / 34 {
+		blk := row[b*34 : (b+1)*34]
+		x := q[32*b : 32*b+32]
+		var p [8]int32
+		for i, v := range blk[2:34] {
+			p[i/4] += int32(int8(v)) * int32(x[i])
+		}
+		addLanes(&acc, &p, halfAt(blk)*d[b])
+	}
+	return reduce8(&acc)
+}
+
+func dotQ4_0Int8(row []byte, q []int8, d []float32, _ []int32) float32 {
+	var acc [8]float32
+	for b := range len(row) / 18 {
+		blk := row[b*18 : (b+1)*18]
+		x := q[32*b : 32*b+32]
+		var p [8]int32
+		for i, v := range blk[2:18] {
+			p[i/4] += (int32(v&0xf) - 8) * int32(x[i])
+			p[4+i/4] += (int32(v>>4) - 8) * int32(x[16+i])
+		}
+		addLanes(&acc, &p, halfAt(blk)*d[b])
+	}
+	return reduce8(&acc)
+}
+
+// dotKInt8 is the int8-mode product of a Q4_K or Q5_K row, with
+// blockBytes per super-block and value returning value i of sub-block j.
+func dotKInt8(row []byte, q []int8, d []float32, sum []int32, blockBytes int, value func(blk []byte, j, i int) int32) float32 {
+	var acc, mins [8]float32
+	for b := range len(row) / blockBytes {
+		blk := row[b*blockBytes : (b+1)*blockBytes]
+		dw, dmin := halfAt(blk), halfAt(blk[2:])
+		for j := range 8 {
+			sc, m := scaleMinK4(j, blk[4:16])
+			x := q[qk*b+32*j : qk*b+32*j+32]
+			var p [8]int32
+			for i, v := range x {
+				p[i/4] += int32(sc) * value(blk, j, i) * int32(v)
+			}
+			dx := d[8*b+j]
+			addLanes(&acc, &p, dw*dx)
+			mins[j] += float32(float32(int32(m)*sum[8*b+j]) * float32(dmin*dx))
+		}
+	}
+	return reduce8(&acc) - reduce8(&mins)
+}
+
+func dotQ4KInt8(row []byte, q []int8, d []float32, sum []int32) float32 {
+	return dotKInt8(row, q, d, sum, 144, func(blk []byte, j, i int) int32 {
+		return int32(blk[16+32*(j/2)+i] >> (4 * (j % 2)) & 0xf)
+	})
+}
+
+func dotQ5KInt8(row []byte, q []int8, d []float32, sum []int32) float32 {
+	return dotKInt8(row, q, d, sum, 176, func(blk []byte, j, i int) int32 {
+		return int32(blk[48+32*(j/2)+i]>>(4*(j%2))&0xf | (blk[16+i]>>j&1)<<4)
+	})
+}
+
+// dotQ6KInt8 is the int8-mode product of a Q6_K row: 32-value block b of
+// a super-block is quarter b%4 of half b/4, its sub-blocks 2b and 2b+1.
+func dotQ6KInt8(row []byte, q []int8, d []float32, _ []int32) float32 {
+	var acc [8]float32
+	for sb := range len(row) / 210 {
+		blk := row[sb*210 : (sb+1)*210]
+		dw := halfAt(blk[208:])
+		for b := range 8 {
+			h, quarter := b/4, b%4
+			ql := blk[64*h+32*(quarter%2) : 64*h+32*(quarter%2)+32]
+			qh := blk[128+32*h : 128+32*h+32]
+			x := q[qk*sb+32*b : qk*sb+32*b+32]
+			var p [8]int32
+			for i, v := range x {
+				w := int32(ql[i]>>(4*(quarter/2))&0xf|(qh[i]>>(2*quarter)&3)<<4) - 32
+				sc := int32(int8(blk[192+2*b+i/16]))
+				p[i/4] += sc * w * int32(v)
+			}
+			addLanes(&acc, &p, dw*d[8*sb+b])
+		}
+	}
+	return reduce8(&acc)
+}

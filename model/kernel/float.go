@@ -29,7 +29,36 @@ const (
 // multiple of the kernel's block (lanes, or 2·lanes for the BF16 dot
 // product). X and W are the input and weight element types; w holds
 // pointers to the first element of each of the tileCols weight rows.
-type tileFunc[X, W any] func(acc *[tileRows * tileCols]float32, x []X, xStride, nx int, w *[tileCols]*W, k int)
+//
+// A sum over more columns than the caches hold for every input row is
+// taken as several calls over consecutive blocks of columns, with the
+// 16-lane sums of each output carried in sums between them: flags
+// tileResume starts from the lane sums in sums instead of from zero, and
+// tileMore leaves the lane sums in sums instead of reducing them into acc.
+// Each lane then sees the same fused multiply-adds in the same order as in
+// one call, so the blocks change no bits.
+type tileFunc[X, W any] func(acc *[tileRows * tileCols]float32, x []X, xStride, nx int, w *[tileCols]*W, k int, sums *tileSums, flags int)
+
+// tileSums holds the lane sums of a tile between calls: output i·tileCols
+// + j's lanes at [(i·tileCols + j)·lanes:].
+type tileSums = [tileRows * tileCols * lanes]float32
+
+// The flags of a tileFunc call.
+const (
+	tileResume = 1 << iota
+	tileMore
+)
+
+// kBlock is the number of columns of one block of a long sum: the blocks
+// of a 16-row batch (16 inputs and a tile of weights, 80 KB at 1024
+// columns) then fit a 32 KB L1 cache.
+const kBlock = 256
+
+// groupTiles is the number of weight tiles that multiply one block of
+// input columns before the next block: the input block is then read into
+// L1 once for all of them, and their lane sums (1 KB per tile of input
+// rows) stay in L1 or L2.
+const groupTiles = 4
 
 // tiling is one way to multiply: a tile kernel, the number of columns its
 // vector part takes at a time, and the product of one input and one weight
@@ -46,53 +75,106 @@ type tiling[X, W any] struct {
 // one by one. Output element (t, r) goes to out[t·oStride + oBase + r - lo].
 func mulTiled[X, W any](data []W, cols int, tl tiling[X, W], out []float32, oStride, oBase int, x []X, n, lo, hi int) {
 	k := cols - cols%tl.block
+	// kb is the block of columns a call takes: all of them unless several
+	// tiles of input rows share each weight tile and the columns are many.
+	kb := k
+	if n > tileRows && k > kBlock {
+		kb = kBlock - kBlock%tl.block
+	}
+	nt := (n + tileRows - 1) / tileRows
+	g := 1
+	var sums []tileSums
+	if kb < k {
+		g = groupTiles
+		b := getSums(g * nt)
+		defer putSums(b)
+		sums = *b
+	}
+	nb := 1
+	if kb > 0 {
+		nb = (k + kb - 1) / kb
+	}
 	var acc [tileRows * tileCols]float32
 	var w [tileCols]*W
-	var rows [tileCols]int
+	var base [groupTiles][tileCols]int
+	var rows [groupTiles][tileCols]int
+	var nws [groupTiles]int
 	// A tile takes its weight rows from the four quarters of [lo, hi), so
 	// that the weights stream from memory as four sequential runs, which
 	// the hardware prefetchers follow, rather than four rows interleaved in
 	// one page, which they do not. Each output is computed on its own, so
 	// the grouping changes no bits.
 	quarter := (hi - lo + tileCols - 1) / tileCols
-	for q := range quarter {
-		nw := 0
-		for j := range tileCols {
-			if r := lo + j*quarter + q; r < hi {
-				rows[nw] = r
-				nw++
-			}
-		}
-		for j := range tileCols {
-			// Short tiles repeat their first row: the extra sums are
-			// computed and dropped.
-			r := rows[0]
-			if j < nw {
-				r = rows[j]
-			}
-			w[j] = &data[r*cols]
-		}
-		for t := 0; t < n; t += tileRows {
-			nx := min(tileRows, n-t)
-			if k > 0 {
-				tl.tile(&acc, x[t*cols:], cols, nx, &w, k)
-			} else {
-				clear(acc[:])
-			}
-			for i := range nx {
-				xr := x[(t+i)*cols : (t+i+1)*cols]
-				o := out[(t+i)*oStride+oBase-lo:]
-				for j, r := range rows[:nw] {
-					s := acc[i*tileCols+j]
-					if k < cols {
-						wr := data[r*cols : (r+1)*cols]
-						for c := k; c < cols; c++ {
-							s += tl.mul(xr[c], wr[c])
-						}
-					}
-					o[r] = s
+	for q0 := 0; q0 < quarter; q0 += g {
+		ng := min(g, quarter-q0)
+		for e := range ng {
+			nw := 0
+			for j := range tileCols {
+				if r := lo + j*quarter + q0 + e; r < hi {
+					rows[e][nw] = r
+					nw++
 				}
 			}
+			nws[e] = nw
+			for j := range tileCols {
+				// Short tiles repeat their first row: the extra sums
+				// are computed and dropped.
+				r := rows[e][0]
+				if j < nw {
+					r = rows[e][j]
+				}
+				base[e][j] = r * cols
+			}
+		}
+		for b := range nb {
+			c0 := b * kb
+			kc := min(kb, k-c0)
+			flags := 0
+			if c0 > 0 {
+				flags |= tileResume
+			}
+			if c0+kc < k {
+				flags |= tileMore
+			}
+			for e := range ng {
+				for j := range tileCols {
+					w[j] = &data[base[e][j]+c0]
+				}
+				for t := 0; t < n; t += tileRows {
+					nx := min(tileRows, n-t)
+					var s *tileSums
+					if sums != nil {
+						s = &sums[e*nt+t/tileRows]
+					}
+					if kc > 0 {
+						tl.tile(&acc, x[t*cols+c0:], cols, nx, &w, kc, s, flags)
+					} else {
+						clear(acc[:])
+					}
+					if flags&tileMore == 0 {
+						tail(data, cols, k, tl.mul, &acc, rows[e][:nws[e]], out[t*oStride+oBase-lo:], oStride, x[t*cols:], nx)
+					}
+				}
+			}
+		}
+	}
+}
+
+// tail adds columns [k, cols) to the sums in acc of the tile of input rows
+// x (nx of them) and weight rows rows, one by one, and writes them to out.
+func tail[X, W any](data []W, cols, k int, mul func(X, W) float32, acc *[tileRows * tileCols]float32, rows []int, out []float32, oStride int, x []X, nx int) {
+	for i := range nx {
+		xr := x[i*cols : (i+1)*cols]
+		o := out[i*oStride:]
+		for j, r := range rows {
+			s := acc[i*tileCols+j]
+			if k < cols {
+				wr := data[r*cols : (r+1)*cols]
+				for c := k; c < cols; c++ {
+					s += mul(xr[c], wr[c])
+				}
+			}
+			o[r] = s
 		}
 	}
 }
@@ -121,7 +203,19 @@ func mulHalf(data []uint16, rows, cols int, fused tiling[float32, uint16], widen
 	}
 }
 
-var scratchPool sync.Pool
+var scratchPool, sumsPool sync.Pool
+
+// getSums returns n tiles' lane sums from the pool.
+func getSums(n int) *[]tileSums {
+	if b, ok := sumsPool.Get().(*[]tileSums); ok && cap(*b) >= n {
+		*b = (*b)[:n]
+		return b
+	}
+	b := make([]tileSums, n)
+	return &b
+}
+
+func putSums(b *[]tileSums) { sumsPool.Put(b) }
 
 // getScratch returns a buffer of at least n float32s from the pool.
 func getScratch(n int) *[]float32 {
@@ -141,19 +235,26 @@ func tileGo[W any](widen func(W) float32) tiling[float32, W] {
 }
 
 func tileGoFunc[W any](widen func(W) float32) tileFunc[float32, W] {
-	return func(acc *[tileRows * tileCols]float32, x []float32, xStride, nx int, w *[tileCols]*W, k int) {
-		clear(acc[:])
+	return func(acc *[tileRows * tileCols]float32, x []float32, xStride, nx int, w *[tileCols]*W, k int, sums *tileSums, flags int) {
 		for j := range tileCols {
 			wr := unsafeSlice(w[j], k)
 			for i := range nx {
 				xr := x[i*xStride : i*xStride+k]
 				var l [lanes]float32
+				a := i*tileCols + j
+				if flags&tileResume != 0 {
+					copy(l[:], sums[a*lanes:])
+				}
 				for c := 0; c < k; c += lanes {
 					for q := range lanes {
 						l[q] = float32(xr[c+q]*widen(wr[c+q])) + l[q]
 					}
 				}
-				acc[i*tileCols+j] = reduceLanes(&l)
+				if flags&tileMore != 0 {
+					copy(sums[a*lanes:], l[:])
+				} else {
+					acc[a] = reduceLanes(&l)
+				}
 			}
 		}
 	}

@@ -11,22 +11,22 @@ import (
 // The SIMD tile kernels of tile_amd64.s; see there for their contract.
 
 //go:noescape
-func tileF32AVX512(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols]*float32, k int)
+func tileF32AVX512(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols]*float32, k int, sums *tileSums, flags int)
 
 //go:noescape
-func tileBF16AVX512(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols]*uint16, k int)
+func tileBF16AVX512(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols]*uint16, k int, sums *tileSums, flags int)
 
 //go:noescape
-func tileF16AVX512(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols]*uint16, k int)
+func tileF16AVX512(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols]*uint16, k int, sums *tileSums, flags int)
 
 //go:noescape
-func tileF32AVX2(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols]*float32, k int)
+func tileF32AVX2(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols]*float32, k int, sums *tileSums, flags int)
 
 //go:noescape
-func tileBF16AVX2(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols]*uint16, k int)
+func tileBF16AVX2(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols]*uint16, k int, sums *tileSums, flags int)
 
 //go:noescape
-func tileF16AVX2(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols]*uint16, k int)
+func tileF16AVX2(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols]*uint16, k int, sums *tileSums, flags int)
 
 //go:noescape
 func widenBF16AVX512(dst *float32, src *uint16, n int)
@@ -57,10 +57,10 @@ func asmWiden(f func(*float32, *uint16, int), widen func(uint16) float32) func(d
 }
 
 // asmTile adapts an assembly tile kernel over float32 inputs to a tiling.
-func asmTile[W any](f func(*[tileRows * tileCols]float32, *float32, int, int, *[tileCols]*W, int), widen func(W) float32) tiling[float32, W] {
+func asmTile[W any](f func(*[tileRows * tileCols]float32, *float32, int, int, *[tileCols]*W, int, *tileSums, int), widen func(W) float32) tiling[float32, W] {
 	return tiling[float32, W]{
-		tile: func(acc *[tileRows * tileCols]float32, x []float32, xStride, nx int, w *[tileCols]*W, k int) {
-			f(acc, &x[0], xStride, nx, w, k)
+		tile: func(acc *[tileRows * tileCols]float32, x []float32, xStride, nx int, w *[tileCols]*W, k int, sums *tileSums, flags int) {
+			f(acc, &x[0], xStride, nx, w, k, sums, flags)
 		},
 		block: lanes,
 		mul:   func(x float32, w W) float32 { return x * widen(w) },
@@ -99,7 +99,7 @@ func simdKernels(p Path) (kernelSet, bool) {
 }
 
 //go:noescape
-func tileBF16DotAVX512(acc *[tileRows * tileCols]float32, x *uint16, xstride, nx int, w *[tileCols]*uint16, k int)
+func tileBF16DotAVX512(acc *[tileRows * tileCols]float32, x *uint16, xstride, nx int, w *[tileCols]*uint16, k int, sums *tileSums, flags int)
 
 // hasBF16Dot is what the BF16 compute mode needs.
 var hasBF16Dot = hasAVX512 && cpu.X86.HasAVX512BF16
@@ -108,8 +108,8 @@ var hasBF16Dot = hasAVX512 && cpu.X86.HasAVX512BF16
 // the dot-product instruction, the rest as float32 products of the rounded
 // values.
 var bf16DotTiling = tiling[uint16, uint16]{
-	tile: func(acc *[tileRows * tileCols]float32, x []uint16, xStride, nx int, w *[tileCols]*uint16, k int) {
-		tileBF16DotAVX512(acc, &x[0], xStride, nx, w, k)
+	tile: func(acc *[tileRows * tileCols]float32, x []uint16, xStride, nx int, w *[tileCols]*uint16, k int, sums *tileSums, flags int) {
+		tileBF16DotAVX512(acc, &x[0], xStride, nx, w, k, sums, flags)
 	},
 	block: 2 * lanes,
 	mul:   func(x, w uint16) float32 { return widenBF16(x) * widenBF16(w) },

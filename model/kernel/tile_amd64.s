@@ -12,7 +12,14 @@
 // is what makes the results batch-invariant and equal across AVX-512 and
 // AVX2. float.go's tileGo documents the same order.
 //
-// func tileXXX(acc *[16]float32, x *float32, xstride, nx int, w *[4]*T, k int)
+// A product too long to keep its inputs in the caches runs as several calls
+// over consecutive blocks of columns, the lane sums carried between them in
+// sums (output i*4+j's 16 lanes at sums[(i*4+j)*16:]): flags bit 0
+// (resume) starts from the lane sums there instead of from zero, bit 1
+// (more) stores them there instead of reducing them into acc. Each lane
+// then sees the same fused multiply-adds in the same order as in one call.
+//
+// func tileXXX(acc *[16]float32, x *float32, xstride, nx int, w *[4]*T, k int, sums *[256]float32, flags int)
 
 // Argument loading shared by every kernel: DI acc, SI x_0, R13 x_1, BX x_2,
 // DX x_3, R8 the x row stride in bytes, R9-R12 the weight rows, CX k, AX
@@ -57,9 +64,9 @@
 
 #define LOADX_Z(base, xz) VMOVUPS (base)(AX*4), xz
 
-// func tileF32AVX512(acc *[16]float32, x *float32, xstride, nx int, w *[4]*float32, k int)
+// func tileF32AVX512(acc *[16]float32, x *float32, xstride, nx int, w *[4]*float32, k int, sums *[256]float32, flags int)
 // float32 weights.
-TEXT ·tileF32AVX512(SB), NOSPLIT, $0-48
+TEXT ·tileF32AVX512(SB), NOSPLIT, $0-64
 	ARGS
 	CMPQ R14, $4
 	JEQ  four
@@ -69,10 +76,20 @@ TEXT ·tileF32AVX512(SB), NOSPLIT, $0-48
 	JEQ  two
 
 one:
+	TESTQ $1, flags+56(FP)
+	JNZ   oneresume
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
 	VPXORD Z3, Z3, Z3
+	JMP oneloop
+oneresume:
+	MOVQ sums+48(FP), AX
+	VMOVUPS 0(AX), Z0
+	VMOVUPS 64(AX), Z1
+	VMOVUPS 128(AX), Z2
+	VMOVUPS 192(AX), Z3
+	XORQ AX, AX
 oneloop:
 	VMOVUPS (R9)(AX*4), Z16
 	VMOVUPS (R10)(AX*4), Z17
@@ -83,14 +100,26 @@ oneloop:
 	ADDQ $16, AX
 	CMPQ AX, CX
 	JLT  oneloop
+	TESTQ $2, flags+56(FP)
+	JNZ   onemore
 	REDUCE_Z(Z0, Y0, 0)
 	REDUCE_Z(Z1, Y1, 4)
 	REDUCE_Z(Z2, Y2, 8)
 	REDUCE_Z(Z3, Y3, 12)
 	VZEROUPPER
 	RET
+onemore:
+	MOVQ sums+48(FP), AX
+	VMOVUPS Z0, 0(AX)
+	VMOVUPS Z1, 64(AX)
+	VMOVUPS Z2, 128(AX)
+	VMOVUPS Z3, 192(AX)
+	VZEROUPPER
+	RET
 
 two:
+	TESTQ $1, flags+56(FP)
+	JNZ   tworesume
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -99,6 +128,18 @@ two:
 	VPXORD Z5, Z5, Z5
 	VPXORD Z6, Z6, Z6
 	VPXORD Z7, Z7, Z7
+	JMP twoloop
+tworesume:
+	MOVQ sums+48(FP), AX
+	VMOVUPS 0(AX), Z0
+	VMOVUPS 64(AX), Z1
+	VMOVUPS 128(AX), Z2
+	VMOVUPS 192(AX), Z3
+	VMOVUPS 256(AX), Z4
+	VMOVUPS 320(AX), Z5
+	VMOVUPS 384(AX), Z6
+	VMOVUPS 448(AX), Z7
+	XORQ AX, AX
 twoloop:
 	VMOVUPS (R9)(AX*4), Z16
 	VMOVUPS (R10)(AX*4), Z17
@@ -111,6 +152,8 @@ twoloop:
 	ADDQ $16, AX
 	CMPQ AX, CX
 	JLT  twoloop
+	TESTQ $2, flags+56(FP)
+	JNZ   twomore
 	REDUCE_Z(Z0, Y0, 0)
 	REDUCE_Z(Z1, Y1, 4)
 	REDUCE_Z(Z2, Y2, 8)
@@ -121,8 +164,22 @@ twoloop:
 	REDUCE_Z(Z7, Y7, 28)
 	VZEROUPPER
 	RET
+twomore:
+	MOVQ sums+48(FP), AX
+	VMOVUPS Z0, 0(AX)
+	VMOVUPS Z1, 64(AX)
+	VMOVUPS Z2, 128(AX)
+	VMOVUPS Z3, 192(AX)
+	VMOVUPS Z4, 256(AX)
+	VMOVUPS Z5, 320(AX)
+	VMOVUPS Z6, 384(AX)
+	VMOVUPS Z7, 448(AX)
+	VZEROUPPER
+	RET
 
 three:
+	TESTQ $1, flags+56(FP)
+	JNZ   threeresume
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -135,6 +192,22 @@ three:
 	VPXORD Z9, Z9, Z9
 	VPXORD Z10, Z10, Z10
 	VPXORD Z11, Z11, Z11
+	JMP threeloop
+threeresume:
+	MOVQ sums+48(FP), AX
+	VMOVUPS 0(AX), Z0
+	VMOVUPS 64(AX), Z1
+	VMOVUPS 128(AX), Z2
+	VMOVUPS 192(AX), Z3
+	VMOVUPS 256(AX), Z4
+	VMOVUPS 320(AX), Z5
+	VMOVUPS 384(AX), Z6
+	VMOVUPS 448(AX), Z7
+	VMOVUPS 512(AX), Z8
+	VMOVUPS 576(AX), Z9
+	VMOVUPS 640(AX), Z10
+	VMOVUPS 704(AX), Z11
+	XORQ AX, AX
 threeloop:
 	VMOVUPS (R9)(AX*4), Z16
 	VMOVUPS (R10)(AX*4), Z17
@@ -149,6 +222,8 @@ threeloop:
 	ADDQ $16, AX
 	CMPQ AX, CX
 	JLT  threeloop
+	TESTQ $2, flags+56(FP)
+	JNZ   threemore
 	REDUCE_Z(Z0, Y0, 0)
 	REDUCE_Z(Z1, Y1, 4)
 	REDUCE_Z(Z2, Y2, 8)
@@ -163,8 +238,26 @@ threeloop:
 	REDUCE_Z(Z11, Y11, 44)
 	VZEROUPPER
 	RET
+threemore:
+	MOVQ sums+48(FP), AX
+	VMOVUPS Z0, 0(AX)
+	VMOVUPS Z1, 64(AX)
+	VMOVUPS Z2, 128(AX)
+	VMOVUPS Z3, 192(AX)
+	VMOVUPS Z4, 256(AX)
+	VMOVUPS Z5, 320(AX)
+	VMOVUPS Z6, 384(AX)
+	VMOVUPS Z7, 448(AX)
+	VMOVUPS Z8, 512(AX)
+	VMOVUPS Z9, 576(AX)
+	VMOVUPS Z10, 640(AX)
+	VMOVUPS Z11, 704(AX)
+	VZEROUPPER
+	RET
 
 four:
+	TESTQ $1, flags+56(FP)
+	JNZ   fourresume
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -181,6 +274,26 @@ four:
 	VPXORD Z13, Z13, Z13
 	VPXORD Z14, Z14, Z14
 	VPXORD Z15, Z15, Z15
+	JMP fourloop
+fourresume:
+	MOVQ sums+48(FP), AX
+	VMOVUPS 0(AX), Z0
+	VMOVUPS 64(AX), Z1
+	VMOVUPS 128(AX), Z2
+	VMOVUPS 192(AX), Z3
+	VMOVUPS 256(AX), Z4
+	VMOVUPS 320(AX), Z5
+	VMOVUPS 384(AX), Z6
+	VMOVUPS 448(AX), Z7
+	VMOVUPS 512(AX), Z8
+	VMOVUPS 576(AX), Z9
+	VMOVUPS 640(AX), Z10
+	VMOVUPS 704(AX), Z11
+	VMOVUPS 768(AX), Z12
+	VMOVUPS 832(AX), Z13
+	VMOVUPS 896(AX), Z14
+	VMOVUPS 960(AX), Z15
+	XORQ AX, AX
 fourloop:
 	VMOVUPS (R9)(AX*4), Z16
 	VMOVUPS (R10)(AX*4), Z17
@@ -197,6 +310,8 @@ fourloop:
 	ADDQ $16, AX
 	CMPQ AX, CX
 	JLT  fourloop
+	TESTQ $2, flags+56(FP)
+	JNZ   fourmore
 	REDUCE_Z(Z0, Y0, 0)
 	REDUCE_Z(Z1, Y1, 4)
 	REDUCE_Z(Z2, Y2, 8)
@@ -215,10 +330,30 @@ fourloop:
 	REDUCE_Z(Z15, Y15, 60)
 	VZEROUPPER
 	RET
+fourmore:
+	MOVQ sums+48(FP), AX
+	VMOVUPS Z0, 0(AX)
+	VMOVUPS Z1, 64(AX)
+	VMOVUPS Z2, 128(AX)
+	VMOVUPS Z3, 192(AX)
+	VMOVUPS Z4, 256(AX)
+	VMOVUPS Z5, 320(AX)
+	VMOVUPS Z6, 384(AX)
+	VMOVUPS Z7, 448(AX)
+	VMOVUPS Z8, 512(AX)
+	VMOVUPS Z9, 576(AX)
+	VMOVUPS Z10, 640(AX)
+	VMOVUPS Z11, 704(AX)
+	VMOVUPS Z12, 768(AX)
+	VMOVUPS Z13, 832(AX)
+	VMOVUPS Z14, 896(AX)
+	VMOVUPS Z15, 960(AX)
+	VZEROUPPER
+	RET
 
-// func tileBF16AVX512(acc *[16]float32, x *float32, xstride, nx int, w *[4]*uint16, k int)
+// func tileBF16AVX512(acc *[16]float32, x *float32, xstride, nx int, w *[4]*uint16, k int, sums *[256]float32, flags int)
 // bfloat16 weights, widened exactly by a 16-bit shift.
-TEXT ·tileBF16AVX512(SB), NOSPLIT, $0-48
+TEXT ·tileBF16AVX512(SB), NOSPLIT, $0-64
 	ARGS
 	CMPQ R14, $4
 	JEQ  four
@@ -228,10 +363,20 @@ TEXT ·tileBF16AVX512(SB), NOSPLIT, $0-48
 	JEQ  two
 
 one:
+	TESTQ $1, flags+56(FP)
+	JNZ   oneresume
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
 	VPXORD Z3, Z3, Z3
+	JMP oneloop
+oneresume:
+	MOVQ sums+48(FP), AX
+	VMOVUPS 0(AX), Z0
+	VMOVUPS 64(AX), Z1
+	VMOVUPS 128(AX), Z2
+	VMOVUPS 192(AX), Z3
+	XORQ AX, AX
 oneloop:
 	VPMOVZXWD (R9)(AX*2), Z16
 	VPSLLD $16, Z16, Z16
@@ -246,14 +391,26 @@ oneloop:
 	ADDQ $16, AX
 	CMPQ AX, CX
 	JLT  oneloop
+	TESTQ $2, flags+56(FP)
+	JNZ   onemore
 	REDUCE_Z(Z0, Y0, 0)
 	REDUCE_Z(Z1, Y1, 4)
 	REDUCE_Z(Z2, Y2, 8)
 	REDUCE_Z(Z3, Y3, 12)
 	VZEROUPPER
 	RET
+onemore:
+	MOVQ sums+48(FP), AX
+	VMOVUPS Z0, 0(AX)
+	VMOVUPS Z1, 64(AX)
+	VMOVUPS Z2, 128(AX)
+	VMOVUPS Z3, 192(AX)
+	VZEROUPPER
+	RET
 
 two:
+	TESTQ $1, flags+56(FP)
+	JNZ   tworesume
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -262,6 +419,18 @@ two:
 	VPXORD Z5, Z5, Z5
 	VPXORD Z6, Z6, Z6
 	VPXORD Z7, Z7, Z7
+	JMP twoloop
+tworesume:
+	MOVQ sums+48(FP), AX
+	VMOVUPS 0(AX), Z0
+	VMOVUPS 64(AX), Z1
+	VMOVUPS 128(AX), Z2
+	VMOVUPS 192(AX), Z3
+	VMOVUPS 256(AX), Z4
+	VMOVUPS 320(AX), Z5
+	VMOVUPS 384(AX), Z6
+	VMOVUPS 448(AX), Z7
+	XORQ AX, AX
 twoloop:
 	VPMOVZXWD (R9)(AX*2), Z16
 	VPSLLD $16, Z16, Z16
@@ -278,6 +447,8 @@ twoloop:
 	ADDQ $16, AX
 	CMPQ AX, CX
 	JLT  twoloop
+	TESTQ $2, flags+56(FP)
+	JNZ   twomore
 	REDUCE_Z(Z0, Y0, 0)
 	REDUCE_Z(Z1, Y1, 4)
 	REDUCE_Z(Z2, Y2, 8)
@@ -288,8 +459,22 @@ twoloop:
 	REDUCE_Z(Z7, Y7, 28)
 	VZEROUPPER
 	RET
+twomore:
+	MOVQ sums+48(FP), AX
+	VMOVUPS Z0, 0(AX)
+	VMOVUPS Z1, 64(AX)
+	VMOVUPS Z2, 128(AX)
+	VMOVUPS Z3, 192(AX)
+	VMOVUPS Z4, 256(AX)
+	VMOVUPS Z5, 320(AX)
+	VMOVUPS Z6, 384(AX)
+	VMOVUPS Z7, 448(AX)
+	VZEROUPPER
+	RET
 
 three:
+	TESTQ $1, flags+56(FP)
+	JNZ   threeresume
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -302,6 +487,22 @@ three:
 	VPXORD Z9, Z9, Z9
 	VPXORD Z10, Z10, Z10
 	VPXORD Z11, Z11, Z11
+	JMP threeloop
+threeresume:
+	MOVQ sums+48(FP), AX
+	VMOVUPS 0(AX), Z0
+	VMOVUPS 64(AX), Z1
+	VMOVUPS 128(AX), Z2
+	VMOVUPS 192(AX), Z3
+	VMOVUPS 256(AX), Z4
+	VMOVUPS 320(AX), Z5
+	VMOVUPS 384(AX), Z6
+	VMOVUPS 448(AX), Z7
+	VMOVUPS 512(AX), Z8
+	VMOVUPS 576(AX), Z9
+	VMOVUPS 640(AX), Z10
+	VMOVUPS 704(AX), Z11
+	XORQ AX, AX
 threeloop:
 	VPMOVZXWD (R9)(AX*2), Z16
 	VPSLLD $16, Z16, Z16
@@ -320,6 +521,8 @@ threeloop:
 	ADDQ $16, AX
 	CMPQ AX, CX
 	JLT  threeloop
+	TESTQ $2, flags+56(FP)
+	JNZ   threemore
 	REDUCE_Z(Z0, Y0, 0)
 	REDUCE_Z(Z1, Y1, 4)
 	REDUCE_Z(Z2, Y2, 8)
@@ -334,8 +537,26 @@ threeloop:
 	REDUCE_Z(Z11, Y11, 44)
 	VZEROUPPER
 	RET
+threemore:
+	MOVQ sums+48(FP), AX
+	VMOVUPS Z0, 0(AX)
+	VMOVUPS Z1, 64(AX)
+	VMOVUPS Z2, 128(AX)
+	VMOVUPS Z3, 192(AX)
+	VMOVUPS Z4, 256(AX)
+	VMOVUPS Z5, 320(AX)
+	VMOVUPS Z6, 384(AX)
+	VMOVUPS Z7, 448(AX)
+	VMOVUPS Z8, 512(AX)
+	VMOVUPS Z9, 576(AX)
+	VMOVUPS Z10, 640(AX)
+	VMOVUPS Z11, 704(AX)
+	VZEROUPPER
+	RET
 
 four:
+	TESTQ $1, flags+56(FP)
+	JNZ   fourresume
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -352,6 +573,26 @@ four:
 	VPXORD Z13, Z13, Z13
 	VPXORD Z14, Z14, Z14
 	VPXORD Z15, Z15, Z15
+	JMP fourloop
+fourresume:
+	MOVQ sums+48(FP), AX
+	VMOVUPS 0(AX), Z0
+	VMOVUPS 64(AX), Z1
+	VMOVUPS 128(AX), Z2
+	VMOVUPS 192(AX), Z3
+	VMOVUPS 256(AX), Z4
+	VMOVUPS 320(AX), Z5
+	VMOVUPS 384(AX), Z6
+	VMOVUPS 448(AX), Z7
+	VMOVUPS 512(AX), Z8
+	VMOVUPS 576(AX), Z9
+	VMOVUPS 640(AX), Z10
+	VMOVUPS 704(AX), Z11
+	VMOVUPS 768(AX), Z12
+	VMOVUPS 832(AX), Z13
+	VMOVUPS 896(AX), Z14
+	VMOVUPS 960(AX), Z15
+	XORQ AX, AX
 fourloop:
 	VPMOVZXWD (R9)(AX*2), Z16
 	VPSLLD $16, Z16, Z16
@@ -372,6 +613,8 @@ fourloop:
 	ADDQ $16, AX
 	CMPQ AX, CX
 	JLT  fourloop
+	TESTQ $2, flags+56(FP)
+	JNZ   fourmore
 	REDUCE_Z(Z0, Y0, 0)
 	REDUCE_Z(Z1, Y1, 4)
 	REDUCE_Z(Z2, Y2, 8)
@@ -390,10 +633,30 @@ fourloop:
 	REDUCE_Z(Z15, Y15, 60)
 	VZEROUPPER
 	RET
+fourmore:
+	MOVQ sums+48(FP), AX
+	VMOVUPS Z0, 0(AX)
+	VMOVUPS Z1, 64(AX)
+	VMOVUPS Z2, 128(AX)
+	VMOVUPS Z3, 192(AX)
+	VMOVUPS Z4, 256(AX)
+	VMOVUPS Z5, 320(AX)
+	VMOVUPS Z6, 384(AX)
+	VMOVUPS Z7, 448(AX)
+	VMOVUPS Z8, 512(AX)
+	VMOVUPS Z9, 576(AX)
+	VMOVUPS Z10, 640(AX)
+	VMOVUPS Z11, 704(AX)
+	VMOVUPS Z12, 768(AX)
+	VMOVUPS Z13, 832(AX)
+	VMOVUPS Z14, 896(AX)
+	VMOVUPS Z15, 960(AX)
+	VZEROUPPER
+	RET
 
-// func tileF16AVX512(acc *[16]float32, x *float32, xstride, nx int, w *[4]*uint16, k int)
+// func tileF16AVX512(acc *[16]float32, x *float32, xstride, nx int, w *[4]*uint16, k int, sums *[256]float32, flags int)
 // IEEE half weights, converted exactly.
-TEXT ·tileF16AVX512(SB), NOSPLIT, $0-48
+TEXT ·tileF16AVX512(SB), NOSPLIT, $0-64
 	ARGS
 	CMPQ R14, $4
 	JEQ  four
@@ -403,10 +666,20 @@ TEXT ·tileF16AVX512(SB), NOSPLIT, $0-48
 	JEQ  two
 
 one:
+	TESTQ $1, flags+56(FP)
+	JNZ   oneresume
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
 	VPXORD Z3, Z3, Z3
+	JMP oneloop
+oneresume:
+	MOVQ sums+48(FP), AX
+	VMOVUPS 0(AX), Z0
+	VMOVUPS 64(AX), Z1
+	VMOVUPS 128(AX), Z2
+	VMOVUPS 192(AX), Z3
+	XORQ AX, AX
 oneloop:
 	VCVTPH2PS (R9)(AX*2), Z16
 	VCVTPH2PS (R10)(AX*2), Z17
@@ -417,14 +690,26 @@ oneloop:
 	ADDQ $16, AX
 	CMPQ AX, CX
 	JLT  oneloop
+	TESTQ $2, flags+56(FP)
+	JNZ   onemore
 	REDUCE_Z(Z0, Y0, 0)
 	REDUCE_Z(Z1, Y1, 4)
 	REDUCE_Z(Z2, Y2, 8)
 	REDUCE_Z(Z3, Y3, 12)
 	VZEROUPPER
 	RET
+onemore:
+	MOVQ sums+48(FP), AX
+	VMOVUPS Z0, 0(AX)
+	VMOVUPS Z1, 64(AX)
+	VMOVUPS Z2, 128(AX)
+	VMOVUPS Z3, 192(AX)
+	VZEROUPPER
+	RET
 
 two:
+	TESTQ $1, flags+56(FP)
+	JNZ   tworesume
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -433,6 +718,18 @@ two:
 	VPXORD Z5, Z5, Z5
 	VPXORD Z6, Z6, Z6
 	VPXORD Z7, Z7, Z7
+	JMP twoloop
+tworesume:
+	MOVQ sums+48(FP), AX
+	VMOVUPS 0(AX), Z0
+	VMOVUPS 64(AX), Z1
+	VMOVUPS 128(AX), Z2
+	VMOVUPS 192(AX), Z3
+	VMOVUPS 256(AX), Z4
+	VMOVUPS 320(AX), Z5
+	VMOVUPS 384(AX), Z6
+	VMOVUPS 448(AX), Z7
+	XORQ AX, AX
 twoloop:
 	VCVTPH2PS (R9)(AX*2), Z16
 	VCVTPH2PS (R10)(AX*2), Z17
@@ -445,6 +742,8 @@ twoloop:
 	ADDQ $16, AX
 	CMPQ AX, CX
 	JLT  twoloop
+	TESTQ $2, flags+56(FP)
+	JNZ   twomore
 	REDUCE_Z(Z0, Y0, 0)
 	REDUCE_Z(Z1, Y1, 4)
 	REDUCE_Z(Z2, Y2, 8)
@@ -455,8 +754,22 @@ twoloop:
 	REDUCE_Z(Z7, Y7, 28)
 	VZEROUPPER
 	RET
+twomore:
+	MOVQ sums+48(FP), AX
+	VMOVUPS Z0, 0(AX)
+	VMOVUPS Z1, 64(AX)
+	VMOVUPS Z2, 128(AX)
+	VMOVUPS Z3, 192(AX)
+	VMOVUPS Z4, 256(AX)
+	VMOVUPS Z5, 320(AX)
+	VMOVUPS Z6, 384(AX)
+	VMOVUPS Z7, 448(AX)
+	VZEROUPPER
+	RET
 
 three:
+	TESTQ $1, flags+56(FP)
+	JNZ   threeresume
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -469,6 +782,22 @@ three:
 	VPXORD Z9, Z9, Z9
 	VPXORD Z10, Z10, Z10
 	VPXORD Z11, Z11, Z11
+	JMP threeloop
+threeresume:
+	MOVQ sums+48(FP), AX
+	VMOVUPS 0(AX), Z0
+	VMOVUPS 64(AX), Z1
+	VMOVUPS 128(AX), Z2
+	VMOVUPS 192(AX), Z3
+	VMOVUPS 256(AX), Z4
+	VMOVUPS 320(AX), Z5
+	VMOVUPS 384(AX), Z6
+	VMOVUPS 448(AX), Z7
+	VMOVUPS 512(AX), Z8
+	VMOVUPS 576(AX), Z9
+	VMOVUPS 640(AX), Z10
+	VMOVUPS 704(AX), Z11
+	XORQ AX, AX
 threeloop:
 	VCVTPH2PS (R9)(AX*2), Z16
 	VCVTPH2PS (R10)(AX*2), Z17
@@ -483,6 +812,8 @@ threeloop:
 	ADDQ $16, AX
 	CMPQ AX, CX
 	JLT  threeloop
+	TESTQ $2, flags+56(FP)
+	JNZ   threemore
 	REDUCE_Z(Z0, Y0, 0)
 	REDUCE_Z(Z1, Y1, 4)
 	REDUCE_Z(Z2, Y2, 8)
@@ -497,8 +828,26 @@ threeloop:
 	REDUCE_Z(Z11, Y11, 44)
 	VZEROUPPER
 	RET
+threemore:
+	MOVQ sums+48(FP), AX
+	VMOVUPS Z0, 0(AX)
+	VMOVUPS Z1, 64(AX)
+	VMOVUPS Z2, 128(AX)
+	VMOVUPS Z3, 192(AX)
+	VMOVUPS Z4, 256(AX)
+	VMOVUPS Z5, 320(AX)
+	VMOVUPS Z6, 384(AX)
+	VMOVUPS Z7, 448(AX)
+	VMOVUPS Z8, 512(AX)
+	VMOVUPS Z9, 576(AX)
+	VMOVUPS Z10, 640(AX)
+	VMOVUPS Z11, 704(AX)
+	VZEROUPPER
+	RET
 
 four:
+	TESTQ $1, flags+56(FP)
+	JNZ   fourresume
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -515,6 +864,26 @@ four:
 	VPXORD Z13, Z13, Z13
 	VPXORD Z14, Z14, Z14
 	VPXORD Z15, Z15, Z15
+	JMP fourloop
+fourresume:
+	MOVQ sums+48(FP), AX
+	VMOVUPS 0(AX), Z0
+	VMOVUPS 64(AX), Z1
+	VMOVUPS 128(AX), Z2
+	VMOVUPS 192(AX), Z3
+	VMOVUPS 256(AX), Z4
+	VMOVUPS 320(AX), Z5
+	VMOVUPS 384(AX), Z6
+	VMOVUPS 448(AX), Z7
+	VMOVUPS 512(AX), Z8
+	VMOVUPS 576(AX), Z9
+	VMOVUPS 640(AX), Z10
+	VMOVUPS 704(AX), Z11
+	VMOVUPS 768(AX), Z12
+	VMOVUPS 832(AX), Z13
+	VMOVUPS 896(AX), Z14
+	VMOVUPS 960(AX), Z15
+	XORQ AX, AX
 fourloop:
 	VCVTPH2PS (R9)(AX*2), Z16
 	VCVTPH2PS (R10)(AX*2), Z17
@@ -531,6 +900,8 @@ fourloop:
 	ADDQ $16, AX
 	CMPQ AX, CX
 	JLT  fourloop
+	TESTQ $2, flags+56(FP)
+	JNZ   fourmore
 	REDUCE_Z(Z0, Y0, 0)
 	REDUCE_Z(Z1, Y1, 4)
 	REDUCE_Z(Z2, Y2, 8)
@@ -547,6 +918,26 @@ fourloop:
 	REDUCE_Z(Z13, Y13, 52)
 	REDUCE_Z(Z14, Y14, 56)
 	REDUCE_Z(Z15, Y15, 60)
+	VZEROUPPER
+	RET
+fourmore:
+	MOVQ sums+48(FP), AX
+	VMOVUPS Z0, 0(AX)
+	VMOVUPS Z1, 64(AX)
+	VMOVUPS Z2, 128(AX)
+	VMOVUPS Z3, 192(AX)
+	VMOVUPS Z4, 256(AX)
+	VMOVUPS Z5, 320(AX)
+	VMOVUPS Z6, 384(AX)
+	VMOVUPS Z7, 448(AX)
+	VMOVUPS Z8, 512(AX)
+	VMOVUPS Z9, 576(AX)
+	VMOVUPS Z10, 640(AX)
+	VMOVUPS Z11, 704(AX)
+	VMOVUPS Z12, 768(AX)
+	VMOVUPS Z13, 832(AX)
+	VMOVUPS Z14, 896(AX)
+	VMOVUPS Z15, 960(AX)
 	VZEROUPPER
 	RET
 
@@ -562,10 +953,13 @@ fourloop:
 	VADDSS       X15, X14, X14 \
 	VMOVSS       X14, off(DI)
 
-// func tileF32AVX2(acc *[16]float32, x *float32, xstride, nx int, w *[4]*float32, k int)
-TEXT ·tileF32AVX2(SB), NOSPLIT, $0-48
+// func tileF32AVX2(acc *[16]float32, x *float32, xstride, nx int, w *[4]*float32, k int, sums *[256]float32, flags int)
+TEXT ·tileF32AVX2(SB), NOSPLIT, $0-64
 	ARGS
+	MOVQ sums+48(FP), R15
 row:
+	TESTQ $1, flags+56(FP)
+	JNZ   resume
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
@@ -574,6 +968,16 @@ row:
 	VXORPS Y5, Y5, Y5
 	VXORPS Y6, Y6, Y6
 	VXORPS Y7, Y7, Y7
+	JMP loop
+resume:
+	VMOVUPS 0(R15), Y0
+	VMOVUPS 32(R15), Y1
+	VMOVUPS 64(R15), Y2
+	VMOVUPS 96(R15), Y3
+	VMOVUPS 128(R15), Y4
+	VMOVUPS 160(R15), Y5
+	VMOVUPS 192(R15), Y6
+	VMOVUPS 224(R15), Y7
 loop:
 	VMOVUPS (SI)(AX*4), Y8
 	VMOVUPS 32(SI)(AX*4), Y9
@@ -596,25 +1000,42 @@ loop:
 	ADDQ $16, AX
 	CMPQ AX, CX
 	JLT  loop
+	TESTQ $2, flags+56(FP)
+	JNZ   more
 	REDUCE_Y(Y0, Y1, 0)
 	REDUCE_Y(Y2, Y3, 4)
 	REDUCE_Y(Y4, Y5, 8)
 	REDUCE_Y(Y6, Y7, 12)
-	// Next x row: the accumulators' outputs move on by 4 floats.
+	JMP next
+more:
+	VMOVUPS Y0, 0(R15)
+	VMOVUPS Y1, 32(R15)
+	VMOVUPS Y2, 64(R15)
+	VMOVUPS Y3, 96(R15)
+	VMOVUPS Y4, 128(R15)
+	VMOVUPS Y5, 160(R15)
+	VMOVUPS Y6, 192(R15)
+	VMOVUPS Y7, 224(R15)
+next:
+	// Next x row: its outputs move on by 4 floats, its lanes by 64.
 	DECQ R14
 	JZ   done
 	ADDQ R8, SI
 	ADDQ $16, DI
+	ADDQ $256, R15
 	XORQ AX, AX
 	JMP  row
 done:
 	VZEROUPPER
 	RET
 
-// func tileBF16AVX2(acc *[16]float32, x *float32, xstride, nx int, w *[4]*uint16, k int)
-TEXT ·tileBF16AVX2(SB), NOSPLIT, $0-48
+// func tileBF16AVX2(acc *[16]float32, x *float32, xstride, nx int, w *[4]*uint16, k int, sums *[256]float32, flags int)
+TEXT ·tileBF16AVX2(SB), NOSPLIT, $0-64
 	ARGS
+	MOVQ sums+48(FP), R15
 row:
+	TESTQ $1, flags+56(FP)
+	JNZ   resume
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
@@ -623,6 +1044,16 @@ row:
 	VXORPS Y5, Y5, Y5
 	VXORPS Y6, Y6, Y6
 	VXORPS Y7, Y7, Y7
+	JMP loop
+resume:
+	VMOVUPS 0(R15), Y0
+	VMOVUPS 32(R15), Y1
+	VMOVUPS 64(R15), Y2
+	VMOVUPS 96(R15), Y3
+	VMOVUPS 128(R15), Y4
+	VMOVUPS 160(R15), Y5
+	VMOVUPS 192(R15), Y6
+	VMOVUPS 224(R15), Y7
 loop:
 	VMOVUPS (SI)(AX*4), Y8
 	VMOVUPS 32(SI)(AX*4), Y9
@@ -653,25 +1084,42 @@ loop:
 	ADDQ $16, AX
 	CMPQ AX, CX
 	JLT  loop
+	TESTQ $2, flags+56(FP)
+	JNZ   more
 	REDUCE_Y(Y0, Y1, 0)
 	REDUCE_Y(Y2, Y3, 4)
 	REDUCE_Y(Y4, Y5, 8)
 	REDUCE_Y(Y6, Y7, 12)
-	// Next x row: the accumulators' outputs move on by 4 floats.
+	JMP next
+more:
+	VMOVUPS Y0, 0(R15)
+	VMOVUPS Y1, 32(R15)
+	VMOVUPS Y2, 64(R15)
+	VMOVUPS Y3, 96(R15)
+	VMOVUPS Y4, 128(R15)
+	VMOVUPS Y5, 160(R15)
+	VMOVUPS Y6, 192(R15)
+	VMOVUPS Y7, 224(R15)
+next:
+	// Next x row: its outputs move on by 4 floats, its lanes by 64.
 	DECQ R14
 	JZ   done
 	ADDQ R8, SI
 	ADDQ $16, DI
+	ADDQ $256, R15
 	XORQ AX, AX
 	JMP  row
 done:
 	VZEROUPPER
 	RET
 
-// func tileF16AVX2(acc *[16]float32, x *float32, xstride, nx int, w *[4]*uint16, k int)
-TEXT ·tileF16AVX2(SB), NOSPLIT, $0-48
+// func tileF16AVX2(acc *[16]float32, x *float32, xstride, nx int, w *[4]*uint16, k int, sums *[256]float32, flags int)
+TEXT ·tileF16AVX2(SB), NOSPLIT, $0-64
 	ARGS
+	MOVQ sums+48(FP), R15
 row:
+	TESTQ $1, flags+56(FP)
+	JNZ   resume
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
@@ -680,6 +1128,16 @@ row:
 	VXORPS Y5, Y5, Y5
 	VXORPS Y6, Y6, Y6
 	VXORPS Y7, Y7, Y7
+	JMP loop
+resume:
+	VMOVUPS 0(R15), Y0
+	VMOVUPS 32(R15), Y1
+	VMOVUPS 64(R15), Y2
+	VMOVUPS 96(R15), Y3
+	VMOVUPS 128(R15), Y4
+	VMOVUPS 160(R15), Y5
+	VMOVUPS 192(R15), Y6
+	VMOVUPS 224(R15), Y7
 loop:
 	VMOVUPS (SI)(AX*4), Y8
 	VMOVUPS 32(SI)(AX*4), Y9
@@ -702,15 +1160,29 @@ loop:
 	ADDQ $16, AX
 	CMPQ AX, CX
 	JLT  loop
+	TESTQ $2, flags+56(FP)
+	JNZ   more
 	REDUCE_Y(Y0, Y1, 0)
 	REDUCE_Y(Y2, Y3, 4)
 	REDUCE_Y(Y4, Y5, 8)
 	REDUCE_Y(Y6, Y7, 12)
-	// Next x row: the accumulators' outputs move on by 4 floats.
+	JMP next
+more:
+	VMOVUPS Y0, 0(R15)
+	VMOVUPS Y1, 32(R15)
+	VMOVUPS Y2, 64(R15)
+	VMOVUPS Y3, 96(R15)
+	VMOVUPS Y4, 128(R15)
+	VMOVUPS Y5, 160(R15)
+	VMOVUPS Y6, 192(R15)
+	VMOVUPS Y7, 224(R15)
+next:
+	// Next x row: its outputs move on by 4 floats, its lanes by 64.
 	DECQ R14
 	JZ   done
 	ADDQ R8, SI
 	ADDQ $16, DI
+	ADDQ $256, R15
 	XORQ AX, AX
 	JMP  row
 done:
@@ -809,8 +1281,8 @@ pfloop:
 // spelled out in bytes (EVEX.512.F3.0F38.W0 52 /r, register form); the
 // comment on each line gives the instruction.
 //
-// func tileBF16DotAVX512(acc *[16]float32, x *uint16, xstride, nx int, w *[4]*uint16, k int)
-TEXT ·tileBF16DotAVX512(SB), NOSPLIT, $0-48
+// func tileBF16DotAVX512(acc *[16]float32, x *uint16, xstride, nx int, w *[4]*uint16, k int, sums *[256]float32, flags int)
+TEXT ·tileBF16DotAVX512(SB), NOSPLIT, $0-64
 	MOVQ acc+0(FP), DI
 	MOVQ x+8(FP), SI
 	MOVQ xstride+16(FP), R8
@@ -834,10 +1306,20 @@ TEXT ·tileBF16DotAVX512(SB), NOSPLIT, $0-48
 	JEQ  dtwo
 
 done:
+	TESTQ $1, flags+56(FP)
+	JNZ   doneresume
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
 	VPXORD Z3, Z3, Z3
+	JMP doneloop
+doneresume:
+	MOVQ sums+48(FP), AX
+	VMOVUPS 0(AX), Z0
+	VMOVUPS 64(AX), Z1
+	VMOVUPS 128(AX), Z2
+	VMOVUPS 192(AX), Z3
+	XORQ AX, AX
 doneloop:
 	VMOVUPS (R9)(AX*2), Z16
 	VMOVUPS (R10)(AX*2), Z17
@@ -851,14 +1333,26 @@ doneloop:
 	ADDQ $32, AX
 	CMPQ AX, CX
 	JLT  doneloop
+	TESTQ $2, flags+56(FP)
+	JNZ   donemore
 	REDUCE_Z(Z0, Y0, 0)
 	REDUCE_Z(Z1, Y1, 4)
 	REDUCE_Z(Z2, Y2, 8)
 	REDUCE_Z(Z3, Y3, 12)
 	VZEROUPPER
 	RET
+donemore:
+	MOVQ sums+48(FP), AX
+	VMOVUPS Z0, 0(AX)
+	VMOVUPS Z1, 64(AX)
+	VMOVUPS Z2, 128(AX)
+	VMOVUPS Z3, 192(AX)
+	VZEROUPPER
+	RET
 
 dtwo:
+	TESTQ $1, flags+56(FP)
+	JNZ   dtworesume
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -867,6 +1361,18 @@ dtwo:
 	VPXORD Z5, Z5, Z5
 	VPXORD Z6, Z6, Z6
 	VPXORD Z7, Z7, Z7
+	JMP dtwoloop
+dtworesume:
+	MOVQ sums+48(FP), AX
+	VMOVUPS 0(AX), Z0
+	VMOVUPS 64(AX), Z1
+	VMOVUPS 128(AX), Z2
+	VMOVUPS 192(AX), Z3
+	VMOVUPS 256(AX), Z4
+	VMOVUPS 320(AX), Z5
+	VMOVUPS 384(AX), Z6
+	VMOVUPS 448(AX), Z7
+	XORQ AX, AX
 dtwoloop:
 	VMOVUPS (R9)(AX*2), Z16
 	VMOVUPS (R10)(AX*2), Z17
@@ -885,6 +1391,8 @@ dtwoloop:
 	ADDQ $32, AX
 	CMPQ AX, CX
 	JLT  dtwoloop
+	TESTQ $2, flags+56(FP)
+	JNZ   dtwomore
 	REDUCE_Z(Z0, Y0, 0)
 	REDUCE_Z(Z1, Y1, 4)
 	REDUCE_Z(Z2, Y2, 8)
@@ -895,8 +1403,22 @@ dtwoloop:
 	REDUCE_Z(Z7, Y7, 28)
 	VZEROUPPER
 	RET
+dtwomore:
+	MOVQ sums+48(FP), AX
+	VMOVUPS Z0, 0(AX)
+	VMOVUPS Z1, 64(AX)
+	VMOVUPS Z2, 128(AX)
+	VMOVUPS Z3, 192(AX)
+	VMOVUPS Z4, 256(AX)
+	VMOVUPS Z5, 320(AX)
+	VMOVUPS Z6, 384(AX)
+	VMOVUPS Z7, 448(AX)
+	VZEROUPPER
+	RET
 
 dthree:
+	TESTQ $1, flags+56(FP)
+	JNZ   dthreeresume
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -909,6 +1431,22 @@ dthree:
 	VPXORD Z9, Z9, Z9
 	VPXORD Z10, Z10, Z10
 	VPXORD Z11, Z11, Z11
+	JMP dthreeloop
+dthreeresume:
+	MOVQ sums+48(FP), AX
+	VMOVUPS 0(AX), Z0
+	VMOVUPS 64(AX), Z1
+	VMOVUPS 128(AX), Z2
+	VMOVUPS 192(AX), Z3
+	VMOVUPS 256(AX), Z4
+	VMOVUPS 320(AX), Z5
+	VMOVUPS 384(AX), Z6
+	VMOVUPS 448(AX), Z7
+	VMOVUPS 512(AX), Z8
+	VMOVUPS 576(AX), Z9
+	VMOVUPS 640(AX), Z10
+	VMOVUPS 704(AX), Z11
+	XORQ AX, AX
 dthreeloop:
 	VMOVUPS (R9)(AX*2), Z16
 	VMOVUPS (R10)(AX*2), Z17
@@ -932,6 +1470,8 @@ dthreeloop:
 	ADDQ $32, AX
 	CMPQ AX, CX
 	JLT  dthreeloop
+	TESTQ $2, flags+56(FP)
+	JNZ   dthreemore
 	REDUCE_Z(Z0, Y0, 0)
 	REDUCE_Z(Z1, Y1, 4)
 	REDUCE_Z(Z2, Y2, 8)
@@ -946,8 +1486,26 @@ dthreeloop:
 	REDUCE_Z(Z11, Y11, 44)
 	VZEROUPPER
 	RET
+dthreemore:
+	MOVQ sums+48(FP), AX
+	VMOVUPS Z0, 0(AX)
+	VMOVUPS Z1, 64(AX)
+	VMOVUPS Z2, 128(AX)
+	VMOVUPS Z3, 192(AX)
+	VMOVUPS Z4, 256(AX)
+	VMOVUPS Z5, 320(AX)
+	VMOVUPS Z6, 384(AX)
+	VMOVUPS Z7, 448(AX)
+	VMOVUPS Z8, 512(AX)
+	VMOVUPS Z9, 576(AX)
+	VMOVUPS Z10, 640(AX)
+	VMOVUPS Z11, 704(AX)
+	VZEROUPPER
+	RET
 
 dfour:
+	TESTQ $1, flags+56(FP)
+	JNZ   dfourresume
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
 	VPXORD Z2, Z2, Z2
@@ -964,6 +1522,26 @@ dfour:
 	VPXORD Z13, Z13, Z13
 	VPXORD Z14, Z14, Z14
 	VPXORD Z15, Z15, Z15
+	JMP dfourloop
+dfourresume:
+	MOVQ sums+48(FP), AX
+	VMOVUPS 0(AX), Z0
+	VMOVUPS 64(AX), Z1
+	VMOVUPS 128(AX), Z2
+	VMOVUPS 192(AX), Z3
+	VMOVUPS 256(AX), Z4
+	VMOVUPS 320(AX), Z5
+	VMOVUPS 384(AX), Z6
+	VMOVUPS 448(AX), Z7
+	VMOVUPS 512(AX), Z8
+	VMOVUPS 576(AX), Z9
+	VMOVUPS 640(AX), Z10
+	VMOVUPS 704(AX), Z11
+	VMOVUPS 768(AX), Z12
+	VMOVUPS 832(AX), Z13
+	VMOVUPS 896(AX), Z14
+	VMOVUPS 960(AX), Z15
+	XORQ AX, AX
 dfourloop:
 	VMOVUPS (R9)(AX*2), Z16
 	VMOVUPS (R10)(AX*2), Z17
@@ -992,6 +1570,8 @@ dfourloop:
 	ADDQ $32, AX
 	CMPQ AX, CX
 	JLT  dfourloop
+	TESTQ $2, flags+56(FP)
+	JNZ   dfourmore
 	REDUCE_Z(Z0, Y0, 0)
 	REDUCE_Z(Z1, Y1, 4)
 	REDUCE_Z(Z2, Y2, 8)
@@ -1008,6 +1588,26 @@ dfourloop:
 	REDUCE_Z(Z13, Y13, 52)
 	REDUCE_Z(Z14, Y14, 56)
 	REDUCE_Z(Z15, Y15, 60)
+	VZEROUPPER
+	RET
+dfourmore:
+	MOVQ sums+48(FP), AX
+	VMOVUPS Z0, 0(AX)
+	VMOVUPS Z1, 64(AX)
+	VMOVUPS Z2, 128(AX)
+	VMOVUPS Z3, 192(AX)
+	VMOVUPS Z4, 256(AX)
+	VMOVUPS Z5, 320(AX)
+	VMOVUPS Z6, 384(AX)
+	VMOVUPS Z7, 448(AX)
+	VMOVUPS Z8, 512(AX)
+	VMOVUPS Z9, 576(AX)
+	VMOVUPS Z10, 640(AX)
+	VMOVUPS Z11, 704(AX)
+	VMOVUPS Z12, 768(AX)
+	VMOVUPS Z13, 832(AX)
+	VMOVUPS Z14, 896(AX)
+	VMOVUPS Z15, 960(AX)
 	VZEROUPPER
 	RET
 

@@ -49,16 +49,14 @@ const (
 	tileMore
 )
 
-// kBlock is the number of columns of one block of a long sum: the blocks
-// of a 16-row batch (16 inputs and a tile of weights, 80 KB at 1024
-// columns) then fit a 32 KB L1 cache.
-const kBlock = 256
-
-// groupTiles is the number of weight tiles that multiply one block of
-// input columns before the next block: the input block is then read into
-// L1 once for all of them, and their lane sums (1 KB per tile of input
-// rows) stay in L1 or L2.
-const groupTiles = 4
+// kBlock is the most columns one call of a batched product takes: a tile
+// of weights and of inputs (16 KB at 512 float32 columns) then stays in L1
+// while it serves every tile of input rows, where at 3584 columns the
+// weight tile alone (56 KB) spilled to L2 and was read from there for
+// every tile of inputs (for every input row on AVX2). Going to L1 less
+// often costs more than it saves: 256 columns, or grouping several weight
+// tiles over one block of inputs, measured slower.
+const kBlock = 512
 
 // tiling is one way to multiply: a tile kernel, the number of columns its
 // vector part takes at a time, and the product of one input and one weight
@@ -81,12 +79,9 @@ func mulTiled[X, W any](data []W, cols int, tl tiling[X, W], out []float32, oStr
 	if n > tileRows && k > kBlock {
 		kb = kBlock - kBlock%tl.block
 	}
-	nt := (n + tileRows - 1) / tileRows
-	g := 1
 	var sums []tileSums
 	if kb < k {
-		g = groupTiles
-		b := getSums(g * nt)
+		b := getSums((n + tileRows - 1) / tileRows)
 		defer putSums(b)
 		sums = *b
 	}
@@ -96,36 +91,33 @@ func mulTiled[X, W any](data []W, cols int, tl tiling[X, W], out []float32, oStr
 	}
 	var acc [tileRows * tileCols]float32
 	var w [tileCols]*W
-	var base [groupTiles][tileCols]int
-	var rows [groupTiles][tileCols]int
-	var nws [groupTiles]int
+	var base [tileCols]int
+	var rows [tileCols]int
 	// A tile takes its weight rows from the four quarters of [lo, hi), so
 	// that the weights stream from memory as four sequential runs, which
 	// the hardware prefetchers follow, rather than four rows interleaved in
 	// one page, which they do not. Each output is computed on its own, so
 	// the grouping changes no bits.
 	quarter := (hi - lo + tileCols - 1) / tileCols
-	for q0 := 0; q0 < quarter; q0 += g {
-		ng := min(g, quarter-q0)
-		for e := range ng {
-			nw := 0
-			for j := range tileCols {
-				if r := lo + j*quarter + q0 + e; r < hi {
-					rows[e][nw] = r
-					nw++
-				}
-			}
-			nws[e] = nw
-			for j := range tileCols {
-				// Short tiles repeat their first row: the extra sums
-				// are computed and dropped.
-				r := rows[e][0]
-				if j < nw {
-					r = rows[e][j]
-				}
-				base[e][j] = r * cols
+	for q := range quarter {
+		nw := 0
+		for j := range tileCols {
+			if r := lo + j*quarter + q; r < hi {
+				rows[nw] = r
+				nw++
 			}
 		}
+		for j := range tileCols {
+			// Short tiles repeat their first row: the extra sums are
+			// computed and dropped.
+			r := rows[0]
+			if j < nw {
+				r = rows[j]
+			}
+			base[j] = r * cols
+		}
+		// The columns in blocks of kb, each over every tile of input
+		// rows; the lane sums of a tile wait in sums between blocks.
 		for b := range nb {
 			c0 := b * kb
 			kc := min(kb, k-c0)
@@ -136,24 +128,22 @@ func mulTiled[X, W any](data []W, cols int, tl tiling[X, W], out []float32, oStr
 			if c0+kc < k {
 				flags |= tileMore
 			}
-			for e := range ng {
-				for j := range tileCols {
-					w[j] = &data[base[e][j]+c0]
+			for j := range tileCols {
+				w[j] = &data[base[j]+c0]
+			}
+			for t := 0; t < n; t += tileRows {
+				nx := min(tileRows, n-t)
+				var s *tileSums
+				if sums != nil {
+					s = &sums[t/tileRows]
 				}
-				for t := 0; t < n; t += tileRows {
-					nx := min(tileRows, n-t)
-					var s *tileSums
-					if sums != nil {
-						s = &sums[e*nt+t/tileRows]
-					}
-					if kc > 0 {
-						tl.tile(&acc, x[t*cols+c0:], cols, nx, &w, kc, s, flags)
-					} else {
-						clear(acc[:])
-					}
-					if flags&tileMore == 0 {
-						tail(data, cols, k, tl.mul, &acc, rows[e][:nws[e]], out[t*oStride+oBase-lo:], oStride, x[t*cols:], nx)
-					}
+				if kc > 0 {
+					tl.tile(&acc, x[t*cols+c0:], cols, nx, &w, kc, s, flags)
+				} else {
+					clear(acc[:])
+				}
+				if flags&tileMore == 0 {
+					tail(data, cols, k, tl.mul, &acc, rows[:nw], out[t*oStride+oBase-lo:], oStride, x[t*cols:], nx)
 				}
 			}
 		}

@@ -30,13 +30,16 @@ const (
 // product). X and W are the input and weight element types; w holds
 // pointers to the first element of each of the tileCols weight rows.
 //
-// A sum over more columns than the caches hold for every input row is
-// taken as several calls over consecutive blocks of columns, with the
+// A kernel whose tiling has blocks set takes a sum over more columns than
+// the caches hold for every input row as several calls over consecutive
+// blocks of columns, with the
 // 16-lane sums of each output carried in sums between them: flags
 // tileResume starts from the lane sums in sums instead of from zero, and
 // tileMore leaves the lane sums in sums instead of reducing them into acc.
 // Each lane then sees the same fused multiply-adds in the same order as in
-// one call, so the blocks change no bits.
+// one call, so the blocks change no bits. Without tileMore such a kernel
+// may still use sums as scratch (AVX2 does, for four input rows). Other
+// kernels take every column in one call, flags 0, and leave sums alone.
 type tileFunc[X, W any] func(acc *[tileRows * tileCols]float32, x []X, xStride, nx int, w *[tileCols]*W, k int, sums *tileSums, flags int)
 
 // tileSums holds the lane sums of a tile between calls: output i·tileCols
@@ -65,6 +68,8 @@ type tiling[X, W any] struct {
 	tile  tileFunc[X, W]
 	block int
 	mul   func(x X, w W) float32
+	// blocks says that tile takes blocks of columns (see tileFunc).
+	blocks bool
 }
 
 // mulTiled is MulRows for any format whose rows are arrays of W, over
@@ -76,11 +81,11 @@ func mulTiled[X, W any](data []W, cols int, tl tiling[X, W], out []float32, oStr
 	// kb is the block of columns a call takes: all of them unless several
 	// tiles of input rows share each weight tile and the columns are many.
 	kb := k
-	if n > tileRows && k > kBlock {
-		kb = kBlock - kBlock%tl.block
-	}
 	var sums []tileSums
-	if kb < k {
+	if tl.blocks {
+		if n > tileRows && k > kBlock {
+			kb = kBlock - kBlock%tl.block
+		}
 		b := getSums((n + tileRows - 1) / tileRows)
 		defer putSums(b)
 		sums = *b
@@ -221,7 +226,7 @@ func putScratch(b *[]float32) { scratchPool.Put(b) }
 
 // tileGo is the portable tiling for any weight element type.
 func tileGo[W any](widen func(W) float32) tiling[float32, W] {
-	return tiling[float32, W]{tile: tileGoFunc(widen), block: lanes, mul: func(x float32, w W) float32 { return x * widen(w) }}
+	return tiling[float32, W]{tile: tileGoFunc(widen), block: lanes, mul: func(x float32, w W) float32 { return x * widen(w) }, blocks: true}
 }
 
 func tileGoFunc[W any](widen func(W) float32) tileFunc[float32, W] {

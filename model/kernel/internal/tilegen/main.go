@@ -103,13 +103,16 @@ func dispatch(b *strings.Builder, prefix string) {
 // 4·rows Z accumulators, the four weight vectors loaded once per 16 columns
 // and multiplied with each input row.
 func avx512Tile(b *strings.Builder, f format) {
-	fmt.Fprintf(b, "// func tile%sAVX512(acc *[16]float32, x *float32, xstride, nx int, w *[4]*%s, k int, sums *[256]float32, flags int)\n", f.name, f.elem)
+	fmt.Fprintf(b, "// func tile%sAVX512(acc *[16]float32, x *float32, xstride, nx int, w *[4]*%s, k int)\n", f.name, f.elem)
 	fmt.Fprintf(b, "// %s.\n", f.doc)
-	fmt.Fprintf(b, "TEXT ·tile%sAVX512(SB), NOSPLIT, $0-64\n\tARGS\n", f.name)
+	fmt.Fprintf(b, "TEXT ·tile%sAVX512(SB), NOSPLIT, $0-48\n\tARGS\n", f.name)
 	dispatch(b, "")
 	for _, s := range shapes {
 		fmt.Fprintf(b, "%s:\n", s.label)
-		startZ(b, s.label, 4*s.rows)
+		for a := range 4 * s.rows {
+			line(b, "VPXORD Z%d, Z%d, Z%d", a, a, a)
+		}
+		fmt.Fprintf(b, "%sloop:\n", s.label)
 		for j, base := range weightRows {
 			for _, ins := range f.avx512(base, fmt.Sprintf("Z%d", 16+j)) {
 				line(b, "%s", ins)
@@ -124,55 +127,28 @@ func avx512Tile(b *strings.Builder, f format) {
 		line(b, "ADDQ $16, AX")
 		line(b, "CMPQ AX, CX")
 		line(b, "JLT  %sloop", s.label)
-		finishZ(b, s.label, 4*s.rows)
+		for a := range 4 * s.rows {
+			line(b, "REDUCE_Z(Z%d, Y%d, %d)", a, a, 4*a)
+		}
+		line(b, "VZEROUPPER")
+		line(b, "RET")
+		b.WriteString("\n")
 	}
 }
 
-// startZ begins a tile of n Z accumulators: zeroed, or with the resume
-// flag loaded from sums; then the loop labelled label+"loop" follows.
-func startZ(b *strings.Builder, label string, n int) {
-	line(b, "TESTQ $1, flags+56(FP)")
-	line(b, "JNZ   %sresume", label)
-	for a := range n {
-		line(b, "VPXORD Z%d, Z%d, Z%d", a, a, a)
-	}
-	line(b, "JMP %sloop", label)
-	fmt.Fprintf(b, "%sresume:\n", label)
-	line(b, "MOVQ sums+48(FP), AX")
-	for a := range n {
-		line(b, "VMOVUPS %d(AX), Z%d", 64*a, a)
-	}
-	line(b, "XORQ AX, AX")
-	fmt.Fprintf(b, "%sloop:\n", label)
-}
-
-// finishZ ends a tile of n Z accumulators: reduced into acc, or with the
-// more flag stored to sums.
-func finishZ(b *strings.Builder, label string, n int) {
-	line(b, "TESTQ $2, flags+56(FP)")
-	line(b, "JNZ   %smore", label)
-	for a := range n {
-		line(b, "REDUCE_Z(Z%d, Y%d, %d)", a, a, 4*a)
-	}
-	line(b, "VZEROUPPER")
-	line(b, "RET")
-	fmt.Fprintf(b, "%smore:\n", label)
-	line(b, "MOVQ sums+48(FP), AX")
-	for a := range n {
-		line(b, "VMOVUPS Z%d, %d(AX)", a, 64*a)
-	}
-	line(b, "VZEROUPPER")
-	line(b, "RET")
-	b.WriteString("\n")
-}
-
-// avx2Tile writes the AVX2 kernel of one format: one input row at a time,
-// each output's 16 lanes in two Y accumulators, R15 the row's lane sums
-// in sums.
+// avx2Tile writes the AVX2 kernel of one format. Four input rows take
+// four passes over the columns, one per half of the lanes (0-7, 8-15) and
+// pair of weight rows, with the 8 accumulators of a pass in Y registers and
+// the lane sums in sums between passes: each pass loads 6 vectors for 8
+// multiply-adds, where a row of all 16 lanes of 4 outputs loads 10. Fewer
+// input rows take one at a time, each output's 16 lanes in two Y
+// accumulators. R15 is the row's lane sums in sums.
 func avx2Tile(b *strings.Builder, f format) {
 	fmt.Fprintf(b, "// func tile%sAVX2(acc *[16]float32, x *float32, xstride, nx int, w *[4]*%s, k int, sums *[256]float32, flags int)\n", f.name, f.elem)
 	fmt.Fprintf(b, "TEXT ·tile%sAVX2(SB), NOSPLIT, $0-64\n\tARGS\n", f.name)
 	line(b, "MOVQ sums+48(FP), R15")
+	line(b, "CMPQ R14, $4")
+	line(b, "JEQ  quad")
 	b.WriteString("row:\n")
 	line(b, "TESTQ $1, flags+56(FP)")
 	line(b, "JNZ   resume")
@@ -210,6 +186,65 @@ func avx2Tile(b *strings.Builder, f format) {
 		line(b, "VMOVUPS Y%d, %d(R15)", a, 32*a)
 	}
 	b.WriteString(nextRow)
+	avx2Quad(b, f)
+}
+
+// avx2Quad writes the four-row passes of avx2Tile.
+func avx2Quad(b *strings.Builder, f format) {
+	b.WriteString("quad:\n")
+	for half := range 2 {
+		for pair := range 2 {
+			label := fmt.Sprintf("q%d%d", half, pair)
+			// off is the byte offset in sums of accumulator Y(2i+jj):
+			// input row i, weight row 2·pair+jj, this half's lanes.
+			off := func(i, jj int) int { return ((4*i+2*pair+jj)*16 + 8*half) * 4 }
+			line(b, "TESTQ $1, flags+56(FP)")
+			line(b, "JNZ   %sresume", label)
+			for a := range 8 {
+				line(b, "VXORPS Y%d, Y%d, Y%d", a, a, a)
+			}
+			line(b, "JMP %sloop", label)
+			fmt.Fprintf(b, "%sresume:\n", label)
+			for i := range 4 {
+				for jj := range 2 {
+					line(b, "VMOVUPS %d(R15), Y%d", off(i, jj), 2*i+jj)
+				}
+			}
+			fmt.Fprintf(b, "%sloop:\n", label)
+			for jj, y := range []string{"Y8", "Y9"} {
+				for _, ins := range f.avx2(weightRows[2*pair+jj], half, y) {
+					line(b, "%s", ins)
+				}
+			}
+			for i := range 4 {
+				line(b, "VMOVUPS %d(%s)(AX*4), Y%d", 32*half, inputRows[i], 10+i)
+			}
+			for i := range 4 {
+				line(b, "VFMADD231PS Y8, Y%d, Y%d", 10+i, 2*i)
+				line(b, "VFMADD231PS Y9, Y%d, Y%d", 10+i, 2*i+1)
+			}
+			line(b, "ADDQ $16, AX")
+			line(b, "CMPQ AX, CX")
+			line(b, "JLT  %sloop", label)
+			for i := range 4 {
+				for jj := range 2 {
+					line(b, "VMOVUPS Y%d, %d(R15)", 2*i+jj, off(i, jj))
+				}
+			}
+			line(b, "XORQ AX, AX")
+		}
+	}
+	line(b, "TESTQ $2, flags+56(FP)")
+	line(b, "JNZ   qdone")
+	for a := range 16 {
+		line(b, "VMOVUPS %d(R15), Y0", 64*a)
+		line(b, "VMOVUPS %d(R15), Y1", 64*a+32)
+		line(b, "REDUCE_Y(Y0, Y1, %d)", 4*a)
+	}
+	b.WriteString("qdone:\n")
+	line(b, "VZEROUPPER")
+	line(b, "RET")
+	b.WriteString("\n")
 }
 
 // bf16DotTile writes the BF16 compute mode's kernel: VDPBF16PS over blocks
@@ -221,7 +256,10 @@ func bf16DotTile(b *strings.Builder) {
 	for _, s := range shapes {
 		label := "d" + s.label
 		fmt.Fprintf(b, "%s:\n", label)
-		startZ(b, label, 4*s.rows)
+		for a := range 4 * s.rows {
+			line(b, "VPXORD Z%d, Z%d, Z%d", a, a, a)
+		}
+		fmt.Fprintf(b, "%sloop:\n", label)
 		for j, base := range weightRows {
 			line(b, "VMOVUPS (%s)(AX*2), Z%d", base, 16+j)
 		}
@@ -236,7 +274,12 @@ func bf16DotTile(b *strings.Builder) {
 		line(b, "ADDQ $32, AX")
 		line(b, "CMPQ AX, CX")
 		line(b, "JLT  %sloop", label)
-		finishZ(b, label, 4*s.rows)
+		for a := range 4 * s.rows {
+			line(b, "REDUCE_Z(Z%d, Y%d, %d)", a, a, 4*a)
+		}
+		line(b, "VZEROUPPER")
+		line(b, "RET")
+		b.WriteString("\n")
 	}
 }
 
@@ -269,14 +312,17 @@ const header = `// Code generated by model/kernel/internal/tilegen; DO NOT EDIT.
 // is what makes the results batch-invariant and equal across AVX-512 and
 // AVX2. float.go's tileGo documents the same order.
 //
-// A product too long to keep its inputs in the caches runs as several calls
-// over consecutive blocks of columns, the lane sums carried between them in
-// sums (output i*4+j's 16 lanes at sums[(i*4+j)*16:]): flags bit 0
-// (resume) starts from the lane sums there instead of from zero, bit 1
-// (more) stores them there instead of reducing them into acc. Each lane
-// then sees the same fused multiply-adds in the same order as in one call.
+// func tileXXXAVX512(acc *[16]float32, x *float32, xstride, nx int, w *[4]*T, k int)
 //
-// func tileXXX(acc *[16]float32, x *float32, xstride, nx int, w *[4]*T, k int, sums *[256]float32, flags int)
+// The AVX2 kernels also take a product too long to keep its inputs in the
+// caches as several calls over consecutive blocks of columns, the lane sums
+// carried between them in sums (output i*4+j's 16 lanes at
+// sums[(i*4+j)*16:]): flags bit 0 (resume) starts from the lane sums there
+// instead of from zero, bit 1 (more) stores them there instead of reducing
+// them into acc. Each lane then sees the same fused multiply-adds in the
+// same order as in one call. Without the more flag sums is still scratch.
+//
+// func tileXXXAVX2(acc *[16]float32, x *float32, xstride, nx int, w *[4]*T, k int, sums *[256]float32, flags int)
 
 // Argument loading shared by every kernel: DI acc, SI x_0, R13 x_1, BX x_2,
 // DX x_3, R8 the x row stride in bytes, R9-R12 the weight rows, CX k, AX
@@ -360,8 +406,8 @@ const bf16DotHeader = `// The fast BF16 compute mode: inputs already rounded to 
 // spelled out in bytes (EVEX.512.F3.0F38.W0 52 /r, register form); the
 // comment on each line gives the instruction.
 //
-// func tileBF16DotAVX512(acc *[16]float32, x *uint16, xstride, nx int, w *[4]*uint16, k int, sums *[256]float32, flags int)
-TEXT ·tileBF16DotAVX512(SB), NOSPLIT, $0-64
+// func tileBF16DotAVX512(acc *[16]float32, x *uint16, xstride, nx int, w *[4]*uint16, k int)
+TEXT ·tileBF16DotAVX512(SB), NOSPLIT, $0-48
 	MOVQ acc+0(FP), DI
 	MOVQ x+8(FP), SI
 	MOVQ xstride+16(FP), R8

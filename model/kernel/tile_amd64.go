@@ -68,8 +68,8 @@ func asmTile[W any](f func(*[tileRows * tileCols]float32, *float32, int, int, *[
 	}
 }
 
-// asmTileBlocks adapts an AVX2 tile kernel, which takes blocks of columns,
-// to a tiling.
+// asmTileBlocks adapts an AVX2 tile kernel, which takes blocks of columns
+// and widens 16-bit weights cheaply, to a tiling.
 func asmTileBlocks[W any](f func(*[tileRows * tileCols]float32, *float32, int, int, *[tileCols]*W, int, *tileSums, int), widen func(W) float32) tiling[float32, W] {
 	return tiling[float32, W]{
 		tile: func(acc *[tileRows * tileCols]float32, x []float32, xStride, nx int, w *[tileCols]*W, k int, sums *tileSums, flags int) {
@@ -78,6 +78,7 @@ func asmTileBlocks[W any](f func(*[tileRows * tileCols]float32, *float32, int, i
 		block:  lanes,
 		mul:    func(x float32, w W) float32 { return x * widen(w) },
 		blocks: true,
+		direct: true,
 	}
 }
 

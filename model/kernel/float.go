@@ -38,8 +38,9 @@ const (
 // tileMore leaves the lane sums in sums instead of reducing them into acc.
 // Each lane then sees the same fused multiply-adds in the same order as in
 // one call, so the blocks change no bits. Without tileMore such a kernel
-// may still use sums as scratch (AVX2 does, for four input rows). Other
-// kernels take every column in one call, flags 0, and leave sums alone.
+// may still use sums as scratch (AVX2 does, for four input rows; with
+// fewer, sums may be nil). Other kernels take every column in one call,
+// flags 0, and leave sums alone.
 type tileFunc[X, W any] func(acc *[tileRows * tileCols]float32, x []X, xStride, nx int, w *[tileCols]*W, k int, sums *tileSums, flags int)
 
 // tileSums holds the lane sums of a tile between calls: output i·tileCols
@@ -88,7 +89,7 @@ func mulTiled[X, W any](data []W, cols int, tl tiling[X, W], out []float32, oStr
 	// tiles of input rows share each weight tile and the columns are many.
 	kb := k
 	var sums []tileSums
-	if tl.blocks {
+	if tl.blocks && n >= tileRows {
 		if n > tileRows && k > kBlock {
 			kb = kBlock - kBlock%tl.block
 		}
@@ -153,29 +154,24 @@ func mulTiled[X, W any](data []W, cols int, tl tiling[X, W], out []float32, oStr
 				} else {
 					clear(acc[:])
 				}
-				if flags&tileMore == 0 {
-					tail(data, cols, k, tl.mul, &acc, rows[:nw], out[t*oStride+oBase-lo:], oStride, x[t*cols:], nx)
+				if flags&tileMore != 0 {
+					continue
+				}
+				for i := range nx {
+					xr := x[(t+i)*cols : (t+i+1)*cols]
+					o := out[(t+i)*oStride+oBase-lo:]
+					for j, r := range rows[:nw] {
+						s := acc[i*tileCols+j]
+						if k < cols {
+							wr := data[r*cols : (r+1)*cols]
+							for c := k; c < cols; c++ {
+								s += tl.mul(xr[c], wr[c])
+							}
+						}
+						o[r] = s
+					}
 				}
 			}
-		}
-	}
-}
-
-// tail adds columns [k, cols) to the sums in acc of the tile of input rows
-// x (nx of them) and weight rows rows, one by one, and writes them to out.
-func tail[X, W any](data []W, cols, k int, mul func(X, W) float32, acc *[tileRows * tileCols]float32, rows []int, out []float32, oStride int, x []X, nx int) {
-	for i := range nx {
-		xr := x[i*cols : (i+1)*cols]
-		o := out[i*oStride:]
-		for j, r := range rows {
-			s := acc[i*tileCols+j]
-			if k < cols {
-				wr := data[r*cols : (r+1)*cols]
-				for c := k; c < cols; c++ {
-					s += mul(xr[c], wr[c])
-				}
-			}
-			o[r] = s
 		}
 	}
 }

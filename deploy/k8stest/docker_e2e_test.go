@@ -124,13 +124,13 @@ func (c *dockerCluster) etcdScheme() string {
 	return "https"
 }
 
-// etcdArgs are the flags of an etcd member named name at address ip that
+// etcdArgs are the flags of an etcd member named name, reached at host, that
 // serves clients as deploy/k8s/base/etcd.yaml does: on TLS with client
 // certificates required when the cluster has certificates. Its metrics are
 // in plaintext on port 2381.
-func (c *dockerCluster) etcdArgs(name, ip string) []string {
+func (c *dockerCluster) etcdArgs(name, host string) []string {
 	args := []string{"--name=" + name, "--data-dir=/var/lib/etcd/data",
-		"--listen-client-urls=" + c.etcdScheme() + "://0.0.0.0:2379", "--advertise-client-urls=" + c.etcdScheme() + "://" + ip + ":2379",
+		"--listen-client-urls=" + c.etcdScheme() + "://0.0.0.0:2379", "--advertise-client-urls=" + c.etcdScheme() + "://" + host + ":2379",
 		"--listen-metrics-urls=http://0.0.0.0:2381"}
 	if c.certs != "" {
 		args = append(args, "--cert-file="+certsDir+"/"+name+".crt", "--key-file="+certsDir+"/"+name+".key",
@@ -475,7 +475,6 @@ func TestContainerCluster(t *testing.T) {
 	}
 
 	c := newDockerCluster(t, ctx, image, etcdImage, model)
-	c.endpoints = c.etcdScheme() + "://" + c.ip(ipEtcd) + ":2379"
 	// moegrid nodes runs inside the coordinator's container and dials it
 	// on loopback.
 	c.coordinators = []string{"127.0.0.1:7070"}
@@ -486,6 +485,7 @@ func TestContainerCluster(t *testing.T) {
 			{"router", "router", []string{c.ip(ipRouter)}},
 		}, c.expertCerts(ipExpert0)...))
 	}
+	c.endpoints = c.etcdScheme() + "://" + c.ip(ipEtcd) + ":2379"
 	start := time.Now()
 	// The one member's peer URL is on loopback.
 	c.start(t, "etcd", ipEtcd, c.etcd, []string{"--mount", "type=tmpfs,destination=/var/lib/etcd,tmpfs-mode=1777"},

@@ -48,6 +48,11 @@ const (
 	faultHold   = 12 * time.Second
 	longPrompt  = 30000
 	loadTimeout = 5 * time.Minute
+	// longPromptTimeout bounds the 30k-token request: its prefill takes
+	// minutes of CPU on a small machine (attention over 30k positions),
+	// longer than the other streams' load, which is what is measured. It
+	// is cancelled then, and the table says so.
+	longPromptTimeout = 2 * phaseLoad
 )
 
 // The targets of issue 10.
@@ -640,12 +645,17 @@ func (f *faultCluster) routerKilled(t *testing.T, _ *statusJSON) {
 
 // longPrompt sends one 30k-token prompt to the loaded router and compares
 // the other streams' p99 time between tokens during its prefill with the
-// baseline.
+// baseline. The prompt may be cancelled at longPromptTimeout, its prefill
+// unfinished; it must not fail otherwise.
 func (f *faultCluster) longPrompt(t *testing.T, _ *statusJSON) {
 	var long bench.Result
 	res, rec := f.underLoad(t, f.loadAddrs(), func() string {
 		long = f.startLoad(t, 1, f.loadAddrs()[:1], "--requests", "1", "--concurrency", "1",
-			"--prompt-tokens", fmt.Sprint(longPrompt), "--max-tokens", "1", "--vocab", "32000").wait(t)
+			"--prompt-tokens", fmt.Sprint(longPrompt), "--max-tokens", "1", "--timeout", longPromptTimeout.String()).wait(t)
+		if long.Failed == 1 && long.Errors["DeadlineExceeded"] == 1 {
+			long.Failed = 0
+			return fmt.Sprintf("prefill unfinished at %v, cancelled", longPromptTimeout)
+		}
 		return fmt.Sprintf("prompt prefilled in %.1f s", long.Latency.Max)
 	})
 	fault := "30k-token prompt arriving"

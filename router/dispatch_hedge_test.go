@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"errors"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 
 	"github.com/moegrid/moegrid/cluster"
@@ -230,4 +232,54 @@ func TestDispatcherCancelled(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// stalledNode is an expert node whose ForwardStream never reads: a node
+// whose port is blackholed looks so to the router, whose HTTP/2 window
+// runs out and is never given back.
+type stalledNode struct {
+	moegridv1.UnimplementedExpertServer
+}
+
+func (stalledNode) ForwardStream(stream moegridv1.Expert_ForwardStreamServer) error {
+	<-stream.Context().Done()
+	return stream.Context().Err()
+}
+
+// A call bigger than the stream's flow-control window to a node that has
+// stopped reading blocks in Send; the dispatcher hedges it to the replica
+// after the hedge delay all the same, instead of waiting until keepalive
+// (or the call timeout) ends the connection.
+func TestDispatcherHedgesPastBlockedSend(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	moegridv1.RegisterExpertServer(srv, stalledNode{})
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	stalled := Endpoint{NodeID: "a", Addr: lis.Addr().String()}
+	b := startExpertNode(t, "b")
+	topo := newTopology(1, b)
+	for l := range fx.model.Config.NumHiddenLayers {
+		for e := range fx.model.Config.NumLocalExperts {
+			topo.set(e, l, stalled, b.endpoint())
+		}
+	}
+	const hedgeMax = 200 * time.Millisecond
+	d := newTestDispatcher(t, DispatchConfig{CallTimeout: 30 * time.Second, HedgeMax: hedgeMax, EjectAfter: -1}, topo)
+	// One batch, all to the stalled primary: a thousand rows of
+	// hidden-size float32s, past the 64 KiB window.
+	batches := expertBatches(3, []int{1}, []int{1000})
+	start := time.Now()
+	if err := d.Forward(testContext(t), 0, batches); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 10*hedgeMax {
+		t.Errorf("a hop whose send to the primary blocked took %v, want about the hedge delay %v", took, hedgeMax)
+	}
+	if err := sameBits(inProcess(t, 0, batches), outputs(batches)); err != nil {
+		t.Fatalf("outputs differ from in-process: %v", err)
+	}
 }

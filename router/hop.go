@@ -85,6 +85,11 @@ type hopCall struct {
 	deadline time.Time
 	timeout  time.Duration
 
+	// sending is held while start's Send of the request runs: a call
+	// failed meanwhile (its stream broke, its node was ejected) is not
+	// reused until the Send has let go of its request.
+	sending sync.WaitGroup
+
 	// Set while the call is in flight, for abandon.
 	conn    *hopConn
 	stream  *hopStream
@@ -111,6 +116,7 @@ func newHopCall() *hopCall {
 // Calls abandoned in flight are never released: a receiver or unary call
 // may still hold them.
 func (c *hopCall) release() {
+	c.sending.Wait()
 	c.resp, c.err, c.owner, c.stream, c.conn, c.done = nil, nil, nil, nil, nil, nil
 	hopCallPool.Put(c)
 }
@@ -148,7 +154,13 @@ func (hc *hopConn) close() error {
 
 // start sends c, whose request is built, to the node. Its answer, or the
 // error that ended it, arrives on c.done; a call that cannot be sent is
-// finished at once with a retryable error.
+// finished with a retryable error.
+//
+// The Send runs in a goroutine of its own: it blocks while the stream has
+// no HTTP/2 flow-control window, which a node that stopped reading (its
+// port blackholed, its process stopped) never gives back until keepalive
+// closes the connection, seconds later. The dispatcher must meanwhile be
+// free to hedge the call and to give up on it at its deadline.
 func (hc *hopConn) start(ctx context.Context, c *hopCall) {
 	st, unary, err := hc.currentStream()
 	if err != nil {
@@ -173,17 +185,24 @@ func (hc *hopConn) start(ctx context.Context, c *hopCall) {
 	st.mu.Unlock()
 
 	f := moegridv1.ForwardStreamRequest{Id: c.id, Request: &c.req, TimeoutMicros: uint64(c.timeout / time.Microsecond)}
-	st.sendMu.Lock()
-	err = st.s.Send(&f)
-	st.sendMu.Unlock()
-	if err != nil {
+	hc.wg.Add(1)
+	c.sending.Add(1)
+	go func() {
+		defer hc.wg.Done()
+		st.sendMu.Lock()
+		err := st.s.Send(&f)
+		st.sendMu.Unlock()
+		c.sending.Done()
 		// The receiver sees the stream end too and fails what is pending;
-		// only this call, if still pending, is failed here.
-		if st.take(c.id) {
+		// only this call, if still pending, is failed here. Once Send
+		// returned nil the call may be answered and reused, and once it
+		// was taken by another it is theirs: it is only touched here if
+		// this goroutine takes it.
+		if err != nil && st.take(f.Id) {
 			c.err = status.Errorf(codes.Unavailable, "router: send to %s: %v", hc.addr, err)
 			c.finish()
 		}
-	}
+	}()
 }
 
 // currentStream returns the stream to send on, opening one if there is
@@ -321,7 +340,9 @@ func (st *hopStream) take(id uint64) bool {
 }
 
 // abandon stops waiting for c: the node is told to drop it, and c will not
-// be finished unless its answer was already on the way.
+// be finished unless its answer was already on the way. The cancel is sent
+// in a goroutine, as start's Send is: the stream may have no window left
+// for it.
 func (hc *hopConn) abandon(c *hopCall) {
 	st := c.stream
 	if st == nil {
@@ -336,7 +357,11 @@ func (hc *hopConn) abandon(c *hopCall) {
 		return
 	}
 	f := moegridv1.ForwardStreamRequest{Id: c.id, Cancel: true}
-	st.sendMu.Lock()
-	st.s.Send(&f) // a failed Send means the stream is gone, and the call with it
-	st.sendMu.Unlock()
+	hc.wg.Add(1)
+	go func() {
+		defer hc.wg.Done()
+		st.sendMu.Lock()
+		st.s.Send(&f) // a failed Send means the stream is gone, and the call with it
+		st.sendMu.Unlock()
+	}()
 }

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/moegrid/moegrid/internal/bench"
 	moegridv1 "github.com/moegrid/moegrid/proto/moegrid/v1"
@@ -20,13 +23,15 @@ func newBenchCmd() *cobra.Command {
 	var inProcess bool
 	var tlsFlags dialFlags
 	cmd := &cobra.Command{
-		Use:   "bench [--addr HOST:PORT | --in-process --model DIR] [--requests 64] [--concurrency 8]",
+		Use:   "bench [--addr HOST:PORT[,HOST:PORT...] | --in-process --model DIR] [--requests 64] [--concurrency 8]",
 		Short: "Load a router with a bounded number of requests and report throughput and latencies",
 		Long: `Send --requests generation requests, --concurrency at a time, each a
 random --prompt-tokens prompt asking for exactly --max-tokens tokens, to a
 router (the one moegrid up started when --addr is not given), and report
 tokens per second and the percentiles of time to first token, time between
-tokens and request latency. The run is bounded by --requests and stops by
+tokens and request latency. With several --addr routers a request that one
+refuses UNAVAILABLE before its first token goes to the next; a failed
+request is reported with how long after its last token it was told. The run is bounded by --requests and stops by
 itself; --warmup requests run before it unmeasured.
 
 With --in-process the same requests go, without a network, to the router's
@@ -64,12 +69,20 @@ The command fails when any request failed.`,
 				if modelDir != "" {
 					return errors.New("--model is for --in-process; a router serves its own model")
 				}
-				conn, err := dialRouter(addr, &tlsFlags)
+				addrs, err := routerAddrs(addr)
 				if err != nil {
 					return err
 				}
-				defer conn.Close()
-				if res, err = bench.Run(withAPIKey(cmd.Context(), apiKey), moegridv1.NewGenerationClient(conn), cfg); err != nil {
+				var g failover
+				for _, a := range addrs {
+					conn, err := tlsFlags.dial(a)
+					if err != nil {
+						return fmt.Errorf("router %s: %w", a, err)
+					}
+					defer conn.Close()
+					g = append(g, bench.GRPC(moegridv1.NewGenerationClient(conn)))
+				}
+				if res, err = bench.RunWith(withAPIKey(cmd.Context(), apiKey), g, cfg); err != nil {
 					return err
 				}
 			}
@@ -84,7 +97,7 @@ The command fails when any request failed.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&addr, "addr", "", "router gRPC address (default: the router of the running moegrid up)")
+	f.StringVar(&addr, "addr", "", "router gRPC addresses, comma separated: a request that fails UNAVAILABLE before its first token goes to the next (default: the router of the running moegrid up)")
 	tlsFlags.register(f)
 	f.BoolVar(&inProcess, "in-process", false, "run the router's scheduler over --model in this process instead of calling a router")
 	f.StringVar(&modelDir, "model", "", "checkpoint directory for --in-process")
@@ -104,4 +117,26 @@ The command fails when any request failed.`,
 	f.IntVar(&sched.MaxRunning, "max-running", sched.MaxRunning, "--in-process: sequences decoding at once")
 	f.IntVar(&sched.MaxWaiting, "max-waiting", sched.MaxWaiting, "--in-process: requests queued before they are refused")
 	return cmd
+}
+
+// failover is a list of routers as one bench.Generator: a request goes to
+// the next router only when the one before failed it UNAVAILABLE before its
+// first token, as generateFailover does for `moegrid generate`, so that a
+// router dying under a run costs only the streams it had started. It keeps
+// one connection per router for the whole run.
+type failover []bench.Generator
+
+func (f failover) Generate(ctx context.Context, prompt []int, maxTokens int, tokens func(ids []int)) error {
+	var err error
+	for _, g := range f {
+		started := false
+		err = g.Generate(ctx, prompt, maxTokens, func(ids []int) {
+			started = true
+			tokens(ids)
+		})
+		if err == nil || started || status.Code(err) != codes.Unavailable || ctx.Err() != nil {
+			break
+		}
+	}
+	return err
 }

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/grpc/codes"
+
 	"github.com/moegrid/moegrid/internal/bench"
 	"github.com/moegrid/moegrid/model/safetensors"
 	"github.com/moegrid/moegrid/model/synth"
@@ -87,5 +89,40 @@ func TestBenchFlags(t *testing.T) {
 		if out, err := runMoegrid(t, append([]string{"bench"}, tc.args...)...); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("bench %v: err = %v, want %q\n%s", tc.args, err, tc.want, out)
 		}
+	}
+}
+
+// TestBenchFailover: with two routers, a request the first refuses
+// UNAVAILABLE before its first token completes on the second; one it cut
+// after a token fails, reported with how soon it was told.
+func TestBenchFailover(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		first      *fakeRouter
+		wantFailed int
+		wantNext   int32
+	}{
+		{"refused before the first token", &fakeRouter{code: codes.Unavailable}, 0, 3},
+		{"cut after a token", &fakeRouter{tokens: 1, code: codes.Unavailable}, 3, 0},
+		{"served", &fakeRouter{tokens: 2}, 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			next := &fakeRouter{tokens: 2}
+			out, err := runMoegrid(t, "bench", "--addr", serveRouter(t, tc.first)+","+serveRouter(t, next), "--insecure",
+				"--requests", "3", "--concurrency", "1", "--max-tokens", "2", "-o", "json")
+			if (err != nil) != (tc.wantFailed > 0) {
+				t.Fatalf("bench: %v\n%s", err, out)
+			}
+			var res bench.Result
+			if err := json.Unmarshal([]byte(out), &res); err != nil {
+				t.Fatalf("%v in %q", err, out)
+			}
+			if res.Failed != tc.wantFailed || next.calls.Load() != tc.wantNext {
+				t.Errorf("%d failed, %d calls to the second router; want %d, %d", res.Failed, next.calls.Load(), tc.wantFailed, tc.wantNext)
+			}
+			if tc.wantFailed > 0 && (res.Errors["Unavailable"] != tc.wantFailed || res.FailedAfter.Max <= 0 || res.FailedAfter.Max > 5) {
+				t.Errorf("errors %v, told after %+v: want every failure Unavailable, told within seconds", res.Errors, res.FailedAfter)
+			}
+		})
 	}
 }

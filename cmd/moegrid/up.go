@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
 
 	"github.com/moegrid/moegrid/internal/up"
 	"github.com/moegrid/moegrid/router"
@@ -66,19 +65,6 @@ func routerAddrs(addr string) ([]string, error) {
 		addrs = append(addrs, a)
 	}
 	return addrs, nil
-}
-
-// dialRouter connects to the router at addr, or with addr empty to the one
-// the running `moegrid up` started, with the credentials d gives.
-func dialRouter(addr string, d *dialFlags) (*grpc.ClientConn, error) {
-	if addr == "" {
-		st, err := readUpState()
-		if err != nil {
-			return nil, fmt.Errorf("no --addr given and no `moegrid up` found: %w", err)
-		}
-		addr = st.RouterGRPC
-	}
-	return d.dial(addr)
 }
 
 func newUpCmd() *cobra.Command {

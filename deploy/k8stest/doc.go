@@ -26,6 +26,13 @@
 //     container is killed and another is cut off the network, and checks the
 //     coordinator's view (moegrid nodes --output json) at each step, all on
 //     mutual TLS with certificates the binary made.
+//   - TestFaultSchedule runs a bigger cluster of the same containers (3
+//     etcd members, 2 coordinators, 2 routers) under a sustained `moegrid
+//     bench` load and injects issue 10's faults one by one (expert kill,
+//     hang and blackholed port, coordinator and etcd leader kill, router
+//     kill, a 30k-token prompt, no holder possible), asserting its targets
+//     and writing the table of what each cost; with MOEGRID_SOAK it repeats
+//     them and asserts memory, goroutines and etcd's size stay flat.
 //   - TestEtcdManifest runs the etcd StatefulSet's three members as the
 //     manifest configures them, on TLS with the Secret of `moegrid certs
 //     secrets`, and a coordinator that must lead through them.

@@ -53,16 +53,30 @@ type dockerCluster struct {
 	// certificate and the gossip key, mounted read-only at certsDir; empty
 	// without containerTLS.
 	certs string
+	// endpoints are the etcd client URLs every member is given.
+	endpoints string
+	// admin is the role whose container runs the moegrid CLI, and
+	// coordinators the addresses, seen from there, `moegrid nodes` asks in
+	// turn.
+	admin        string
+	coordinators []string
+}
+
+// certMember is a member of the cluster that gets a certificate: its role,
+// its name (the certificate's file name and identity) and its addresses.
+type certMember struct {
+	role, name string
+	hosts      []string
 }
 
 // certsDir is where the containers find their certificates.
 const certsDir = "/etc/moegrid/tls"
 
 // makeCerts makes the cluster's CA and gossip key with the moegrid binary
-// and issues each member a certificate for its address, as an operator
-// would with `moegrid certs`. The CA key is removed afterwards: no
-// container needs it.
-func (c *dockerCluster) makeCerts(t *testing.T, dir string) {
+// and issues each member (and an admin) a certificate for its addresses,
+// as an operator would with `moegrid certs`. The CA key is removed
+// afterwards: no container needs it.
+func (c *dockerCluster) makeCerts(t *testing.T, dir string, members []certMember) {
 	t.Helper()
 	bin := moegridBinary(t)
 	if out, err := run(c.ctx, cleanEnv(), bin, "certs", "init", "--dir", dir, "--ca-days", "2"); err != nil {
@@ -77,13 +91,8 @@ func (c *dockerCluster) makeCerts(t *testing.T, dir string) {
 			t.Fatal(err, out)
 		}
 	}
-	issue("etcd", "etcd", c.ip(ipEtcd))
-	// moegrid nodes runs inside the coordinator's container and dials it on
-	// loopback.
-	issue("coordinator", "coordinator", c.ip(ipCoordinator), "127.0.0.1")
-	issue("router", "router", c.ip(ipRouter))
-	for i := range nExperts {
-		issue("expertnode", fmt.Sprintf("expert-%d", i), c.ip(ipExpert0+i))
+	for _, m := range members {
+		issue(m.role, m.name, m.hosts...)
 	}
 	issue("admin", "admin")
 	if err := os.Remove(filepath.Join(dir, "ca.key")); err != nil {
@@ -113,6 +122,21 @@ func (c *dockerCluster) etcdScheme() string {
 		return "http"
 	}
 	return "https"
+}
+
+// etcdArgs are the flags of an etcd member named name, reached at host, that
+// serves clients as deploy/k8s/base/etcd.yaml does: on TLS with client
+// certificates required when the cluster has certificates. Its metrics are
+// in plaintext on port 2381.
+func (c *dockerCluster) etcdArgs(name, host string) []string {
+	args := []string{"--name=" + name, "--data-dir=/var/lib/etcd/data",
+		"--listen-client-urls=" + c.etcdScheme() + "://0.0.0.0:2379", "--advertise-client-urls=" + c.etcdScheme() + "://" + host + ":2379",
+		"--listen-metrics-urls=http://0.0.0.0:2381"}
+	if c.certs != "" {
+		args = append(args, "--cert-file="+certsDir+"/"+name+".crt", "--key-file="+certsDir+"/"+name+".key",
+			"--trusted-ca-file="+certsDir+"/ca.crt", "--client-cert-auth")
+	}
+	return args
 }
 
 func (c *dockerCluster) name(role string) string { return c.prefix + role }
@@ -150,6 +174,7 @@ func newDockerCluster(t *testing.T, ctx context.Context, image, etcdImage, model
 	id := hex.EncodeToString(b)
 	c := &dockerCluster{
 		ctx: ctx, image: image, etcd: etcdImage, model: model,
+		admin:   "coordinator",
 		label:   "moegrid-e2e=" + id,
 		prefix:  "moegrid-e2e-" + id + "-",
 		network: "moegrid-e2e-" + id,
@@ -212,7 +237,10 @@ func (c *dockerCluster) start(t *testing.T, role string, ip int, image string, e
 		"--read-only", "--tmpfs", "/tmp:rw,size=16m,mode=1777",
 		"--cap-drop", "ALL", "--security-opt", "no-new-privileges",
 		"--memory", "512m", "--pids-limit", "256",
-		"-e", "MOEGRID_ETCD_ENDPOINTS=" + c.etcdScheme() + "://" + c.ip(ipEtcd) + ":2379", "-e", "MOEGRID_LOG_LEVEL=debug"}
+		"-e", "MOEGRID_LOG_LEVEL=debug"}
+	if c.endpoints != "" {
+		run = append(run, "-e", "MOEGRID_ETCD_ENDPOINTS="+c.endpoints)
+	}
 	if c.certs != "" {
 		run = append(run, "-v", c.certs+":"+certsDir+":ro")
 	}
@@ -238,10 +266,10 @@ func (c *dockerCluster) startMember(t *testing.T, role string, ip int, args ...s
 	c.start(t, role, ip, c.image, model, append(args, common...)...)
 }
 
-// moegrid runs moegrid inside the coordinator container, so that its calls
-// go over the cluster's private network, as an admin.
+// moegrid runs moegrid inside the admin container, so that its calls go
+// over the cluster's private network, as an admin.
 func (c *dockerCluster) moegrid(args ...string) (string, error) {
-	return c.docker(append(append([]string{"exec", c.name("coordinator"), "/usr/local/bin/moegrid"}, args...), c.tlsFlags("admin")...)...)
+	return c.docker(append(append([]string{"exec", c.name(c.admin), "/usr/local/bin/moegrid"}, args...), c.tlsFlags("admin")...)...)
 }
 
 type shardJSON struct {
@@ -275,8 +303,16 @@ type statusJSON struct {
 	} `json:"model"`
 }
 
+// status asks the coordinators in turn; every replica answers, so one
+// killed or stopped is no failure.
 func (c *dockerCluster) status() (*statusJSON, error) {
-	out, err := c.moegrid("nodes", "--coordinator", "127.0.0.1:7070", "--output", "json", "--timeout", "5s")
+	var out string
+	var err error
+	for _, addr := range c.coordinators {
+		if out, err = c.moegrid("nodes", "--coordinator", addr, "--output", "json", "--timeout", "5s"); err == nil {
+			break
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -325,6 +361,43 @@ func healthy(st *statusJSON, exclude ...string) error {
 		}
 	}
 	return nil
+}
+
+// expertCerts are the certificate members of the nExperts expert nodes,
+// expert-I at address ip0+I.
+func (c *dockerCluster) expertCerts(ip0 int) []certMember {
+	var ms []certMember
+	for i := range nExperts {
+		ms = append(ms, certMember{"expertnode", fmt.Sprintf("expert-%d", i), []string{c.ip(ip0 + i)}})
+	}
+	return ms
+}
+
+// startCoordinator runs a coordinator replica that keeps every expert on
+// minReplicas nodes.
+func (c *dockerCluster) startCoordinator(t *testing.T, role string, ip int) {
+	t.Helper()
+	c.startMember(t, role, ip, "coordinator", "--grpc-addr", "0.0.0.0:7070", "--http-addr", "0.0.0.0:7071",
+		"--min-replicas", fmt.Sprint(minReplicas), "--lease-ttl", "5s")
+}
+
+// startExperts runs the nExperts expert nodes, expert-I at address ip0+I.
+func (c *dockerCluster) startExperts(t *testing.T, ip0 int) {
+	t.Helper()
+	for i := range nExperts {
+		id := fmt.Sprintf("expert-%d", i)
+		c.startMember(t, id, ip0+i, "expertnode", "--model", "/models/current",
+			"--grpc-addr", "0.0.0.0:7100", "--http-addr", "0.0.0.0:9100", "--advertise-addr", c.ip(ip0+i)+":7100",
+			"--lease-ttl", nodeLeaseTTL, "--capacity", "1GiB")
+	}
+}
+
+// startRouter runs a router; extra flags follow the common ones.
+func (c *dockerCluster) startRouter(t *testing.T, role string, ip int, extra ...string) {
+	t.Helper()
+	c.startMember(t, role, ip, append([]string{"router", "--model", "/models/current",
+		"--grpc-addr", "0.0.0.0:7400", "--http-addr", "0.0.0.0:8400",
+		"--lease-ttl", nodeLeaseTTL, "--wait-for-holder", "45s"}, extra...)...)
 }
 
 func (c *dockerCluster) node(st *statusJSON, id string) (state string, alive, found bool) {
@@ -402,31 +475,24 @@ func TestContainerCluster(t *testing.T) {
 	}
 
 	c := newDockerCluster(t, ctx, image, etcdImage, model)
+	// moegrid nodes runs inside the coordinator's container and dials it
+	// on loopback.
+	c.coordinators = []string{"127.0.0.1:7070"}
 	if containerTLS {
-		c.makeCerts(t, filepath.Join(t.TempDir(), "tls"))
+		c.makeCerts(t, filepath.Join(t.TempDir(), "tls"), append([]certMember{
+			{"etcd", "etcd", []string{c.ip(ipEtcd)}},
+			{"coordinator", "coordinator", []string{c.ip(ipCoordinator), "127.0.0.1"}},
+			{"router", "router", []string{c.ip(ipRouter)}},
+		}, c.expertCerts(ipExpert0)...))
 	}
+	c.endpoints = c.etcdScheme() + "://" + c.ip(ipEtcd) + ":2379"
 	start := time.Now()
-	etcdArgs := []string{"--name=etcd", "--data-dir=/var/lib/etcd/data",
-		"--listen-client-urls=" + c.etcdScheme() + "://0.0.0.0:2379", "--advertise-client-urls=" + c.etcdScheme() + "://" + c.ip(ipEtcd) + ":2379",
-		"--listen-peer-urls=http://127.0.0.1:2380", "--listen-metrics-urls=http://0.0.0.0:2381"}
-	if c.certs != "" {
-		// As deploy/k8s/base/etcd.yaml: client certificates required. The
-		// one member's peer URL is on loopback.
-		etcdArgs = append(etcdArgs, "--cert-file="+certsDir+"/etcd.crt", "--key-file="+certsDir+"/etcd.key",
-			"--trusted-ca-file="+certsDir+"/ca.crt", "--client-cert-auth")
-	}
-	c.start(t, "etcd", ipEtcd, c.etcd, []string{"--mount", "type=tmpfs,destination=/var/lib/etcd,tmpfs-mode=1777"}, etcdArgs...)
-	c.startMember(t, "coordinator", ipCoordinator, "coordinator", "--grpc-addr", "0.0.0.0:7070", "--http-addr", "0.0.0.0:7071",
-		"--min-replicas", fmt.Sprint(minReplicas), "--lease-ttl", "5s")
-	for i := range nExperts {
-		id := fmt.Sprintf("expert-%d", i)
-		c.startMember(t, id, ipExpert0+i, "expertnode", "--model", "/models/current",
-			"--grpc-addr", "0.0.0.0:7100", "--http-addr", "0.0.0.0:9100", "--advertise-addr", c.ip(ipExpert0+i)+":7100",
-			"--lease-ttl", nodeLeaseTTL, "--capacity", "1GiB")
-	}
-	c.startMember(t, "router", ipRouter, "router", "--model", "/models/current",
-		"--grpc-addr", "0.0.0.0:7400", "--http-addr", "0.0.0.0:8400",
-		"--lease-ttl", nodeLeaseTTL, "--call-timeout", "5s", "--wait-for-holder", "45s")
+	// The one member's peer URL is on loopback.
+	c.start(t, "etcd", ipEtcd, c.etcd, []string{"--mount", "type=tmpfs,destination=/var/lib/etcd,tmpfs-mode=1777"},
+		append(c.etcdArgs("etcd", c.ip(ipEtcd)), "--listen-peer-urls=http://127.0.0.1:2380")...)
+	c.startCoordinator(t, "coordinator", ipCoordinator)
+	c.startExperts(t, ipExpert0)
+	c.startRouter(t, "router", ipRouter, "--call-timeout", "5s")
 
 	st := c.waitHealthy(t, "every expert loaded on 2 nodes", 2*time.Minute)
 	if len(st.Nodes) != nExperts {

@@ -9,8 +9,10 @@
 #      $MOEGRID_K8S_CACHE, default ~/.cache/moegrid-k8s (4-7 min cold on 2
 #      cores, nothing when cached);
 #   3. runs the offline manifest tests, TestKubernetes (the manifests on the
-#      real control plane) and TestContainerCluster (the cluster in
-#      containers on a private Docker network);
+#      real control plane), TestContainerCluster (the cluster in containers
+#      on a private Docker network) and TestFaultSchedule (issue 10's faults
+#      under load, and the soak: MOEGRID_SOAK, default 10m; 0 runs the
+#      schedule once);
 #   4. removes whatever a crashed test left (containers and networks labelled
 #      moegrid-e2e, processes it started) and fails if it had to.
 #
@@ -85,8 +87,9 @@ if [[ $skip != *,kubernetes,* ]]; then
 	export MOEGRID_K8S_TOOLS=$tools
 fi
 
-step "go test -tags e2e ./deploy/k8stest"
+export MOEGRID_SOAK=${MOEGRID_SOAK:-10m}
+step "go test -tags e2e ./deploy/k8stest (soak $MOEGRID_SOAK)"
 rc=0
-go test -tags e2e -count=1 -v -timeout 30m ./deploy/k8stest || rc=$?
+go test -tags e2e -count=1 -v -timeout 60m ./deploy/k8stest || rc=$?
 step "done (go test exit $rc)"
 exit "$rc"

@@ -74,11 +74,15 @@ type Result struct {
 	Failed   int `json:"failed"`
 	// Errors counts the failures by gRPC code, or by message for errors
 	// that carry none; FirstError is one failure's message.
-	Errors          map[string]int `json:"errors,omitempty"`
-	FirstError      string         `json:"first_error,omitempty"`
-	Tokens          int            `json:"tokens"`
-	Seconds         float64        `json:"seconds"`
-	TokensPerSecond float64        `json:"tokens_per_second"`
+	Errors     map[string]int `json:"errors,omitempty"`
+	FirstError string         `json:"first_error,omitempty"`
+	// FailedAfter is, for the failed requests, the time from their last
+	// token (or their start, when none came) to their failure: how long a
+	// client waited to be told.
+	FailedAfter     Percentiles `json:"failed_after_seconds"`
+	Tokens          int         `json:"tokens"`
+	Seconds         float64     `json:"seconds"`
+	TokensPerSecond float64     `json:"tokens_per_second"`
 	// PrefillTokensPerSecond and DecodeTokensPerSecond split the throughput
 	// of a run whose requests were all in flight at once (requests ≤
 	// concurrency, none failed), as llama.cpp's batched bench does: prefill
@@ -255,13 +259,18 @@ func errorKey(err error) string {
 
 func summarise(cfg Config, records []record, elapsed float64) Result {
 	res := Result{Requests: len(records), Seconds: elapsed}
-	var ttft, gaps, lat []float64
+	var ttft, gaps, lat, told []float64
 	for _, s := range records {
 		if s.err == nil && len(s.arrivals) == 0 {
 			s.err = errors.New("bench: the stream ended without a token")
 		}
 		if s.err != nil {
 			res.Failed++
+			last := s.start
+			if len(s.arrivals) > 0 {
+				last = s.arrivals[len(s.arrivals)-1].at
+			}
+			told = append(told, s.end-last)
 			if res.Errors == nil {
 				res.Errors = map[string]int{}
 				res.FirstError = s.err.Error()
@@ -281,6 +290,7 @@ func summarise(cfg Config, records []record, elapsed float64) Result {
 		res.PrefillTokensPerSecond, res.DecodeTokensPerSecond = phases(records)
 	}
 	res.TTFT, res.InterToken, res.Latency = percentiles(ttft), percentiles(gaps), percentiles(lat)
+	res.FailedAfter = percentiles(told)
 	return res
 }
 
@@ -364,6 +374,7 @@ func WriteText(w io.Writer, cfg Config, r Result) {
 	}
 	if r.FirstError != "" {
 		fmt.Fprintf(w, "  first error: %s\n", r.FirstError)
+		fmt.Fprintf(w, "  told after    %s (from the last token, or the start)\n", ms(r.FailedAfter))
 	}
 	fmt.Fprintf(w, "throughput      %.1f tokens/s (%d tokens in %.2f s)\n", r.TokensPerSecond, r.Tokens, r.Seconds)
 	if r.PrefillTokensPerSecond > 0 {

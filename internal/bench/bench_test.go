@@ -105,3 +105,17 @@ func TestErrorKey(t *testing.T) {
 		}
 	}
 }
+
+// TestFailedAfter: a failed request is timed from its last token, or from
+// its start when it had none; a good one is not counted.
+func TestFailedAfter(t *testing.T) {
+	cut := status.Error(codes.Unavailable, "router gone")
+	res := summarise(Config{Concurrency: 1}, []record{
+		{start: 1, end: 5, arrivals: []arrival{{at: 2, n: 1}, {at: 3, n: 1}}, err: cut},
+		{start: 4, end: 4.5, err: cut},
+		{start: 0, end: 9, arrivals: []arrival{{at: 1, n: 1}}},
+	}, 9)
+	if want := (Percentiles{Min: 0.5, P50: 2, P90: 2, P99: 2, Max: 2}); res.FailedAfter != want || res.Failed != 2 {
+		t.Errorf("failed %d, failed after %+v; want 2, %+v", res.Failed, res.FailedAfter, want)
+	}
+}

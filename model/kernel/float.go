@@ -29,38 +29,7 @@ const (
 // multiple of the kernel's block (lanes, or 2·lanes for the BF16 dot
 // product). X and W are the input and weight element types; w holds
 // pointers to the first element of each of the tileCols weight rows.
-//
-// A kernel whose tiling has blocks set takes a sum over more columns than
-// the caches hold for every input row as several calls over consecutive
-// blocks of columns, with the
-// 16-lane sums of each output carried in sums between them: flags
-// tileResume starts from the lane sums in sums instead of from zero, and
-// tileMore leaves the lane sums in sums instead of reducing them into acc.
-// Each lane then sees the same fused multiply-adds in the same order as in
-// one call, so the blocks change no bits. Without tileMore such a kernel
-// may still use sums as scratch (AVX2 does, for four input rows; with
-// fewer, sums may be nil). Other kernels take every column in one call,
-// flags 0, and leave sums alone.
-type tileFunc[X, W any] func(acc *[tileRows * tileCols]float32, x []X, xStride, nx int, w *[tileCols]*W, k int, sums *tileSums, flags int)
-
-// tileSums holds the lane sums of a tile between calls: output i·tileCols
-// + j's lanes at [(i·tileCols + j)·lanes:].
-type tileSums = [tileRows * tileCols * lanes]float32
-
-// The flags of a tileFunc call.
-const (
-	tileResume = 1 << iota
-	tileMore
-)
-
-// kBlock is the most columns one call of a batched product takes: a tile
-// of weights and one of inputs (32 KB at 1024 float32 columns) then stay in
-// L1 while the weights serve every tile of input rows, where at 3584
-// columns the weight tile alone (56 KB) spilled to L2 and was read from
-// there for every tile of inputs (for every input row on AVX2). Smaller
-// blocks (256, 512) or several weight tiles over one block of inputs
-// measured no faster or slower (AVX2, 16 rows).
-const kBlock = 1024
+type tileFunc[X, W any] func(acc *[tileRows * tileCols]float32, x []X, xStride, nx int, w *[tileCols]*W, k int)
 
 // tiling is one way to multiply: a tile kernel, the number of columns its
 // vector part takes at a time, and the product of one input and one weight
@@ -69,14 +38,6 @@ type tiling[X, W any] struct {
 	tile  tileFunc[X, W]
 	block int
 	mul   func(x X, w W) float32
-	// blocks says that tile takes blocks of columns (see tileFunc).
-	blocks bool
-	// direct says that a 16-bit format's batches larger than one tile of
-	// input rows take this tiling as it is, where otherwise mulHalf widens
-	// each tile of weight rows into scratch first: the AVX2 kernels widen
-	// a weight vector in registers for little more than its load, so that
-	// pass over scratch cost more than it saved (1.2-1.6x at 8 to 128 rows).
-	direct bool
 }
 
 // mulTiled is MulRows for any format whose rows are arrays of W, over
@@ -85,25 +46,8 @@ type tiling[X, W any] struct {
 // one by one. Output element (t, r) goes to out[t·oStride + oBase + r - lo].
 func mulTiled[X, W any](data []W, cols int, tl tiling[X, W], out []float32, oStride, oBase int, x []X, n, lo, hi int) {
 	k := cols - cols%tl.block
-	// kb is the block of columns a call takes: all of them unless several
-	// tiles of input rows share each weight tile and the columns are many.
-	kb := k
-	var sums []tileSums
-	if tl.blocks && n >= tileRows {
-		if n > tileRows && k > kBlock {
-			kb = kBlock - kBlock%tl.block
-		}
-		b := getSums((n + tileRows - 1) / tileRows)
-		defer putSums(b)
-		sums = *b
-	}
-	nb := 1
-	if kb > 0 {
-		nb = (k + kb - 1) / kb
-	}
 	var acc [tileRows * tileCols]float32
 	var w [tileCols]*W
-	var base [tileCols]int
 	var rows [tileCols]int
 	// A tile takes its weight rows from the four quarters of [lo, hi), so
 	// that the weights stream from memory as four sequential runs, which
@@ -126,50 +70,27 @@ func mulTiled[X, W any](data []W, cols int, tl tiling[X, W], out []float32, oStr
 			if j < nw {
 				r = rows[j]
 			}
-			base[j] = r * cols
+			w[j] = &data[r*cols]
 		}
-		// The columns in blocks of kb, each over every tile of input
-		// rows; the lane sums of a tile wait in sums between blocks.
-		for b := range nb {
-			c0 := b * kb
-			kc := min(kb, k-c0)
-			flags := 0
-			if c0 > 0 {
-				flags |= tileResume
+		for t := 0; t < n; t += tileRows {
+			nx := min(tileRows, n-t)
+			if k > 0 {
+				tl.tile(&acc, x[t*cols:], cols, nx, &w, k)
+			} else {
+				clear(acc[:])
 			}
-			if c0+kc < k {
-				flags |= tileMore
-			}
-			for j := range tileCols {
-				w[j] = &data[base[j]+c0]
-			}
-			for t := 0; t < n; t += tileRows {
-				nx := min(tileRows, n-t)
-				var s *tileSums
-				if sums != nil {
-					s = &sums[t/tileRows]
-				}
-				if kc > 0 {
-					tl.tile(&acc, x[t*cols+c0:], cols, nx, &w, kc, s, flags)
-				} else {
-					clear(acc[:])
-				}
-				if flags&tileMore != 0 {
-					continue
-				}
-				for i := range nx {
-					xr := x[(t+i)*cols : (t+i+1)*cols]
-					o := out[(t+i)*oStride+oBase-lo:]
-					for j, r := range rows[:nw] {
-						s := acc[i*tileCols+j]
-						if k < cols {
-							wr := data[r*cols : (r+1)*cols]
-							for c := k; c < cols; c++ {
-								s += tl.mul(xr[c], wr[c])
-							}
+			for i := range nx {
+				xr := x[(t+i)*cols : (t+i+1)*cols]
+				o := out[(t+i)*oStride+oBase-lo:]
+				for j, r := range rows[:nw] {
+					s := acc[i*tileCols+j]
+					if k < cols {
+						wr := data[r*cols : (r+1)*cols]
+						for c := k; c < cols; c++ {
+							s += tl.mul(xr[c], wr[c])
 						}
-						o[r] = s
 					}
+					o[r] = s
 				}
 			}
 		}
@@ -177,13 +98,12 @@ func mulTiled[X, W any](data []W, cols int, tl tiling[X, W], out []float32, oStr
 }
 
 // mulHalf is MulRows for the 16-bit float formats. A batch of one tile's
-// rows widens each weight vector in registers, and so does any batch when
-// the fused tiling is direct; otherwise a larger batch widens each tile of
-// weight rows once into scratch and multiplies it as F32, so the widening
-// is not repeated for every tile of input rows. Widening is exact, so both
-// give the same bits.
+// rows widens each weight vector in registers; a larger batch widens each
+// tile of weight rows once into scratch and multiplies it as F32, so the
+// widening is not repeated for every tile of input rows. Widening is exact,
+// so both give the same bits.
 func mulHalf(data []uint16, rows, cols int, fused tiling[float32, uint16], widenRow func(dst []float32, src []uint16), out, x []float32, n, lo, hi int) {
-	if n <= tileRows || fused.direct {
+	if n <= tileRows {
 		mulTiled(data, cols, fused, out, rows, lo, x, n, lo, hi)
 		return
 	}
@@ -201,19 +121,7 @@ func mulHalf(data []uint16, rows, cols int, fused tiling[float32, uint16], widen
 	}
 }
 
-var scratchPool, sumsPool sync.Pool
-
-// getSums returns n tiles' lane sums from the pool.
-func getSums(n int) *[]tileSums {
-	if b, ok := sumsPool.Get().(*[]tileSums); ok && cap(*b) >= n {
-		*b = (*b)[:n]
-		return b
-	}
-	b := make([]tileSums, n)
-	return &b
-}
-
-func putSums(b *[]tileSums) { sumsPool.Put(b) }
+var scratchPool sync.Pool
 
 // getScratch returns a buffer of at least n float32s from the pool.
 func getScratch(n int) *[]float32 {
@@ -229,30 +137,23 @@ func putScratch(b *[]float32) { scratchPool.Put(b) }
 
 // tileGo is the portable tiling for any weight element type.
 func tileGo[W any](widen func(W) float32) tiling[float32, W] {
-	return tiling[float32, W]{tile: tileGoFunc(widen), block: lanes, mul: func(x float32, w W) float32 { return x * widen(w) }, blocks: true}
+	return tiling[float32, W]{tile: tileGoFunc(widen), block: lanes, mul: func(x float32, w W) float32 { return x * widen(w) }}
 }
 
 func tileGoFunc[W any](widen func(W) float32) tileFunc[float32, W] {
-	return func(acc *[tileRows * tileCols]float32, x []float32, xStride, nx int, w *[tileCols]*W, k int, sums *tileSums, flags int) {
+	return func(acc *[tileRows * tileCols]float32, x []float32, xStride, nx int, w *[tileCols]*W, k int) {
+		clear(acc[:])
 		for j := range tileCols {
 			wr := unsafeSlice(w[j], k)
 			for i := range nx {
 				xr := x[i*xStride : i*xStride+k]
 				var l [lanes]float32
-				a := i*tileCols + j
-				if flags&tileResume != 0 {
-					copy(l[:], sums[a*lanes:])
-				}
 				for c := 0; c < k; c += lanes {
 					for q := range lanes {
 						l[q] = float32(xr[c+q]*widen(wr[c+q])) + l[q]
 					}
 				}
-				if flags&tileMore != 0 {
-					copy(sums[a*lanes:], l[:])
-				} else {
-					acc[a] = reduceLanes(&l)
-				}
+				acc[i*tileCols+j] = reduceLanes(&l)
 			}
 		}
 	}

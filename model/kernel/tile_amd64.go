@@ -20,13 +20,13 @@ func tileBF16AVX512(acc *[tileRows * tileCols]float32, x *float32, xstride, nx i
 func tileF16AVX512(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols]*uint16, k int)
 
 //go:noescape
-func tileF32AVX2(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols]*float32, k int, sums *tileSums, flags int)
+func tileF32AVX2(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols]*float32, k int)
 
 //go:noescape
-func tileBF16AVX2(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols]*uint16, k int, sums *tileSums, flags int)
+func tileBF16AVX2(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols]*uint16, k int)
 
 //go:noescape
-func tileF16AVX2(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols]*uint16, k int, sums *tileSums, flags int)
+func tileF16AVX2(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols]*uint16, k int)
 
 //go:noescape
 func widenBF16AVX512(dst *float32, src *uint16, n int)
@@ -56,29 +56,14 @@ func asmWiden(f func(*float32, *uint16, int), widen func(uint16) float32) func(d
 	}
 }
 
-// asmTile adapts an AVX-512 tile kernel over float32 inputs, which takes
-// every column in one call, to a tiling.
+// asmTile adapts an assembly tile kernel over float32 inputs to a tiling.
 func asmTile[W any](f func(*[tileRows * tileCols]float32, *float32, int, int, *[tileCols]*W, int), widen func(W) float32) tiling[float32, W] {
 	return tiling[float32, W]{
-		tile: func(acc *[tileRows * tileCols]float32, x []float32, xStride, nx int, w *[tileCols]*W, k int, _ *tileSums, _ int) {
+		tile: func(acc *[tileRows * tileCols]float32, x []float32, xStride, nx int, w *[tileCols]*W, k int) {
 			f(acc, &x[0], xStride, nx, w, k)
 		},
 		block: lanes,
 		mul:   func(x float32, w W) float32 { return x * widen(w) },
-	}
-}
-
-// asmTileBlocks adapts an AVX2 tile kernel, which takes blocks of columns
-// and widens 16-bit weights cheaply, to a tiling.
-func asmTileBlocks[W any](f func(*[tileRows * tileCols]float32, *float32, int, int, *[tileCols]*W, int, *tileSums, int), widen func(W) float32) tiling[float32, W] {
-	return tiling[float32, W]{
-		tile: func(acc *[tileRows * tileCols]float32, x []float32, xStride, nx int, w *[tileCols]*W, k int, sums *tileSums, flags int) {
-			f(acc, &x[0], xStride, nx, w, k, sums, flags)
-		},
-		block:  lanes,
-		mul:    func(x float32, w W) float32 { return x * widen(w) },
-		blocks: true,
-		direct: true,
 	}
 }
 
@@ -94,9 +79,9 @@ var (
 	}
 	avx2Kernels = kernelSet{
 		path: PathAVX2,
-		f32:  asmTileBlocks(tileF32AVX2, widenF32),
-		bf16: asmTileBlocks(tileBF16AVX2, widenBF16),
-		f16:  asmTileBlocks(tileF16AVX2, widenF16),
+		f32:  asmTile(tileF32AVX2, widenF32),
+		bf16: asmTile(tileBF16AVX2, widenBF16),
+		f16:  asmTile(tileF16AVX2, widenF16),
 
 		widenBF16: asmWiden(widenBF16AVX2, widenBF16),
 		widenF16:  asmWiden(widenF16AVX2, widenF16),
@@ -123,7 +108,7 @@ var hasBF16Dot = hasAVX512 && cpu.X86.HasAVX512BF16
 // the dot-product instruction, the rest as float32 products of the rounded
 // values.
 var bf16DotTiling = tiling[uint16, uint16]{
-	tile: func(acc *[tileRows * tileCols]float32, x []uint16, xStride, nx int, w *[tileCols]*uint16, k int, _ *tileSums, _ int) {
+	tile: func(acc *[tileRows * tileCols]float32, x []uint16, xStride, nx int, w *[tileCols]*uint16, k int) {
 		tileBF16DotAVX512(acc, &x[0], xStride, nx, w, k)
 	},
 	block: 2 * lanes,

@@ -15,7 +15,6 @@ func BenchmarkTile(b *testing.B) {
 		xh[i], wh[i] = 0x3f80, 0x3f00
 	}
 	var acc [16]float32
-	var sums tileSums
 	var pf [4]*float32
 	var ph [4]*uint16
 	for j := range 4 {
@@ -24,20 +23,20 @@ func BenchmarkTile(b *testing.B) {
 	ks := kernels
 	b.Run("f32", func(b *testing.B) {
 		for b.Loop() {
-			ks.f32.tile(&acc, xf, k, 4, &pf, k, &sums, 0)
+			ks.f32.tile(&acc, xf, k, 4, &pf, k)
 		}
 		b.ReportMetric(float64(b.N)*2*16*k/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 	})
 	b.Run("bf16", func(b *testing.B) {
 		for b.Loop() {
-			ks.bf16.tile(&acc, xf, k, 4, &ph, k, &sums, 0)
+			ks.bf16.tile(&acc, xf, k, 4, &ph, k)
 		}
 		b.ReportMetric(float64(b.N)*2*16*k/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 	})
 	if hasBF16Dot {
 		b.Run("bf16dot", func(b *testing.B) {
 			for b.Loop() {
-				bf16DotTiling.tile(&acc, xh, k, 4, &ph, k, &sums, 0)
+				bf16DotTiling.tile(&acc, xh, k, 4, &ph, k)
 			}
 			b.ReportMetric(float64(b.N)*2*16*k/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 		})

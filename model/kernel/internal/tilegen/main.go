@@ -40,9 +40,6 @@ func main() {
 // into a register.
 type format struct {
 	name, elem, doc string
-	// quad says that four input rows take the half-lane passes of
-	// avx2Quad.
-	quad bool
 	// avx512 loads 16 weights at column AX of row base into Z register z.
 	avx512 func(base, z string) []string
 	// avx2 loads 8 weights at column AX plus half·8 of row base into Y
@@ -59,7 +56,7 @@ var formats = []format{
 		},
 	},
 	{
-		name: "BF16", elem: "uint16", doc: "bfloat16 weights, widened exactly by a 16-bit shift", quad: true,
+		name: "BF16", elem: "uint16", doc: "bfloat16 weights, widened exactly by a 16-bit shift",
 		avx512: func(base, z string) []string {
 			return []string{fmt.Sprintf("VPMOVZXWD (%s)(AX*2), %s", base, z), fmt.Sprintf("VPSLLD $16, %s, %s", z, z)}
 		},
@@ -68,7 +65,7 @@ var formats = []format{
 		},
 	},
 	{
-		name: "F16", elem: "uint16", doc: "IEEE half weights, converted exactly", quad: true,
+		name: "F16", elem: "uint16", doc: "IEEE half weights, converted exactly",
 		avx512: func(base, z string) []string { return []string{fmt.Sprintf("VCVTPH2PS (%s)(AX*2), %s", base, z)} },
 		avx2: func(base string, half int, y string) []string {
 			return []string{fmt.Sprintf("VCVTPH2PS %d(%s)(AX*2), %s", 16*half, base, y)}
@@ -140,27 +137,12 @@ func avx512Tile(b *strings.Builder, f format) {
 }
 
 // avx2Tile writes the AVX2 kernel of one format: one input row at a time,
-// each output's 16 lanes in two Y accumulators, R15 the row's lane sums in
-// sums. For the 16-bit formats four input rows take the passes of
-// avx2Quad instead.
+// each output's 16 lanes in two Y accumulators.
 func avx2Tile(b *strings.Builder, f format) {
-	fmt.Fprintf(b, "// func tile%sAVX2(acc *[16]float32, x *float32, xstride, nx int, w *[4]*%s, k int, sums *[256]float32, flags int)\n", f.name, f.elem)
-	fmt.Fprintf(b, "TEXT ·tile%sAVX2(SB), NOSPLIT, $0-64\n\tARGS\n", f.name)
-	line(b, "MOVQ sums+48(FP), R15")
-	if f.quad {
-		line(b, "CMPQ R14, $4")
-		line(b, "JEQ  quad")
-	}
-	b.WriteString("row:\n")
-	line(b, "TESTQ $1, flags+56(FP)")
-	line(b, "JNZ   resume")
+	fmt.Fprintf(b, "// func tile%sAVX2(acc *[16]float32, x *float32, xstride, nx int, w *[4]*%s, k int)\n", f.name, f.elem)
+	fmt.Fprintf(b, "TEXT ·tile%sAVX2(SB), NOSPLIT, $0-48\n\tARGS\nrow:\n", f.name)
 	for a := range 8 {
 		line(b, "VXORPS Y%d, Y%d, Y%d", a, a, a)
-	}
-	line(b, "JMP loop")
-	b.WriteString("resume:\n")
-	for a := range 8 {
-		line(b, "VMOVUPS %d(R15), Y%d", 32*a, a)
 	}
 	b.WriteString("loop:\n")
 	line(b, "VMOVUPS (SI)(AX*4), Y8")
@@ -177,84 +159,10 @@ func avx2Tile(b *strings.Builder, f format) {
 	line(b, "ADDQ $16, AX")
 	line(b, "CMPQ AX, CX")
 	line(b, "JLT  loop")
-	line(b, "TESTQ $2, flags+56(FP)")
-	line(b, "JNZ   more")
 	for j := range 4 {
 		line(b, "REDUCE_Y(Y%d, Y%d, %d)", 2*j, 2*j+1, 4*j)
 	}
-	line(b, "JMP next")
-	b.WriteString("more:\n")
-	for a := range 8 {
-		line(b, "VMOVUPS Y%d, %d(R15)", a, 32*a)
-	}
 	b.WriteString(nextRow)
-	if f.quad {
-		avx2Quad(b, f)
-	}
-}
-
-// avx2Quad writes four passes over the columns for four input rows, one
-// per half of the lanes (0-7, 8-15) and pair of weight rows, with the 8
-// accumulators of a pass in Y registers and the lane sums in sums between
-// passes. Each pass widens 2 weight vectors for 8 multiply-adds, where the
-// row loop widens 4 for 4 (in L1, 1 core: BF16 40 -> 75 GFLOP/s). For F32,
-// whose row loop widens nothing, the passes were faster in L1 but slower
-// on weights streamed from memory, so F32 keeps the row loop.
-func avx2Quad(b *strings.Builder, f format) {
-	b.WriteString("quad:\n")
-	for half := range 2 {
-		for pair := range 2 {
-			label := fmt.Sprintf("q%d%d", half, pair)
-			// off is the byte offset in sums of accumulator Y(2i+jj):
-			// input row i, weight row 2·pair+jj, this half's lanes.
-			off := func(i, jj int) int { return ((4*i+2*pair+jj)*16 + 8*half) * 4 }
-			line(b, "TESTQ $1, flags+56(FP)")
-			line(b, "JNZ   %sresume", label)
-			for a := range 8 {
-				line(b, "VXORPS Y%d, Y%d, Y%d", a, a, a)
-			}
-			line(b, "JMP %sloop", label)
-			fmt.Fprintf(b, "%sresume:\n", label)
-			for i := range 4 {
-				for jj := range 2 {
-					line(b, "VMOVUPS %d(R15), Y%d", off(i, jj), 2*i+jj)
-				}
-			}
-			fmt.Fprintf(b, "%sloop:\n", label)
-			for jj, y := range []string{"Y8", "Y9"} {
-				for _, ins := range f.avx2(weightRows[2*pair+jj], half, y) {
-					line(b, "%s", ins)
-				}
-			}
-			for i := range 4 {
-				line(b, "VMOVUPS %d(%s)(AX*4), Y%d", 32*half, inputRows[i], 10+i)
-			}
-			for i := range 4 {
-				line(b, "VFMADD231PS Y8, Y%d, Y%d", 10+i, 2*i)
-				line(b, "VFMADD231PS Y9, Y%d, Y%d", 10+i, 2*i+1)
-			}
-			line(b, "ADDQ $16, AX")
-			line(b, "CMPQ AX, CX")
-			line(b, "JLT  %sloop", label)
-			for i := range 4 {
-				for jj := range 2 {
-					line(b, "VMOVUPS Y%d, %d(R15)", 2*i+jj, off(i, jj))
-				}
-			}
-			line(b, "XORQ AX, AX")
-		}
-	}
-	line(b, "TESTQ $2, flags+56(FP)")
-	line(b, "JNZ   qdone")
-	for a := range 16 {
-		line(b, "VMOVUPS %d(R15), Y0", 64*a)
-		line(b, "VMOVUPS %d(R15), Y1", 64*a+32)
-		line(b, "REDUCE_Y(Y0, Y1, %d)", 4*a)
-	}
-	b.WriteString("qdone:\n")
-	line(b, "VZEROUPPER")
-	line(b, "RET")
-	b.WriteString("\n")
 }
 
 // bf16DotTile writes the BF16 compute mode's kernel: VDPBF16PS over blocks
@@ -322,17 +230,7 @@ const header = `// Code generated by model/kernel/internal/tilegen; DO NOT EDIT.
 // is what makes the results batch-invariant and equal across AVX-512 and
 // AVX2. float.go's tileGo documents the same order.
 //
-// func tileXXXAVX512(acc *[16]float32, x *float32, xstride, nx int, w *[4]*T, k int)
-//
-// The AVX2 kernels also take a product too long to keep its inputs in the
-// caches as several calls over consecutive blocks of columns, the lane sums
-// carried between them in sums (output i*4+j's 16 lanes at
-// sums[(i*4+j)*16:]): flags bit 0 (resume) starts from the lane sums there
-// instead of from zero, bit 1 (more) stores them there instead of reducing
-// them into acc. Each lane then sees the same fused multiply-adds in the
-// same order as in one call. Without the more flag sums is still scratch.
-//
-// func tileXXXAVX2(acc *[16]float32, x *float32, xstride, nx int, w *[4]*T, k int, sums *[256]float32, flags int)
+// func tileXXX(acc *[16]float32, x *float32, xstride, nx int, w *[4]*T, k int)
 
 // Argument loading shared by every kernel: DI acc, SI x_0, R13 x_1, BX x_2,
 // DX x_3, R8 the x row stride in bytes, R9-R12 the weight rows, CX k, AX
@@ -393,13 +291,11 @@ const reduceY = `// REDUCE_Y reduces the 16 lanes held in Y registers lo (lanes 
 
 `
 
-const nextRow = `next:
-	// Next x row: its outputs move on by 4 floats, its lanes by 64.
+const nextRow = `	// Next x row: the accumulators' outputs move on by 4 floats.
 	DECQ R14
 	JZ   done
 	ADDQ R8, SI
 	ADDQ $16, DI
-	ADDQ $256, R15
 	XORQ AX, AX
 	JMP  row
 done:

@@ -121,9 +121,11 @@ The command fails when any request failed.`,
 
 // failover is a list of routers as one bench.Generator: a request goes to
 // the next router only when the one before failed it UNAVAILABLE before its
-// first token, as generateFailover does for `moegrid generate`, so that a
-// router dying under a run costs only the streams it had started. It keeps
-// one connection per router for the whole run.
+// first token, so that a router dying under a run costs only the streams it
+// had started. Unlike genclient.Stream (`moegrid generate`) it does not
+// resume a cut stream: bench reports such a request as failed, with how
+// soon it was told, which is what a fault run measures. It keeps one
+// connection per router for the whole run.
 type failover []bench.Generator
 
 func (f failover) Generate(ctx context.Context, prompt []int, maxTokens int, tokens func(ids []int)) error {

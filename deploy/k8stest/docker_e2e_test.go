@@ -649,17 +649,7 @@ func TestContainerCluster(t *testing.T) {
 
 	// 4. Restart the killed container: the node comes back under its ID.
 	t.Run("restart", func(t *testing.T) {
-		eventually(t, 60*time.Second, time.Second, killed+"'s registration expired", func() error {
-			s, err := c.status()
-			if err != nil {
-				return err
-			}
-			if state, _, found := c.node(s, killed); found {
-				return fmt.Errorf("%s still registered (%s)", killed, state)
-			}
-			return nil
-		})
-		c.mustDocker(t, "start", c.name(killed))
+		c.restartExpert(t, killed)
 		from := time.Now()
 		eventually(t, 90*time.Second, time.Second, killed+" back", func() error {
 			s, err := c.status()
@@ -681,6 +671,23 @@ func TestContainerCluster(t *testing.T) {
 			t.Errorf("%d nodes registered, want %d", len(st.Nodes), nExperts)
 		}
 	})
+}
+
+// restartExpert starts a stopped expert node's container again once its
+// registration has expired, so that it registers afresh.
+func (c *dockerCluster) restartExpert(t *testing.T, id string) {
+	t.Helper()
+	eventually(t, time.Minute, 500*time.Millisecond, id+"'s registration expired", func() error {
+		s, err := c.status()
+		if err != nil {
+			return err
+		}
+		if state, _, found := c.node(s, id); found {
+			return fmt.Errorf("%s still registered (%s)", id, state)
+		}
+		return nil
+	})
+	c.mustDocker(t, "start", c.name(id))
 }
 
 // checkRefusals checks that the cluster's TLS is no decoration: a client

@@ -482,24 +482,6 @@ func (f *faultCluster) schedule(t *testing.T, round int) {
 	}
 }
 
-// restartExpert starts a stopped expert node's container again once its
-// registration has expired, so that it registers afresh, and waits until
-// it is back.
-func (f *faultCluster) restartExpert(t *testing.T, id string) {
-	t.Helper()
-	eventually(t, time.Minute, 500*time.Millisecond, id+"'s registration expired", func() error {
-		s, err := f.status()
-		if err != nil {
-			return err
-		}
-		if state, _, found := f.node(s, id); found {
-			return fmt.Errorf("%s still registered (%s)", id, state)
-		}
-		return nil
-	})
-	f.mustDocker(t, "start", f.name(id))
-}
-
 func since(t0 time.Time) float64 { return time.Since(t0).Seconds() }
 
 func (f *faultCluster) expertKilled(t *testing.T, st *statusJSON) {

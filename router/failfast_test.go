@@ -87,6 +87,28 @@ func startFailCluster(t *testing.T) *failCluster {
 	return fc
 }
 
+// joinGossip starts a gossip member id of role joined to the router's.
+func (fc *failCluster) joinGossip(t *testing.T, id string, role cluster.Role) *cluster.Gossip {
+	t.Helper()
+	cfg := cluster.DefaultGossipConfig(id, role)
+	cfg.Seeds = func() []string { return []string{fc.topo.gossip.Addr()} }
+	g, err := cluster.StartGossip(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Close() })
+	if _, err := g.Join([]string{fc.topo.gossip.Addr()}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the router gossiping with "+id, func() error {
+		if !fc.topo.gossip.Alive(id) {
+			return fmt.Errorf("%s not alive in the router's gossip", id)
+		}
+		return nil
+	})
+	return g
+}
+
 // register writes n's node record with capacity bytes for expert weights
 // and the shards loaded.
 func (fc *failCluster) register(t *testing.T, n *expertNode, capacity int64, loaded ...placement.Shard) *cluster.Registration {
@@ -157,24 +179,30 @@ func (fc *failCluster) waitLeader(t *testing.T, want bool) {
 	eventually(t, fmt.Sprintf("leader=%v", want), func() error {
 		fc.topo.mu.Lock()
 		defer fc.topo.mu.Unlock()
-		if !fc.topo.leaderKnown || fc.topo.leader != want {
-			return fmt.Errorf("known %v, leader %v", fc.topo.leaderKnown, fc.topo.leader)
+		if got := fc.topo.leaderLocked(); !fc.topo.leaderKnown || got != want {
+			return fmt.Errorf("known %v, leader %v", fc.topo.leaderKnown, got)
 		}
 		return nil
 	})
 }
 
 // When the sole holder goes and nothing can re-place its experts, a step
-// fails UNAVAILABLE at once naming them and why, and /readyz turns false.
+// fails UNAVAILABLE at once naming them and why, and /readyz turns false. A
+// leader gossip declares dead counts as none, though its election key
+// lasts until its lease runs out.
 func TestNoHolderPossibleFailsFast(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		leader bool
 		spare  int64 // bytes of capacity of the other node, which holds nothing
-		why    string
+		// leaderDies: the leader gossips, and leaves gossip after the
+		// holder goes, its election key kept.
+		leaderDies bool
+		why        string
 	}{
-		{"no leader", false, 1 << 20, "no coordinator leader"},
-		{"no capacity", true, 500, "no live node has the capacity"},
+		{"no leader", false, 1 << 20, false, "no coordinator leader"},
+		{"no capacity", true, 500, false, "no live node has the capacity"},
+		{"leader dead in gossip", true, 1 << 20, true, "no coordinator leader"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fc := startFailCluster(t)
@@ -193,6 +221,10 @@ func TestNoHolderPossibleFailsFast(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			var coordinatorGossip *cluster.Gossip
+			if tc.leaderDies {
+				coordinatorGossip = fc.joinGossip(t, "coordinator-test", cluster.RoleCoordinator)
+			}
 			fc.waitLeader(t, tc.leader)
 			fc.waitReady(t, true)
 
@@ -209,6 +241,12 @@ func TestNoHolderPossibleFailsFast(t *testing.T) {
 				}
 				return nil
 			})
+			if tc.leaderDies {
+				if err := coordinatorGossip.Close(); err != nil {
+					t.Fatal(err)
+				}
+				fc.waitLeader(t, false)
+			}
 			start := time.Now()
 			err := d.Forward(ctx, 0, expertBatches(1, []int{2, 5}, []int{2, 1}))
 			elapsed := time.Since(start)

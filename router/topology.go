@@ -28,9 +28,10 @@ type clusterTopology struct {
 	nodes     map[string]cluster.NodeRecord // protected by mu
 	holders   map[[2]int][]Endpoint         // protected by mu; by (expert, layer)
 	changed   chan struct{}                 // protected by mu; closed on change
-	// leader reports whether a coordinator holds the election; known is
-	// false until etcd has answered once.
-	leader, leaderKnown bool // protected by mu
+	// candidates are the IDs of the coordinators in the election, the
+	// leader among them; known is false until etcd has answered once.
+	candidates  []string // protected by mu
+	leaderKnown bool     // protected by mu
 	// etcdUp reports whether the etcd client is connected now; nil until
 	// run starts.
 	etcdUp func() bool // protected by mu
@@ -95,7 +96,7 @@ var (
 
 // Replaceable reports whether expert of layer, which has no live, loaded
 // holder, may get one: nil while a live node is assigned it and loading, or
-// a leader exists and some live node not holding it has the free capacity
+// a leader exists and some live node holds it already or has the free capacity
 // (its record's capacity less the bytes it has loaded) to take its shard;
 // otherwise an error saying why not. While etcd is unreachable, or before it
 // has answered, what it says is stale, so Replaceable answers nil and the
@@ -118,14 +119,19 @@ func (t *clusterTopology) Replaceable(expert, layer int) error {
 			}
 		}
 	}
-	if !t.leader {
+	if !t.leaderLocked() {
 		return errNoLeader
 	}
 	per := t.bytesPerExpertLayerLocked()
 	need := int64(shard.Layers()) * per
 	for id, rec := range t.nodes {
-		if !t.liveLocked(id) || rec.Holds(shard) {
+		if !t.liveLocked(id) {
 			continue
+		}
+		if rec.Holds(shard) {
+			// Loaded on a live node the placement does not name yet: the
+			// record's watch can deliver before the placement's.
+			return nil
 		}
 		used := int64(0)
 		for _, s := range rec.Loaded {
@@ -150,6 +156,16 @@ func (t *clusterTopology) bytesPerExpertLayerLocked() int64 {
 	return 0
 }
 
+// leaderLocked reports whether a coordinator that can re-place holds the
+// election or waits to: a candidate gossip has not declared dead. A killed
+// leader's key outlives it by its lease's time to live; gossip tells in
+// about the time it tells of a dead expert node, so a request is not kept
+// waiting on a leader that is gone. A coordinator that does not gossip
+// counts while its key lasts.
+func (t *clusterTopology) leaderLocked() bool {
+	return slices.ContainsFunc(t.candidates, func(id string) bool { return !t.gossip.Dead(id) })
+}
+
 // liveLocked reports whether node id is registered, not draining and not
 // declared dead by gossip.
 func (t *clusterTopology) liveLocked(id string) bool {
@@ -165,7 +181,7 @@ func (t *clusterTopology) run(ctx context.Context, st *cluster.Store) {
 	t.mu.Unlock()
 	places := st.WatchPlacement(ctx)
 	nodes := st.WatchNodes(ctx)
-	leaders := st.WatchLeader(ctx)
+	candidates := st.WatchCandidates(ctx)
 	gossipChanged, unsubscribe := t.gossip.Subscribe()
 	defer unsubscribe()
 	for {
@@ -201,14 +217,15 @@ func (t *clusterTopology) run(ctx context.Context, st *cluster.Store) {
 			if t.onChange != nil {
 				t.onChange(addrs)
 			}
-		case leader, ok := <-leaders:
+		case ids, ok := <-candidates:
 			if !ok {
 				return
 			}
-			// A rebuild signals the change: requests waiting for a holder
-			// look again at whether one can come.
+			// A rebuild signals the change (as it does on gossip's):
+			// requests waiting for a holder look again at whether one can
+			// come.
 			t.mu.Lock()
-			t.leader, t.leaderKnown = leader, true
+			t.candidates, t.leaderKnown = ids, true
 			t.rebuildLocked()
 			t.mu.Unlock()
 		case <-gossipChanged:

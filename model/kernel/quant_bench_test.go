@@ -137,3 +137,43 @@ func BenchmarkQuantCompute(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkQuantStream multiplies one input row by a ring of expert-shaped
+// matrices far larger than the caches, as a decode step does, so that the
+// throughput (of weight bytes) is the kernel's streaming rate from memory:
+// compare it with BenchmarkMemRead and with BenchmarkQuantCompute's rate
+// on a matrix the caches hold.
+func BenchmarkQuantStream(b *testing.B) {
+	const ringBytes = 256 << 20
+	rng := rand.New(rand.NewPCG(3, 3))
+	for _, f := range []kernel.Format{kernel.Q8_0, kernel.Q4_K, kernel.Q6_K} {
+		m, data := quantizedMatrix(b, rng, f, 3584, 1024)
+		ring := []kernel.Matrix{m}
+		for len(ring)*len(data) < ringBytes {
+			c, err := kernel.NewMatrix(f, 3584, 1024, append([]byte(nil), data...))
+			if err != nil {
+				b.Fatal(err)
+			}
+			ring = append(ring, c)
+		}
+		x := make([]float32, 1024)
+		for i := range x {
+			x[i] = float32(rng.NormFloat64())
+		}
+		out := make([]float32, 3584)
+		for _, c := range []kernel.Compute{kernel.ComputeExact, kernel.ComputeInt8} {
+			b.Run(string(f)+"-"+string(c), func(b *testing.B) {
+				if err := kernel.SetCompute(c); err != nil {
+					b.Skip(err)
+				}
+				defer kernel.SetCompute(kernel.ComputeExact)
+				b.SetBytes(int64(len(ring) * len(data)))
+				for b.Loop() {
+					for _, w := range ring {
+						kernel.MatMul(out, x, 1, w)
+					}
+				}
+			})
+		}
+	}
+}

@@ -93,9 +93,18 @@ type int8Input interface {
 // the activation row q, d, sum.
 type int8Dot func(row []byte, q []int8, d []float32, sum []int32) float32
 
-// int8Four is an assembly int8-mode product of four weight rows w with
-// one activation row of nb weight blocks; out gets the four results.
-type int8Four func(out *[tileCols]float32, w *[tileCols]*byte, q *int8, d *float32, sum *int32, nb int)
+// int8Rows is how many activation rows the four-row int8 kernels take.
+const int8Rows = 4
+
+// int8Kernels are a format's assembly int8-mode products of one weight row
+// w of nb weight blocks: one returns its product with the activation row
+// q, d, sum; four gives out its products with four activation rows, row t
+// at q + t·qs values, d + t·ds and sum + t·ds blocks. Both are nil where the
+// format has no assembly.
+type int8Kernels struct {
+	one  func(w *byte, q *int8, d *float32, sum *int32, nb int) float32
+	four func(out *[int8Rows]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
+}
 
 // reduce8 adds eight lanes in the tree of reduceLanes' last steps.
 func reduce8(l *[8]float32) float32 {
@@ -108,38 +117,35 @@ func reduce8(l *[8]float32) float32 {
 	return h[0] + h[1]
 }
 
-// mulRowsInt8 is MulRows in the int8 mode, with the assembly product of
-// four weight rows where this path has one; a short last tile repeats its
-// last row. The weight tile is the outer loop, so that a batch reuses it
-// from cache.
+// mulRowsInt8 is MulRows in the int8 mode, with the assembly products
+// where this path has them. One weight row at a time, front to back, is
+// the order that streams from memory fastest; a batch takes each row four
+// activation rows at a time while it is in cache.
 func (m *quantMatrix) mulRowsInt8(out []float32, a *int8Act, cols, n, lo, hi int) {
 	nb32 := cols / int8Block
 	nb := cols / m.q.blockSize
-	four := m.int8x4
-	if kernels.path == PathPortable {
-		four = nil
-	}
-	var (
-		res [tileCols]float32
-		w   [tileCols]*byte
-	)
-	for r := lo; r < hi; r += tileCols {
-		nw := min(tileCols, hi-r)
-		for j := range tileCols {
-			w[j] = &m.data[min(r+j, hi-1)*m.rowBytes]
-		}
-		for t := range n {
-			q := a.q[t*cols : (t+1)*cols]
-			d := a.d[t*nb32 : (t+1)*nb32]
-			s := a.sum[t*nb32 : (t+1)*nb32]
-			if four != nil {
-				four(&res, &w, &q[0], &d[0], &s[0], nb)
-			} else {
-				for j := range nw {
-					res[j] = m.q.dotInt8(m.data[(r+j)*m.rowBytes:(r+j+1)*m.rowBytes], q, d, s)
-				}
+	k := m.int8
+	if kernels.path == PathPortable || k.one == nil {
+		for r := lo; r < hi; r++ {
+			row := m.data[r*m.rowBytes : (r+1)*m.rowBytes]
+			for t := range n {
+				out[t*m.rows+r] = m.q.dotInt8(row, a.q[t*cols:(t+1)*cols], a.d[t*nb32:(t+1)*nb32], a.sum[t*nb32:(t+1)*nb32])
 			}
-			copy(out[t*m.rows+r:t*m.rows+r+nw], res[:nw])
+		}
+		return
+	}
+	var res [int8Rows]float32
+	for r := lo; r < hi; r++ {
+		w := &m.data[r*m.rowBytes]
+		t := 0
+		for ; t+int8Rows <= n; t += int8Rows {
+			k.four(&res, w, &a.q[t*cols], &a.d[t*nb32], &a.sum[t*nb32], nb, cols, 4*nb32)
+			for j, v := range res {
+				out[(t+j)*m.rows+r] = v
+			}
+		}
+		for ; t < n; t++ {
+			out[t*m.rows+r] = k.one(w, &a.q[t*cols], &a.d[t*nb32], &a.sum[t*nb32], nb)
 		}
 	}
 }

@@ -5,72 +5,89 @@ package kernel
 // sign to the activation and multiplies as its magnitude (at most
 // 2·128·127 per pair, below the int16 saturation), and VPMADDWD widens
 // the pairs to the eight int32 lanes, times the integer sub-block scales.
+// Each format has Row1, one weight row times one activation row, and
+// Row4, one weight row times four.
 
 //go:noescape
-func int8Q8_0AVX2(lanes *[tileCols][8]float32, w *[tileCols]*byte, q *int8, d *float32, nb int)
+func int8Q8_0Row1(lanes *[8]float32, w *byte, q *int8, d *float32, sum *int32, nb int)
 
-// int8Q8_0 is the int8-mode product of four Q8_0 rows.
-func int8Q8_0(out *[tileCols]float32, w *[tileCols]*byte, q *int8, d *float32, _ *int32, nb int) {
-	var l [tileCols][8]float32
-	int8Q8_0AVX2(&l, w, q, d, nb)
-	for j := range tileCols {
-		out[j] = reduce8(&l[j])
+//go:noescape
+func int8Q8_0Row4(lanes *[int8Rows][8]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
+
+//go:noescape
+func int8Q4KRow1(lanes *[16]float32, w *byte, q *int8, d *float32, sum *int32, nb int)
+
+//go:noescape
+func int8Q4KRow4(lanes *[int8Rows][16]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
+
+//go:noescape
+func int8Q5KRow1(lanes *[16]float32, w *byte, q *int8, d *float32, sum *int32, nb int)
+
+//go:noescape
+func int8Q5KRow4(lanes *[int8Rows][16]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
+
+//go:noescape
+func int8Q6KRow1(lanes *[8]float32, w *byte, q *int8, d *float32, sum *int32, nb int)
+
+//go:noescape
+func int8Q6KRow4(lanes *[int8Rows][8]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
+
+// int8Plain adapts a kernel pair whose lanes are the eight accumulators.
+func int8Plain(row1 func(*[8]float32, *byte, *int8, *float32, *int32, int), row4 func(*[int8Rows][8]float32, *byte, *int8, *float32, *int32, int, int, int)) int8Kernels {
+	return int8Kernels{
+		one: func(w *byte, q *int8, d *float32, sum *int32, nb int) float32 {
+			var l [8]float32
+			row1(&l, w, q, d, sum, nb)
+			return reduce8(&l)
+		},
+		four: func(out *[int8Rows]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int) {
+			var l [int8Rows][8]float32
+			row4(&l, w, q, d, sum, nb, qs, ds)
+			for t := range l {
+				out[t] = reduce8(&l[t])
+			}
+		},
 	}
 }
 
-//go:noescape
-func int8Q4KAVX2(lanes *[tileCols][16]float32, w *[tileCols]*byte, q *int8, d *float32, sum *int32, nb int)
-
-//go:noescape
-func int8Q5KAVX2(lanes *[tileCols][16]float32, w *[tileCols]*byte, q *int8, d *float32, sum *int32, nb int)
-
-// int8Q4K and int8Q5K are the int8-mode products of four Q4_K or Q5_K
-// rows: the assembly leaves each row's accumulators and mins.
-func int8Q4K(out *[tileCols]float32, w *[tileCols]*byte, q *int8, d *float32, sum *int32, nb int) {
-	var l [tileCols][16]float32
-	int8Q4KAVX2(&l, w, q, d, sum, nb)
-	kOut(out, &l)
-}
-
-func int8Q5K(out *[tileCols]float32, w *[tileCols]*byte, q *int8, d *float32, sum *int32, nb int) {
-	var l [tileCols][16]float32
-	int8Q5KAVX2(&l, w, q, d, sum, nb)
-	kOut(out, &l)
-}
-
-func kOut(out *[tileCols]float32, l *[tileCols][16]float32) {
-	for j := range tileCols {
-		out[j] = reduce8((*[8]float32)(l[j][:8])) - reduce8((*[8]float32)(l[j][8:]))
+// int8WithMins adapts a Q4_K/Q5_K kernel pair, whose lanes are the eight
+// accumulators and then the eight mins.
+func int8WithMins(row1 func(*[16]float32, *byte, *int8, *float32, *int32, int), row4 func(*[int8Rows][16]float32, *byte, *int8, *float32, *int32, int, int, int)) int8Kernels {
+	return int8Kernels{
+		one: func(w *byte, q *int8, d *float32, sum *int32, nb int) float32 {
+			var l [16]float32
+			row1(&l, w, q, d, sum, nb)
+			return lessMins(&l)
+		},
+		four: func(out *[int8Rows]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int) {
+			var l [int8Rows][16]float32
+			row4(&l, w, q, d, sum, nb, qs, ds)
+			for t := range l {
+				out[t] = lessMins(&l[t])
+			}
+		},
 	}
 }
 
-//go:noescape
-func int8Q6KAVX2(lanes *[tileCols][8]float32, w *[tileCols]*byte, q *int8, d *float32, nb int)
-
-// int8Q6K is the int8-mode product of four Q6_K rows.
-func int8Q6K(out *[tileCols]float32, w *[tileCols]*byte, q *int8, d *float32, _ *int32, nb int) {
-	var l [tileCols][8]float32
-	int8Q6KAVX2(&l, w, q, d, nb)
-	for j := range tileCols {
-		out[j] = reduce8(&l[j])
-	}
+func lessMins(l *[16]float32) float32 {
+	return reduce8((*[8]float32)(l[:8])) - reduce8((*[8]float32)(l[8:]))
 }
 
-// int8Kernel returns the int8-mode product of four rows of format f, or
-// nil where there is none. The AVX2 kernels serve the AVX-512 path too.
-func int8Kernel(f Format) int8Four {
+// int8Kernel returns the int8-mode products of format f, or none where
+// there are none. The AVX2 kernels serve the AVX-512 path too.
+func int8Kernel(f Format) int8Kernels {
 	if !hasAVX2 {
-		return nil
+		return int8Kernels{}
 	}
 	switch f {
 	case Q8_0:
-		return int8Q8_0
+		return int8Plain(int8Q8_0Row1, int8Q8_0Row4)
 	case Q4_K:
-		return int8Q4K
+		return int8WithMins(int8Q4KRow1, int8Q4KRow4)
 	case Q5_K:
-		return int8Q5K
+		return int8WithMins(int8Q5KRow1, int8Q5KRow4)
 	case Q6_K:
-		return int8Q6K
+		return int8Plain(int8Q6KRow1, int8Q6KRow4)
 	}
-	return nil
+	return int8Kernels{}
 }

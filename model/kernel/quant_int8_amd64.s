@@ -1,29 +1,16 @@
 #include "textflag.h"
 
-// The AVX2 int8-mode products (quant_int8_amd64.go): each 32-value block
-// of a weight row gives eight int32 lanes, converted to float32, times the
-// block's scale, added to the row's eight float32 accumulators. As the
-// fused kernels of quant_fused_amd64.s do, each prefetches its four rows
-// 3 KiB ahead: decode waits on those loads otherwise (measured on Q8_0:
-// 7.4 GB/s at 1 KiB, 8.2 at 2 KiB, 8.9 at 3 KiB, 8.5 at 4 KiB).
-
-// Q8ROW adds the Q8_0 block at (R) times the activations in Y8, with
-// their scale in X9, to acc. Y15 holds int16 ones.
-#define Q8ROW(R, acc) \
-	PREFETCHT0   3072(R) \
-	VMOVDQU      2(R), Y10 \
-	VPSIGNB      Y10, Y8, Y11 \
-	VPABSB       Y10, Y10 \
-	VPMADDUBSW   Y11, Y10, Y10 \
-	VPMADDWD     Y15, Y10, Y10 \
-	VCVTDQ2PS    Y10, Y10 \
-	MOVWLZX      (R), BX \
-	VMOVD        BX, X12 \
-	VCVTPH2PS    X12, X12 \
-	VMULSS       X9, X12, X12 \
-	VBROADCASTSS X12, Y12 \
-	VMULPS       Y12, Y10, Y10 \
-	VADDPS       Y10, acc, acc
+// The AVX2 int8-mode products (quant_int8_amd64.go) of one weight row
+// with one activation row (Row1) or four (Row4): each 32-value block of
+// the row gives, for each activation row, eight int32 lanes, converted to
+// float32, times the block's scale, added to that activation row's eight
+// float32 accumulators. One weight row at a time, read front to back, is
+// what streams from memory fastest: four rows read side by side, as the
+// kernels once did, ran at 8 GB/s on one Zen 4 core where one row runs at
+// 20 (Q8_0, 256 MiB of rows). Each prefetches its row 3 KiB ahead.
+//
+// Row4 finds activation row t at q + t·qs, its scales at d + t·ds and its
+// block sums at sum + t·ds (qs = the row's values, ds = 4 bytes a block).
 
 // PREFETCH3 and PREFETCH4 prefetch the cache lines of row R 3 KiB ahead
 // that a Q4_K/Q5_K and a Q6_K super-block step over.
@@ -121,13 +108,13 @@
 	VADDPS       Y12, acc, acc
 
 // Q6SCALE stores the Q6_K super-block at (R)'s d times the eight
-// activation scales at (DX) to ds(SP).
-#define Q6SCALE(R, ds) \
+// activation scales at da to ds(SP).
+#define Q6SCALE(R, da, ds) \
 	MOVWLZX      208(R), AX \
 	VMOVD        AX, X13 \
 	VCVTPH2PS    X13, X13 \
 	VBROADCASTSS X13, Y13 \
-	VMULPS       (DX), Y13, Y13 \
+	VMULPS       da, Y13, Y13 \
 	VMOVUPS      Y13, ds(SP)
 
 // Q6MADD offsets the 6-bit block in Y11 to signed (Y10 holds 32),
@@ -179,45 +166,105 @@
 	VPOR         Y13, Y11, Y11 \
 	Q6MADD(Y7, (shuf+48), (ds+12), acc)
 
-// func int8Q8_0AVX2(lanes *[4][8]float32, w *[4]*byte, q *int8, d *float32, nb int)
-TEXT ·int8Q8_0AVX2(SB), NOSPLIT, $0-40
-	MOVQ lanes+0(FP), DI
-	MOVQ w+8(FP), AX
-	MOVQ 0(AX), R9
-	MOVQ 8(AX), R10
-	MOVQ 16(AX), R11
-	MOVQ 24(AX), R12
-	MOVQ q+16(FP), SI
-	MOVQ d+24(FP), DX
-	MOVQ nb+32(FP), CX
-	VXORPS Y0, Y0, Y0
-	VXORPS Y1, Y1, Y1
-	VXORPS Y2, Y2, Y2
-	VXORPS Y3, Y3, Y3
-	MOVL         $0x00010001, AX
-	VMOVD        AX, X15
+
+// Q8W loads the Q8_0 block at (R): its values' magnitudes to Y10, the
+// values (for their signs) to Y13 and its scale to X14.
+#define Q8W(R) \
+	PREFETCHT0   3072(R) \
+	VMOVDQU      2(R), Y13 \
+	VPABSB       Y13, Y10 \
+	MOVWLZX      (R), BX \
+	VMOVD        BX, X14 \
+	VCVTPH2PS    X14, X14
+
+// Q8ACT adds the block Q8W loaded times the 32 activations at qa, their
+// scale at da, to acc. Y15 holds int16 ones.
+#define Q8ACT(qa, da, acc) \
+	VMOVDQU      qa, Y8 \
+	VPSIGNB      Y13, Y8, Y11 \
+	VPMADDUBSW   Y11, Y10, Y11 \
+	VPMADDWD     Y15, Y11, Y11 \
+	VCVTDQ2PS    Y11, Y11 \
+	VMULSS       da, X14, X12 \
+	VBROADCASTSS X12, Y12 \
+	VMULPS       Y12, Y11, Y11 \
+	VADDPS       Y11, acc, acc
+
+// Q8SETUP zeroes the accumulators Y0-Y3 and sets Y15 to int16 ones.
+#define Q8SETUP \
+	VXORPS       Y0, Y0, Y0 \
+	VXORPS       Y1, Y1, Y1 \
+	VXORPS       Y2, Y2, Y2 \
+	VXORPS       Y3, Y3, Y3 \
+	MOVL         $0x00010001, AX \
+	VMOVD        AX, X15 \
 	VPBROADCASTD X15, Y15
 
-loop:
-	VMOVDQU (SI), Y8
-	VMOVSS  (DX), X9
-	Q8ROW(R9, Y0)
-	Q8ROW(R10, Y1)
-	Q8ROW(R11, Y2)
-	Q8ROW(R12, Y3)
+// ROW4ARGS loads Row4's arguments: the row to R9, q to SI, d to DX, sum
+// to R12 (where the format has sums), qs to R10, ds to R11, nb to CX.
+#define ROW4ARGS \
+	MOVQ w+8(FP), R9 \
+	MOVQ q+16(FP), SI \
+	MOVQ d+24(FP), DX \
+	MOVQ sum+32(FP), R12 \
+	MOVQ nb+40(FP), CX \
+	MOVQ qs+48(FP), R10 \
+	MOVQ ds+56(FP), R11
+
+// STORE4 stores the accumulators Y0-Y3 of four activation rows to lanes.
+#define STORE4 \
+	MOVQ    lanes+0(FP), DI \
+	VMOVUPS Y0, (DI) \
+	VMOVUPS Y1, 32(DI) \
+	VMOVUPS Y2, 64(DI) \
+	VMOVUPS Y3, 96(DI)
+
+// func int8Q8_0Row1(lanes *[8]float32, w *byte, q *int8, d *float32, sum *int32, nb int)
+TEXT ·int8Q8_0Row1(SB), NOSPLIT, $0-48
+	MOVQ w+8(FP), R9
+	MOVQ q+16(FP), SI
+	MOVQ d+24(FP), DX
+	MOVQ nb+40(FP), CX
+	Q8SETUP
+
+q80r1:
+	Q8W(R9)
+	Q8ACT((SI), (DX), Y0)
 	ADDQ $32, SI
 	ADDQ $4, DX
 	ADDQ $34, R9
-	ADDQ $34, R10
-	ADDQ $34, R11
-	ADDQ $34, R12
 	DECQ CX
-	JNZ  loop
+	JNZ  q80r1
 
+	MOVQ    lanes+0(FP), DI
 	VMOVUPS Y0, (DI)
-	VMOVUPS Y1, 32(DI)
-	VMOVUPS Y2, 64(DI)
-	VMOVUPS Y3, 96(DI)
+	VZEROUPPER
+	RET
+
+// func int8Q8_0Row4(lanes *[4][8]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
+TEXT ·int8Q8_0Row4(SB), NOSPLIT, $0-64
+	ROW4ARGS
+	Q8SETUP
+	LEAQ (SI)(R10*2), R13
+	ADDQ R10, R13
+	LEAQ (DX)(R11*2), R12
+	ADDQ R11, R12
+
+q80r4:
+	Q8W(R9)
+	Q8ACT((SI), (DX), Y0)
+	Q8ACT((SI)(R10*1), (DX)(R11*1), Y1)
+	Q8ACT((SI)(R10*2), (DX)(R11*2), Y2)
+	Q8ACT((R13), (R12), Y3)
+	ADDQ $32, SI
+	ADDQ $32, R13
+	ADDQ $4, DX
+	ADDQ $4, R12
+	ADDQ $34, R9
+	DECQ CX
+	JNZ  q80r4
+
+	STORE4
 	VZEROUPPER
 	RET
 
@@ -239,7 +286,7 @@ loop:
 	VMOVD        AX, X14 \
 	VPBROADCASTD X14, Y14
 
-// KSTORE stores each row's accumulators and mins to lanes.
+// KSTORE stores each activation row's accumulators and mins to lanes.
 #define KSTORE \
 	MOVQ lanes+0(FP), DI \
 	VMOVUPS Y0, 0(DI) \
@@ -251,201 +298,168 @@ loop:
 	VMOVUPS Y3, 192(DI) \
 	VMOVUPS Y7, 224(DI)
 
-// func int8Q4KAVX2(lanes *[4][16]float32, w *[4]*byte, q *int8, d *float32, sum *int32, nb int)
-// lanes[j][0:8] and lanes[j][8:16] = row j's accumulators and mins over
-// the nb super-blocks of the Q4_K rows at w[j]. Each super-block's 6-bit
-// scales and mins are unpacked as scaleMinK4 spells out, four at a time
-// in 32-bit words. The frame holds each row's d times the super-block's
-// eight activation scales (0-127) and its scales as int16s (128-191).
-TEXT ·int8Q4KAVX2(SB), NOSPLIT, $192-48
-	MOVQ w+8(FP), AX
-	MOVQ 0(AX), R9
-	MOVQ 8(AX), R10
-	MOVQ 16(AX), R11
-	MOVQ 24(AX), R12
+// KSCALES4 unpacks the Q4_K/Q5_K super-block's scales at R9 once for each
+// of four activation rows (the scales are the same, their products with
+// the activation scales not): ds(SP) for row t at 32t, the int16 scales
+// at 128.
+#define KSCALES4 \
+	MOVQ    R12, BX \
+	VMOVUPS (DX), Y13 \
+	KSCALES(R9, 128, 0, Y4) \
+	LEAQ    (R12)(R11*1), BX \
+	VMOVUPS (DX)(R11*1), Y13 \
+	KSCALES(R9, 128, 32, Y5) \
+	LEAQ    (R12)(R11*2), BX \
+	VMOVUPS (DX)(R11*2), Y13 \
+	KSCALES(R9, 128, 64, Y6) \
+	ADDQ    R11, BX \
+	LEAQ    (DX)(R11*2), AX \
+	VMOVUPS (AX)(R11*1), Y13 \
+	KSCALES(R9, 128, 96, Y7) \
+	LEAQ    (SI)(R10*2), R13 \
+	ADDQ    R10, R13
+
+// K4PAIR adds the Q4_K block pair of nibbles at nib(R9), times the
+// activations at a0 and a1, to acc.
+#define K4PAIR(a0, a1, nib, sc, ds, acc) \
+	VMOVDQU a0, Y8 \
+	VMOVDQU a1, Y9 \
+	K4NIBBLES(R9, nib) \
+	K4MADD(sc, ds, acc)
+
+// K5PAIR is K4PAIR for Q5_K, the fifth bits shifted into place by op0 $n0
+// and op1 $n1.
+#define K5PAIR(a0, a1, nib, op0, n0, op1, n1, sc, ds, acc) \
+	VMOVDQU a0, Y8 \
+	VMOVDQU a1, Y9 \
+	K4NIBBLES(R9, nib) \
+	K5HIGH(R9, 16, op0, n0, op1, n1) \
+	K4MADD(sc, ds, acc)
+
+// func int8Q4KRow1(lanes *[16]float32, w *byte, q *int8, d *float32, sum *int32, nb int)
+// lanes[0:8] and lanes[8:16] = the accumulators and the mins over the nb
+// super-blocks of the Q4_K row at w. The frame holds d times the
+// super-block's eight activation scales (0-31) and its scales as int16s
+// (128-143, where Row4 has them).
+TEXT ·int8Q4KRow1(SB), NOSPLIT, $144-48
+	MOVQ w+8(FP), R9
 	MOVQ q+16(FP), SI
 	MOVQ d+24(FP), DX
 	MOVQ sum+32(FP), BX
 	MOVQ nb+40(FP), CX
 	KSETUP
 
-q4kloop:
+q4kr1:
 	VMOVUPS (DX), Y13
 	PREFETCH3(R9)
-	PREFETCH3(R10)
-	PREFETCH3(R11)
-	PREFETCH3(R12)
 	KSCALES(R9, 128, 0, Y4)
-	KSCALES(R10, 144, 32, Y5)
-	KSCALES(R11, 160, 64, Y6)
-	KSCALES(R12, 176, 96, Y7)
-	VMOVDQU 0(SI), Y8
-	VMOVDQU 32(SI), Y9
-	K4NIBBLES(R9, 16)
-	K4MADD(128, 0, Y0)
-	K4NIBBLES(R10, 16)
-	K4MADD(144, 32, Y1)
-	K4NIBBLES(R11, 16)
-	K4MADD(160, 64, Y2)
-	K4NIBBLES(R12, 16)
-	K4MADD(176, 96, Y3)
-	VMOVDQU 64(SI), Y8
-	VMOVDQU 96(SI), Y9
-	K4NIBBLES(R9, 48)
-	K4MADD(132, 8, Y0)
-	K4NIBBLES(R10, 48)
-	K4MADD(148, 40, Y1)
-	K4NIBBLES(R11, 48)
-	K4MADD(164, 72, Y2)
-	K4NIBBLES(R12, 48)
-	K4MADD(180, 104, Y3)
-	VMOVDQU 128(SI), Y8
-	VMOVDQU 160(SI), Y9
-	K4NIBBLES(R9, 80)
-	K4MADD(136, 16, Y0)
-	K4NIBBLES(R10, 80)
-	K4MADD(152, 48, Y1)
-	K4NIBBLES(R11, 80)
-	K4MADD(168, 80, Y2)
-	K4NIBBLES(R12, 80)
-	K4MADD(184, 112, Y3)
-	VMOVDQU 192(SI), Y8
-	VMOVDQU 224(SI), Y9
-	K4NIBBLES(R9, 112)
-	K4MADD(140, 24, Y0)
-	K4NIBBLES(R10, 112)
-	K4MADD(156, 56, Y1)
-	K4NIBBLES(R11, 112)
-	K4MADD(172, 88, Y2)
-	K4NIBBLES(R12, 112)
-	K4MADD(188, 120, Y3)
+	K4PAIR(0(SI), 32(SI), 16, 128, 0, Y0)
+	K4PAIR(64(SI), 96(SI), 48, 132, 8, Y0)
+	K4PAIR(128(SI), 160(SI), 80, 136, 16, Y0)
+	K4PAIR(192(SI), 224(SI), 112, 140, 24, Y0)
 	ADDQ $256, SI
 	ADDQ $32, DX
 	ADDQ $32, BX
 	ADDQ $144, R9
-	ADDQ $144, R10
-	ADDQ $144, R11
-	ADDQ $144, R12
 	DECQ CX
-	JNZ  q4kloop
+	JNZ  q4kr1
+
+	MOVQ    lanes+0(FP), DI
+	VMOVUPS Y0, 0(DI)
+	VMOVUPS Y4, 32(DI)
+	VZEROUPPER
+	RET
+
+// K4ROWS4 adds block pair k of the Q4_K super-block at R9 times each of
+// the four activation rows.
+#define K4ROWS4(k) \
+	K4PAIR((64*k)(SI), (64*k+32)(SI), (16+32*k), (128+4*k), (8*k), Y0) \
+	K4PAIR((64*k)(SI)(R10*1), (64*k+32)(SI)(R10*1), (16+32*k), (128+4*k), (32+8*k), Y1) \
+	K4PAIR((64*k)(SI)(R10*2), (64*k+32)(SI)(R10*2), (16+32*k), (128+4*k), (64+8*k), Y2) \
+	K4PAIR((64*k)(R13), (64*k+32)(R13), (16+32*k), (128+4*k), (96+8*k), Y3)
+
+// func int8Q4KRow4(lanes *[4][16]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
+// lanes[t] = Row1's lanes for activation row t.
+TEXT ·int8Q4KRow4(SB), NOSPLIT, $144-64
+	ROW4ARGS
+	KSETUP
+
+q4kr4:
+	PREFETCH3(R9)
+	KSCALES4
+	K4ROWS4(0)
+	K4ROWS4(1)
+	K4ROWS4(2)
+	K4ROWS4(3)
+	ADDQ $256, SI
+	ADDQ $32, DX
+	ADDQ $32, R12
+	ADDQ $144, R9
+	DECQ CX
+	JNZ  q4kr4
 
 	KSTORE
 	VZEROUPPER
 	RET
 
-// func int8Q5KAVX2(lanes *[4][16]float32, w *[4]*byte, q *int8, d *float32, sum *int32, nb int)
-// lanes[j][0:8] and lanes[j][8:16] = row j's accumulators and mins over
-// the nb super-blocks of the Q5_K rows at w[j]. Each super-block's 6-bit
-// scales and mins are unpacked as scaleMinK4 spells out, four at a time
-// in 32-bit words. The frame holds each row's d times the super-block's
-// eight activation scales (0-127) and its scales as int16s (128-191).
-TEXT ·int8Q5KAVX2(SB), NOSPLIT, $192-48
-	MOVQ w+8(FP), AX
-	MOVQ 0(AX), R9
-	MOVQ 8(AX), R10
-	MOVQ 16(AX), R11
-	MOVQ 24(AX), R12
+// func int8Q5KRow1(lanes *[16]float32, w *byte, q *int8, d *float32, sum *int32, nb int)
+// As int8Q4KRow1, for Q5_K: the fifth bit of block j's values is bit j
+// of the 32 bytes at 16.
+TEXT ·int8Q5KRow1(SB), NOSPLIT, $144-48
+	MOVQ w+8(FP), R9
 	MOVQ q+16(FP), SI
 	MOVQ d+24(FP), DX
 	MOVQ sum+32(FP), BX
 	MOVQ nb+40(FP), CX
 	KSETUP
 
-q5kloop:
+q5kr1:
 	VMOVUPS (DX), Y13
 	PREFETCH3(R9)
-	PREFETCH3(R10)
-	PREFETCH3(R11)
-	PREFETCH3(R12)
 	KSCALES(R9, 128, 0, Y4)
-	KSCALES(R10, 144, 32, Y5)
-	KSCALES(R11, 160, 64, Y6)
-	KSCALES(R12, 176, 96, Y7)
-	VMOVDQU 0(SI), Y8
-	VMOVDQU 32(SI), Y9
-	K4NIBBLES(R9, 48)
-	K5HIGH(R9, 16, VPSLLW, 4, VPSLLW, 3)
-	K4MADD(128, 0, Y0)
-	K4NIBBLES(R10, 48)
-	K5HIGH(R10, 16, VPSLLW, 4, VPSLLW, 3)
-	K4MADD(144, 32, Y1)
-	K4NIBBLES(R11, 48)
-	K5HIGH(R11, 16, VPSLLW, 4, VPSLLW, 3)
-	K4MADD(160, 64, Y2)
-	K4NIBBLES(R12, 48)
-	K5HIGH(R12, 16, VPSLLW, 4, VPSLLW, 3)
-	K4MADD(176, 96, Y3)
-	VMOVDQU 64(SI), Y8
-	VMOVDQU 96(SI), Y9
-	K4NIBBLES(R9, 80)
-	K5HIGH(R9, 16, VPSLLW, 2, VPSLLW, 1)
-	K4MADD(132, 8, Y0)
-	K4NIBBLES(R10, 80)
-	K5HIGH(R10, 16, VPSLLW, 2, VPSLLW, 1)
-	K4MADD(148, 40, Y1)
-	K4NIBBLES(R11, 80)
-	K5HIGH(R11, 16, VPSLLW, 2, VPSLLW, 1)
-	K4MADD(164, 72, Y2)
-	K4NIBBLES(R12, 80)
-	K5HIGH(R12, 16, VPSLLW, 2, VPSLLW, 1)
-	K4MADD(180, 104, Y3)
-	VMOVDQU 128(SI), Y8
-	VMOVDQU 160(SI), Y9
-	K4NIBBLES(R9, 112)
-	VMOVDQU      16(R9), Y13
-	VPAND        Y14, Y13, Y15
-	VPOR         Y15, Y11, Y11
-	VPSRLW       $1, Y13, Y15
-	VPAND        Y14, Y15, Y15
-	VPOR         Y15, Y12, Y12
-	K4MADD(136, 16, Y0)
-	K4NIBBLES(R10, 112)
-	VMOVDQU      16(R10), Y13
-	VPAND        Y14, Y13, Y15
-	VPOR         Y15, Y11, Y11
-	VPSRLW       $1, Y13, Y15
-	VPAND        Y14, Y15, Y15
-	VPOR         Y15, Y12, Y12
-	K4MADD(152, 48, Y1)
-	K4NIBBLES(R11, 112)
-	VMOVDQU      16(R11), Y13
-	VPAND        Y14, Y13, Y15
-	VPOR         Y15, Y11, Y11
-	VPSRLW       $1, Y13, Y15
-	VPAND        Y14, Y15, Y15
-	VPOR         Y15, Y12, Y12
-	K4MADD(168, 80, Y2)
-	K4NIBBLES(R12, 112)
-	VMOVDQU      16(R12), Y13
-	VPAND        Y14, Y13, Y15
-	VPOR         Y15, Y11, Y11
-	VPSRLW       $1, Y13, Y15
-	VPAND        Y14, Y15, Y15
-	VPOR         Y15, Y12, Y12
-	K4MADD(184, 112, Y3)
-	VMOVDQU 192(SI), Y8
-	VMOVDQU 224(SI), Y9
-	K4NIBBLES(R9, 144)
-	K5HIGH(R9, 16, VPSRLW, 2, VPSRLW, 3)
-	K4MADD(140, 24, Y0)
-	K4NIBBLES(R10, 144)
-	K5HIGH(R10, 16, VPSRLW, 2, VPSRLW, 3)
-	K4MADD(156, 56, Y1)
-	K4NIBBLES(R11, 144)
-	K5HIGH(R11, 16, VPSRLW, 2, VPSRLW, 3)
-	K4MADD(172, 88, Y2)
-	K4NIBBLES(R12, 144)
-	K5HIGH(R12, 16, VPSRLW, 2, VPSRLW, 3)
-	K4MADD(188, 120, Y3)
+	K5PAIR(0(SI), 32(SI), 48, VPSLLW, 4, VPSLLW, 3, 128, 0, Y0)
+	K5PAIR(64(SI), 96(SI), 80, VPSLLW, 2, VPSLLW, 1, 132, 8, Y0)
+	K5PAIR(128(SI), 160(SI), 112, VPSRLW, 0, VPSRLW, 1, 136, 16, Y0)
+	K5PAIR(192(SI), 224(SI), 144, VPSRLW, 2, VPSRLW, 3, 140, 24, Y0)
 	ADDQ $256, SI
 	ADDQ $32, DX
 	ADDQ $32, BX
 	ADDQ $176, R9
-	ADDQ $176, R10
-	ADDQ $176, R11
-	ADDQ $176, R12
 	DECQ CX
-	JNZ  q5kloop
+	JNZ  q5kr1
+
+	MOVQ    lanes+0(FP), DI
+	VMOVUPS Y0, 0(DI)
+	VMOVUPS Y4, 32(DI)
+	VZEROUPPER
+	RET
+
+// K5ROWS4 adds block pair k of the Q5_K super-block at R9, its fifth bits
+// shifted by op0 $n0 and op1 $n1, times each of the four activation rows.
+#define K5ROWS4(k, op0, n0, op1, n1) \
+	K5PAIR((64*k)(SI), (64*k+32)(SI), (48+32*k), op0, n0, op1, n1, (128+4*k), (8*k), Y0) \
+	K5PAIR((64*k)(SI)(R10*1), (64*k+32)(SI)(R10*1), (48+32*k), op0, n0, op1, n1, (128+4*k), (32+8*k), Y1) \
+	K5PAIR((64*k)(SI)(R10*2), (64*k+32)(SI)(R10*2), (48+32*k), op0, n0, op1, n1, (128+4*k), (64+8*k), Y2) \
+	K5PAIR((64*k)(R13), (64*k+32)(R13), (48+32*k), op0, n0, op1, n1, (128+4*k), (96+8*k), Y3)
+
+// func int8Q5KRow4(lanes *[4][16]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
+TEXT ·int8Q5KRow4(SB), NOSPLIT, $144-64
+	ROW4ARGS
+	KSETUP
+
+q5kr4:
+	PREFETCH3(R9)
+	KSCALES4
+	K5ROWS4(0, VPSLLW, 4, VPSLLW, 3)
+	K5ROWS4(1, VPSLLW, 2, VPSLLW, 1)
+	K5ROWS4(2, VPSRLW, 0, VPSRLW, 1)
+	K5ROWS4(3, VPSRLW, 2, VPSRLW, 3)
+	ADDQ $256, SI
+	ADDQ $32, DX
+	ADDQ $32, R12
+	ADDQ $176, R9
+	DECQ CX
+	JNZ  q5kr4
 
 	KSTORE
 	VZEROUPPER
@@ -472,72 +486,96 @@ DATA q6kScales<>+112(SB)/8, $0x0e0e0e0e0e0e0e0e
 DATA q6kScales<>+120(SB)/8, $0x0f0f0f0f0f0f0f0f
 GLOBL q6kScales<>(SB), RODATA|NOPTR, $128
 
-// func int8Q6KAVX2(lanes *[4][8]float32, w *[4]*byte, q *int8, d *float32, nb int)
-// lanes[j] = row j's accumulators over the nb super-blocks of the Q6_K
-// rows at w[j]. The frame holds each row's d times the eight activation
-// scales of a super-block.
-TEXT ·int8Q6KAVX2(SB), NOSPLIT, $128-40
-	MOVQ w+8(FP), AX
-	MOVQ 0(AX), R9
-	MOVQ 8(AX), R10
-	MOVQ 16(AX), R11
-	MOVQ 24(AX), R12
-	MOVQ q+16(FP), SI
-	MOVQ d+24(FP), DX
-	MOVQ nb+32(FP), CX
-	VXORPS Y0, Y0, Y0
-	VXORPS Y1, Y1, Y1
-	VXORPS Y2, Y2, Y2
-	VXORPS Y3, Y3, Y3
-	MOVL         $0x0f0f0f0f, AX
-	VMOVD        AX, X8
-	VPBROADCASTD X8, Y8
-	MOVL         $0x30303030, AX
-	VMOVD        AX, X9
-	VPBROADCASTD X9, Y9
-	MOVL         $0x20202020, AX
-	VMOVD        AX, X10
-	VPBROADCASTD X10, Y10
+// Q6SETUP zeroes the accumulators Y0-Y3, sets Y8 to 0x0f, Y9 to 0x30
+// and Y10 to 0x20 in every byte and BX to q6kScales.
+#define Q6SETUP \
+	VXORPS       Y0, Y0, Y0 \
+	VXORPS       Y1, Y1, Y1 \
+	VXORPS       Y2, Y2, Y2 \
+	VXORPS       Y3, Y3, Y3 \
+	MOVL         $0x0f0f0f0f, AX \
+	VMOVD        AX, X8 \
+	VPBROADCASTD X8, Y8 \
+	MOVL         $0x30303030, AX \
+	VMOVD        AX, X9 \
+	VPBROADCASTD X9, Y9 \
+	MOVL         $0x20202020, AX \
+	VMOVD        AX, X10 \
+	VPBROADCASTD X10, Y10 \
 	LEAQ         q6kScales<>(SB), BX
 
-q6kloop:
+// Q6ACTS loads four activation blocks from a0-a3 to Y4-Y7.
+#define Q6ACTS(a0, a1, a2, a3) \
+	VMOVDQU a0, Y4 \
+	VMOVDQU a1, Y5 \
+	VMOVDQU a2, Y6 \
+	VMOVDQU a3, Y7
+
+// func int8Q6KRow1(lanes *[8]float32, w *byte, q *int8, d *float32, sum *int32, nb int)
+// lanes = the accumulators over the nb super-blocks of the Q6_K row at w.
+// The frame holds d times the eight activation scales of a super-block.
+TEXT ·int8Q6KRow1(SB), NOSPLIT, $32-48
+	MOVQ w+8(FP), R9
+	MOVQ q+16(FP), SI
+	MOVQ d+24(FP), DX
+	MOVQ nb+40(FP), CX
+	Q6SETUP
+
+q6kr1:
 	PREFETCH4(R9)
-	PREFETCH4(R10)
-	PREFETCH4(R11)
-	PREFETCH4(R12)
-	Q6SCALE(R9, 0)
-	Q6SCALE(R10, 32)
-	Q6SCALE(R11, 64)
-	Q6SCALE(R12, 96)
-	VMOVDQU 0(SI), Y4
-	VMOVDQU 32(SI), Y5
-	VMOVDQU 64(SI), Y6
-	VMOVDQU 96(SI), Y7
+	Q6SCALE(R9, (DX), 0)
+	Q6ACTS(0(SI), 32(SI), 64(SI), 96(SI))
 	Q6HALF(R9, 0, 128, 0, 0, Y0)
-	Q6HALF(R10, 0, 128, 0, 32, Y1)
-	Q6HALF(R11, 0, 128, 0, 64, Y2)
-	Q6HALF(R12, 0, 128, 0, 96, Y3)
-	VMOVDQU 128(SI), Y4
-	VMOVDQU 160(SI), Y5
-	VMOVDQU 192(SI), Y6
-	VMOVDQU 224(SI), Y7
+	Q6ACTS(128(SI), 160(SI), 192(SI), 224(SI))
 	Q6HALF(R9, 64, 160, 64, 16, Y0)
-	Q6HALF(R10, 64, 160, 64, 48, Y1)
-	Q6HALF(R11, 64, 160, 64, 80, Y2)
-	Q6HALF(R12, 64, 160, 64, 112, Y3)
 	ADDQ $256, SI
 	ADDQ $32, DX
 	ADDQ $210, R9
-	ADDQ $210, R10
-	ADDQ $210, R11
-	ADDQ $210, R12
 	DECQ CX
-	JNZ  q6kloop
+	JNZ  q6kr1
 
 	MOVQ    lanes+0(FP), DI
 	VMOVUPS Y0, (DI)
-	VMOVUPS Y1, 32(DI)
-	VMOVUPS Y2, 64(DI)
-	VMOVUPS Y3, 96(DI)
+	VZEROUPPER
+	RET
+
+// Q6ROWS4 adds half h of the Q6_K super-block at R9 times each of the
+// four activation rows.
+#define Q6ROWS4(h) \
+	Q6ACTS((128*h)(SI), (128*h+32)(SI), (128*h+64)(SI), (128*h+96)(SI)) \
+	Q6HALF(R9, (64*h), (128+32*h), (64*h), (16*h), Y0) \
+	Q6ACTS((128*h)(SI)(R10*1), (128*h+32)(SI)(R10*1), (128*h+64)(SI)(R10*1), (128*h+96)(SI)(R10*1)) \
+	Q6HALF(R9, (64*h), (128+32*h), (64*h), (32+16*h), Y1) \
+	Q6ACTS((128*h)(SI)(R10*2), (128*h+32)(SI)(R10*2), (128*h+64)(SI)(R10*2), (128*h+96)(SI)(R10*2)) \
+	Q6HALF(R9, (64*h), (128+32*h), (64*h), (64+16*h), Y2) \
+	Q6ACTS((128*h)(R13), (128*h+32)(R13), (128*h+64)(R13), (128*h+96)(R13)) \
+	Q6HALF(R9, (64*h), (128+32*h), (64*h), (96+16*h), Y3)
+
+// func int8Q6KRow4(lanes *[4][8]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
+TEXT ·int8Q6KRow4(SB), NOSPLIT, $128-64
+	ROW4ARGS
+	Q6SETUP
+	LEAQ (SI)(R10*2), R13
+	ADDQ R10, R13
+	LEAQ (DX)(R11*2), R12
+	ADDQ R11, R12
+
+q6kr4:
+	PREFETCH4(R9)
+	Q6SCALE(R9, (DX), 0)
+	Q6SCALE(R9, (DX)(R11*1), 32)
+	Q6SCALE(R9, (DX)(R11*2), 64)
+	Q6SCALE(R9, (R12), 96)
+	Q6ROWS4(0)
+	Q6ROWS4(1)
+	ADDQ $256, SI
+	ADDQ $256, R13
+	ADDQ $32, DX
+	ADDQ $32, R12
+	ADDQ $210, R9
+	DECQ CX
+	JNZ  q6kr4
+
+	STORE4
 	VZEROUPPER
 	RET

@@ -60,7 +60,7 @@ func TestInt8PathsAgree(t *testing.T) {
 	useInt8(t)
 	rng := rand.New(rand.NewPCG(21, 22))
 	for _, f := range quantFormats {
-		for _, s := range []struct{ n, rows, blocks int }{{1, 1, 1}, {1, 5, 3}, {2, 13, 2}, {3, 4, 1}, {5, 9, 4}, {1, 64, 16}} {
+		for _, s := range []struct{ n, rows, blocks int }{{1, 1, 1}, {1, 5, 3}, {2, 13, 2}, {3, 4, 1}, {4, 3, 2}, {5, 9, 4}, {9, 6, 3}, {1, 64, 16}} {
 			cols := s.blocks * max(256, f.BlockSize())
 			for _, random := range []bool{false, true} {
 				m, _ := quantizedMatrix(t, rng, f, s.rows, cols)

@@ -96,13 +96,17 @@ type int8Dot func(row []byte, q []int8, d []float32, sum []int32) float32
 // int8Rows is how many activation rows the four-row int8 kernels take.
 const int8Rows = 4
 
-// int8Kernels are a format's assembly int8-mode products of one weight row
-// w of nb weight blocks: one returns its product with the activation row
-// q, d, sum; four gives out its products with four activation rows, row t
-// at q + t·qs values, d + t·ds and sum + t·ds blocks. Both are nil where the
-// format has no assembly.
+// int8RowsFunc is an assembly int8-mode product of the activation row q,
+// d, sum with each of rows weight rows of nb weight blocks from w on, one
+// after another in memory: out[i] gets row i's.
+type int8RowsFunc func(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
+
+// int8Kernels are a format's assembly int8-mode products: rows, and four,
+// which gives out the products of the weight row w of nb weight blocks
+// with four activation rows, row t at q + t·qs values, d + t·ds and
+// sum + t·ds blocks. Both are nil where the format has no assembly.
 type int8Kernels struct {
-	one  func(w *byte, q *int8, d *float32, sum *int32, nb int) float32
+	rows int8RowsFunc
 	four func(out *[int8Rows]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
 }
 
@@ -125,13 +129,17 @@ func (m *quantMatrix) mulRowsInt8(out []float32, a *int8Act, cols, n, lo, hi int
 	nb32 := cols / int8Block
 	nb := cols / m.q.blockSize
 	k := m.int8
-	if kernels.path == PathPortable || k.one == nil {
+	if kernels.path == PathPortable || k.rows == nil {
 		for r := lo; r < hi; r++ {
 			row := m.data[r*m.rowBytes : (r+1)*m.rowBytes]
 			for t := range n {
 				out[t*m.rows+r] = m.q.dotInt8(row, a.q[t*cols:(t+1)*cols], a.d[t*nb32:(t+1)*nb32], a.sum[t*nb32:(t+1)*nb32])
 			}
 		}
+		return
+	}
+	if n == 1 {
+		k.rows(&out[lo], &m.data[lo*m.rowBytes], hi-lo, &a.q[0], &a.d[0], &a.sum[0], nb)
 		return
 	}
 	var res [int8Rows]float32
@@ -145,7 +153,7 @@ func (m *quantMatrix) mulRowsInt8(out []float32, a *int8Act, cols, n, lo, hi int
 			}
 		}
 		for ; t < n; t++ {
-			out[t*m.rows+r] = k.one(w, &a.q[t*cols], &a.d[t*nb32], &a.sum[t*nb32], nb)
+			k.rows(&out[t*m.rows+r], w, 1, &a.q[t*cols], &a.d[t*nb32], &a.sum[t*nb32], nb)
 		}
 	}
 }

@@ -5,41 +5,37 @@ package kernel
 // sign to the activation and multiplies as its magnitude (at most
 // 2·128·127 per pair, below the int16 saturation), and VPMADDWD widens
 // the pairs to the eight int32 lanes, times the integer sub-block scales.
-// Each format has Row1, one weight row times one activation row, and
-// Row4, one weight row times four.
+// Each format has Rows, a run of weight rows each times one activation
+// row, and Row4, one weight row times four activation rows.
 
 //go:noescape
-func int8Q8_0Row1(lanes *[8]float32, w *byte, q *int8, d *float32, sum *int32, nb int)
+func int8Q8_0Rows(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
 
 //go:noescape
 func int8Q8_0Row4(lanes *[int8Rows][8]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
 
 //go:noescape
-func int8Q4KRow1(lanes *[16]float32, w *byte, q *int8, d *float32, sum *int32, nb int)
+func int8Q4KRows(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
 
 //go:noescape
 func int8Q4KRow4(lanes *[int8Rows][16]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
 
 //go:noescape
-func int8Q5KRow1(lanes *[16]float32, w *byte, q *int8, d *float32, sum *int32, nb int)
+func int8Q5KRows(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
 
 //go:noescape
 func int8Q5KRow4(lanes *[int8Rows][16]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
 
 //go:noescape
-func int8Q6KRow1(lanes *[8]float32, w *byte, q *int8, d *float32, sum *int32, nb int)
+func int8Q6KRows(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
 
 //go:noescape
 func int8Q6KRow4(lanes *[int8Rows][8]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
 
-// int8Plain adapts a kernel pair whose lanes are the eight accumulators.
-func int8Plain(row1 func(*[8]float32, *byte, *int8, *float32, *int32, int), row4 func(*[int8Rows][8]float32, *byte, *int8, *float32, *int32, int, int, int)) int8Kernels {
+// int8Plain adapts a Row4 kernel whose lanes are the eight accumulators.
+func int8Plain(rows int8RowsFunc, row4 func(*[int8Rows][8]float32, *byte, *int8, *float32, *int32, int, int, int)) int8Kernels {
 	return int8Kernels{
-		one: func(w *byte, q *int8, d *float32, sum *int32, nb int) float32 {
-			var l [8]float32
-			row1(&l, w, q, d, sum, nb)
-			return reduce8(&l)
-		},
+		rows: rows,
 		four: func(out *[int8Rows]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int) {
 			var l [int8Rows][8]float32
 			row4(&l, w, q, d, sum, nb, qs, ds)
@@ -50,27 +46,19 @@ func int8Plain(row1 func(*[8]float32, *byte, *int8, *float32, *int32, int), row4
 	}
 }
 
-// int8WithMins adapts a Q4_K/Q5_K kernel pair, whose lanes are the eight
+// int8WithMins adapts a Q4_K/Q5_K Row4 kernel, whose lanes are the eight
 // accumulators and then the eight mins.
-func int8WithMins(row1 func(*[16]float32, *byte, *int8, *float32, *int32, int), row4 func(*[int8Rows][16]float32, *byte, *int8, *float32, *int32, int, int, int)) int8Kernels {
+func int8WithMins(rows int8RowsFunc, row4 func(*[int8Rows][16]float32, *byte, *int8, *float32, *int32, int, int, int)) int8Kernels {
 	return int8Kernels{
-		one: func(w *byte, q *int8, d *float32, sum *int32, nb int) float32 {
-			var l [16]float32
-			row1(&l, w, q, d, sum, nb)
-			return lessMins(&l)
-		},
+		rows: rows,
 		four: func(out *[int8Rows]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int) {
 			var l [int8Rows][16]float32
 			row4(&l, w, q, d, sum, nb, qs, ds)
 			for t := range l {
-				out[t] = lessMins(&l[t])
+				out[t] = reduce8((*[8]float32)(l[t][:8])) - reduce8((*[8]float32)(l[t][8:]))
 			}
 		},
 	}
-}
-
-func lessMins(l *[16]float32) float32 {
-	return reduce8((*[8]float32)(l[:8])) - reduce8((*[8]float32)(l[8:]))
 }
 
 // int8Kernel returns the int8-mode products of format f, or none where
@@ -81,13 +69,13 @@ func int8Kernel(f Format) int8Kernels {
 	}
 	switch f {
 	case Q8_0:
-		return int8Plain(int8Q8_0Row1, int8Q8_0Row4)
+		return int8Plain(int8Q8_0Rows, int8Q8_0Row4)
 	case Q4_K:
-		return int8WithMins(int8Q4KRow1, int8Q4KRow4)
+		return int8WithMins(int8Q4KRows, int8Q4KRow4)
 	case Q5_K:
-		return int8WithMins(int8Q5KRow1, int8Q5KRow4)
+		return int8WithMins(int8Q5KRows, int8Q5KRow4)
 	case Q6_K:
-		return int8Plain(int8Q6KRow1, int8Q6KRow4)
+		return int8Plain(int8Q6KRows, int8Q6KRow4)
 	}
 	return int8Kernels{}
 }

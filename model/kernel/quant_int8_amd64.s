@@ -1,7 +1,7 @@
 #include "textflag.h"
 
 // The AVX2 int8-mode products (quant_int8_amd64.go) of one weight row
-// with one activation row (Row1) or four (Row4): each 32-value block of
+// with one activation row (Rows, a run of rows) or four (Row4): each 32-value block of
 // the row gives, for each activation row, eight int32 lanes, converted to
 // float32, times the block's scale, added to that activation row's eight
 // float32 accumulators. One weight row at a time, read front to back, is
@@ -219,25 +219,51 @@
 	VMOVUPS Y2, 64(DI) \
 	VMOVUPS Y3, 96(DI)
 
-// func int8Q8_0Row1(lanes *[8]float32, w *byte, q *int8, d *float32, sum *int32, nb int)
-TEXT ·int8Q8_0Row1(SB), NOSPLIT, $0-48
+// REDUCE8 adds the eight lanes of Ya in the tree of reduce8, leaving the
+// sum in the low float of Xa; Xt is scratch.
+#define REDUCE8(Ya, Xa, Xt) \
+	VEXTRACTF128 $1, Ya, Xt \
+	VADDPS       Xt, Xa, Xa \
+	VMOVHLPS     Xa, Xa, Xt \
+	VADDPS       Xt, Xa, Xa \
+	VMOVSHDUP    Xa, Xt \
+	VADDSS       Xt, Xa, Xa
+
+// ROWSARGS starts a Rows kernel's next row: the activation row, its scales
+// and sums to SI, DX and BX, the block count to CX.
+#define ROWSARGS \
+	MOVQ q+24(FP), SI \
+	MOVQ d+32(FP), DX \
+	MOVQ sum+40(FP), BX \
+	MOVQ nb+48(FP), CX
+
+// func int8Q8_0Rows(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
+// out[i] = the product of the activation row with weight row i of the
+// rows from w on, each nb blocks, one after another in memory.
+TEXT ·int8Q8_0Rows(SB), NOSPLIT, $0-56
+	MOVQ out+0(FP), R10
 	MOVQ w+8(FP), R9
-	MOVQ q+16(FP), SI
-	MOVQ d+24(FP), DX
-	MOVQ nb+40(FP), CX
+	MOVQ rows+16(FP), R11
 	Q8SETUP
 
-q80r1:
+q80rows:
+	ROWSARGS
+	VXORPS Y0, Y0, Y0
+
+q80blocks:
 	Q8W(R9)
 	Q8ACT((SI), (DX), Y0)
 	ADDQ $32, SI
 	ADDQ $4, DX
 	ADDQ $34, R9
 	DECQ CX
-	JNZ  q80r1
+	JNZ  q80blocks
 
-	MOVQ    lanes+0(FP), DI
-	VMOVUPS Y0, (DI)
+	REDUCE8(Y0, X0, X1)
+	VMOVSS X0, (R10)
+	ADDQ   $4, R10
+	DECQ   R11
+	JNZ    q80rows
 	VZEROUPPER
 	RET
 
@@ -336,20 +362,36 @@ q80r4:
 	K5HIGH(R9, 16, op0, n0, op1, n1) \
 	K4MADD(sc, ds, acc)
 
-// func int8Q4KRow1(lanes *[16]float32, w *byte, q *int8, d *float32, sum *int32, nb int)
-// lanes[0:8] and lanes[8:16] = the accumulators and the mins over the nb
-// super-blocks of the Q4_K row at w. The frame holds d times the
-// super-block's eight activation scales (0-31) and its scales as int16s
-// (128-143, where Row4 has them).
-TEXT ·int8Q4KRow1(SB), NOSPLIT, $144-48
+// KROWSEND stores the Q4_K/Q5_K row's result, the accumulators' sum less
+// the mins', and moves on to the next row.
+#define KROWSEND(next) \
+	REDUCE8(Y0, X0, X1) \
+	REDUCE8(Y4, X4, X1) \
+	VSUBSS X4, X0, X0 \
+	VMOVSS X0, (R10) \
+	ADDQ   $4, R10 \
+	DECQ   R11 \
+	JNZ    next
+
+// func int8Q4KRows(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
+// out[i] = the product of the activation row with Q4_K row i from w on,
+// each nb super-blocks: its accumulators less its mins. Each super-block's
+// 6-bit scales and mins are unpacked as scaleMinK4 spells out, four at a
+// time in 32-bit words. The frame holds d times the super-block's eight
+// activation scales (0-31) and its scales as int16s (128-143, where Row4
+// has them).
+TEXT ·int8Q4KRows(SB), NOSPLIT, $144-56
+	MOVQ out+0(FP), R10
 	MOVQ w+8(FP), R9
-	MOVQ q+16(FP), SI
-	MOVQ d+24(FP), DX
-	MOVQ sum+32(FP), BX
-	MOVQ nb+40(FP), CX
+	MOVQ rows+16(FP), R11
 	KSETUP
 
-q4kr1:
+q4krows:
+	ROWSARGS
+	VXORPS Y0, Y0, Y0
+	VXORPS Y4, Y4, Y4
+
+q4kblocks:
 	VMOVUPS (DX), Y13
 	PREFETCH3(R9)
 	KSCALES(R9, 128, 0, Y4)
@@ -362,11 +404,9 @@ q4kr1:
 	ADDQ $32, BX
 	ADDQ $144, R9
 	DECQ CX
-	JNZ  q4kr1
+	JNZ  q4kblocks
 
-	MOVQ    lanes+0(FP), DI
-	VMOVUPS Y0, 0(DI)
-	VMOVUPS Y4, 32(DI)
+	KROWSEND(q4krows)
 	VZEROUPPER
 	RET
 
@@ -379,7 +419,7 @@ q4kr1:
 	K4PAIR((64*k)(R13), (64*k+32)(R13), (16+32*k), (128+4*k), (96+8*k), Y3)
 
 // func int8Q4KRow4(lanes *[4][16]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
-// lanes[t] = Row1's lanes for activation row t.
+// lanes[t] = activation row t's accumulators (0-7) and mins (8-15).
 TEXT ·int8Q4KRow4(SB), NOSPLIT, $144-64
 	ROW4ARGS
 	KSETUP
@@ -402,18 +442,21 @@ q4kr4:
 	VZEROUPPER
 	RET
 
-// func int8Q5KRow1(lanes *[16]float32, w *byte, q *int8, d *float32, sum *int32, nb int)
-// As int8Q4KRow1, for Q5_K: the fifth bit of block j's values is bit j
+// func int8Q5KRows(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
+// As int8Q4KRows, for Q5_K: the fifth bit of block j's values is bit j
 // of the 32 bytes at 16.
-TEXT ·int8Q5KRow1(SB), NOSPLIT, $144-48
+TEXT ·int8Q5KRows(SB), NOSPLIT, $144-56
+	MOVQ out+0(FP), R10
 	MOVQ w+8(FP), R9
-	MOVQ q+16(FP), SI
-	MOVQ d+24(FP), DX
-	MOVQ sum+32(FP), BX
-	MOVQ nb+40(FP), CX
+	MOVQ rows+16(FP), R11
 	KSETUP
 
-q5kr1:
+q5krows:
+	ROWSARGS
+	VXORPS Y0, Y0, Y0
+	VXORPS Y4, Y4, Y4
+
+q5kblocks:
 	VMOVUPS (DX), Y13
 	PREFETCH3(R9)
 	KSCALES(R9, 128, 0, Y4)
@@ -426,11 +469,9 @@ q5kr1:
 	ADDQ $32, BX
 	ADDQ $176, R9
 	DECQ CX
-	JNZ  q5kr1
+	JNZ  q5kblocks
 
-	MOVQ    lanes+0(FP), DI
-	VMOVUPS Y0, 0(DI)
-	VMOVUPS Y4, 32(DI)
+	KROWSEND(q5krows)
 	VZEROUPPER
 	RET
 
@@ -511,17 +552,23 @@ GLOBL q6kScales<>(SB), RODATA|NOPTR, $128
 	VMOVDQU a2, Y6 \
 	VMOVDQU a3, Y7
 
-// func int8Q6KRow1(lanes *[8]float32, w *byte, q *int8, d *float32, sum *int32, nb int)
-// lanes = the accumulators over the nb super-blocks of the Q6_K row at w.
-// The frame holds d times the eight activation scales of a super-block.
-TEXT ·int8Q6KRow1(SB), NOSPLIT, $32-48
+// func int8Q6KRows(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
+// out[i] = the product of the activation row with Q6_K row i from w on,
+// each nb super-blocks. The frame holds d times the eight activation
+// scales of a super-block.
+TEXT ·int8Q6KRows(SB), NOSPLIT, $32-56
+	MOVQ out+0(FP), R10
 	MOVQ w+8(FP), R9
-	MOVQ q+16(FP), SI
-	MOVQ d+24(FP), DX
-	MOVQ nb+40(FP), CX
+	MOVQ rows+16(FP), R11
 	Q6SETUP
 
-q6kr1:
+q6krows:
+	MOVQ q+24(FP), SI
+	MOVQ d+32(FP), DX
+	MOVQ nb+48(FP), CX
+	VXORPS Y0, Y0, Y0
+
+q6kblocks:
 	PREFETCH4(R9)
 	Q6SCALE(R9, (DX), 0)
 	Q6ACTS(0(SI), 32(SI), 64(SI), 96(SI))
@@ -532,10 +579,13 @@ q6kr1:
 	ADDQ $32, DX
 	ADDQ $210, R9
 	DECQ CX
-	JNZ  q6kr1
+	JNZ  q6kblocks
 
-	MOVQ    lanes+0(FP), DI
-	VMOVUPS Y0, (DI)
+	REDUCE8(Y0, X0, X1)
+	VMOVSS X0, (R10)
+	ADDQ   $4, R10
+	DECQ   R11
+	JNZ    q6krows
 	VZEROUPPER
 	RET
 

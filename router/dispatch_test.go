@@ -45,14 +45,16 @@ type expertNode struct {
 
 var _ moegridv1.ExpertServer = (*expertNode)(nil)
 
-func startExpertNode(t *testing.T, id string) *expertNode {
+// startExpertNode serves an expert node on loopback, with opts (such as
+// its TLS).
+func startExpertNode(t *testing.T, id string, opts ...grpc.ServerOption) *expertNode {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	n := &expertNode{id: id, addr: lis.Addr().String(), calls: map[int]int{}}
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(opts...)
 	moegridv1.RegisterExpertServer(srv, n)
 	served := make(chan struct{})
 	go func() {

@@ -51,6 +51,14 @@ type hopConn struct {
 
 // hopStream is one ForwardStream and the calls waiting for its answers.
 type hopStream struct {
+	// opened is closed once the stream is open, s set, or has failed to
+	// open, s nil. Opening waits until the channel is connected, which to
+	// a node whose port is blackholed it is not for as long as the
+	// blackhole lasts, once the kernel has given up on the connection
+	// (TCP_USER_TIMEOUT, which gRPC sets to keepaliveTimeout): the
+	// redial's handshake goes unanswered. So a stream opens in a goroutine
+	// of its own, never the dispatcher's, and calls wait for it in theirs.
+	opened chan struct{}
 	s      moegridv1.Expert_ForwardStreamClient
 	cancel context.CancelFunc
 
@@ -189,6 +197,13 @@ func (hc *hopConn) start(ctx context.Context, c *hopCall) {
 	c.sending.Add(1)
 	go func() {
 		defer hc.wg.Done()
+		<-st.opened
+		if st.s == nil || !st.has(f.Id) {
+			// The stream failed to open, and its calls with it, or this
+			// one was given up while it opened: nothing to send.
+			c.sending.Done()
+			return
+		}
 		st.sendMu.Lock()
 		err := st.s.Send(&f)
 		st.sendMu.Unlock()
@@ -205,8 +220,9 @@ func (hc *hopConn) start(ctx context.Context, c *hopCall) {
 	}()
 }
 
-// currentStream returns the stream to send on, opening one if there is
-// none, or reports that the node is called by unary Forward.
+// currentStream returns the stream to send on, starting to open one if
+// there is none, or reports that the node is called by unary Forward. It
+// does not wait for the node.
 func (hc *hopConn) currentStream() (*hopStream, bool, error) {
 	hc.mu.Lock()
 	defer hc.mu.Unlock()
@@ -219,23 +235,34 @@ func (hc *hopConn) currentStream() (*hopStream, bool, error) {
 		return hc.stream, false, nil
 	}
 	sctx, cancel := context.WithCancel(hc.ctx)
-	s, err := moegridv1.NewExpertClient(hc.cc).ForwardStream(sctx)
-	if err != nil {
-		cancel()
-		return nil, false, status.Errorf(codes.Unavailable, "router: open stream to %s: %v", hc.addr, err)
-	}
-	st := &hopStream{s: s, cancel: cancel, pending: map[uint64]*hopCall{}}
+	st := &hopStream{opened: make(chan struct{}), cancel: cancel, pending: map[uint64]*hopCall{}}
 	hc.stream = st
 	hc.wg.Add(1)
-	go hc.receive(st)
+	go hc.open(sctx, st)
 	return st, false, nil
+}
+
+// open opens st's ForwardStream and then receives on it. A stream that
+// fails to open fails the calls sent on it meanwhile, retryable; so does
+// one cancelled while it waits (the node was ejected, the connection
+// closed).
+func (hc *hopConn) open(ctx context.Context, st *hopStream) {
+	defer hc.wg.Done()
+	s, err := moegridv1.NewExpertClient(hc.cc).ForwardStream(ctx)
+	if err != nil {
+		close(st.opened)
+		hc.broke(st, status.Errorf(codes.Unavailable, "router: open stream to %s: %v", hc.addr, err))
+		return
+	}
+	st.s = s
+	close(st.opened)
+	hc.receive(st)
 }
 
 // receive hands each answer on st to its call until the stream ends, then
 // fails the calls still pending: with UNAVAILABLE, retryable, or by unary
 // calls when the node turns out not to serve ForwardStream.
 func (hc *hopConn) receive(st *hopStream) {
-	defer hc.wg.Done()
 	for {
 		r, err := st.s.Recv()
 		if err != nil {
@@ -327,6 +354,14 @@ func (hc *hopConn) startUnary(ctx context.Context, c *hopCall) {
 	}()
 }
 
+// has reports whether call id is still pending on the stream.
+func (st *hopStream) has(id uint64) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	_, ok := st.pending[id]
+	return ok
+}
+
 // take removes call id from the stream's pending calls; it reports whether
 // it was there, which makes the taker the one to finish or drop it.
 func (st *hopStream) take(id uint64) bool {
@@ -341,8 +376,8 @@ func (st *hopStream) take(id uint64) bool {
 
 // abandon stops waiting for c: the node is told to drop it, and c will not
 // be finished unless its answer was already on the way. The cancel is sent
-// in a goroutine, as start's Send is: the stream may have no window left
-// for it.
+// in a goroutine, as start's Send is: the stream may not be open yet, or
+// have no window left for it.
 func (hc *hopConn) abandon(c *hopCall) {
 	st := c.stream
 	if st == nil {
@@ -360,6 +395,10 @@ func (hc *hopConn) abandon(c *hopCall) {
 	hc.wg.Add(1)
 	go func() {
 		defer hc.wg.Done()
+		<-st.opened
+		if st.s == nil {
+			return // never opened, so the call was never sent
+		}
 		st.sendMu.Lock()
 		st.s.Send(&f) // a failed Send means the stream is gone, and the call with it
 		st.sendMu.Unlock()

@@ -60,14 +60,6 @@ const (
 	// maxGap bounds the longest time between two tokens of a stream while
 	// an expert node with a replica is killed, hung or blackholed.
 	maxGap = 1.0
-	// blackholeGap bounds the longest gap while an expert's gRPC port is
-	// blackholed, instead of maxGap: today the router's dispatcher stalls
-	// for seconds, every stream with it, once the node's connection has
-	// no HTTP/2 window left (5.1 to 7.4 s measured, ending when the
-	// blackhole lifts), although it ejected the node within 0.4 s. The
-	// table reports the gap; this bound keeps it from getting worse until
-	// the router meets maxGap here too.
-	blackholeGap = 10.0
 	// maxTold bounds how long a client whose stream cannot go on waits to
 	// be told: a stream cut by a router's death, a request whose expert
 	// has no holder and none can come.
@@ -547,7 +539,7 @@ func (f *faultCluster) expertBlackholed(t *testing.T, st *statusJSON) {
 		iptables("-D")
 		return rec
 	})
-	f.row(t, "expert node's gRPC port blackholed", res, rec, blackholeGap)
+	f.row(t, "expert node's gRPC port blackholed", res, rec, maxGap)
 }
 
 func (f *faultCluster) leaderKilled(t *testing.T, st *statusJSON) {

@@ -45,7 +45,7 @@ func (q *quantFormat) spec() formatSpec {
 		blockSize:  q.blockSize,
 		blockBytes: q.blockBytes,
 		new: func(rows, cols int, data []byte) Matrix {
-			return &quantMatrix{shape: shape{rows, cols}, q: q, data: data, rowBytes: cols / q.blockSize * q.blockBytes, avx2: simdRow(q.format, PathAVX2), avx512: simdRow(q.format, PathAVX512), fused2: fusedOne(q.format, PathAVX2), fused512: fusedOne(q.format, PathAVX512), fused512x4: fusedFour(q.format, PathAVX512), int8: int8Kernel(q.format)}
+			return &quantMatrix{shape: shape{rows, cols}, q: q, data: data, rowBytes: cols / q.blockSize * q.blockBytes, avx2: simdRow(q.format, PathAVX2), avx512: simdRow(q.format, PathAVX512), fused2: fusedOne(q.format, PathAVX2), fused512: fusedOne(q.format, PathAVX512), fused512x4: fusedFour(q.format, PathAVX512), int8avx2: int8Kernel(q.format, PathAVX2), int8avx512: int8Kernel(q.format, PathAVX512)}
 		},
 	}
 }
@@ -67,9 +67,9 @@ type quantMatrix struct {
 	fused512, fused2 func(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int)
 	// fused512x4 is fused512 for up to four input rows.
 	fused512x4 func(acc *[tileRows * tileCols]float32, x *[tileRows]*float32, w *[tileCols]*byte, nb int)
-	// int8 are the int8-mode products on the SIMD paths, to the same
-	// bits as dotInt8.
-	int8 int8Kernels
+	// int8avx2 and int8avx512 are the int8-mode products on the SIMD
+	// paths, to the same bits as dotInt8.
+	int8avx2, int8avx512 int8Kernels
 }
 
 func (m *quantMatrix) Format() Format { return m.q.format }

@@ -128,7 +128,10 @@ func reduce8(l *[8]float32) float32 {
 func (m *quantMatrix) mulRowsInt8(out []float32, a *int8Act, cols, n, lo, hi int) {
 	nb32 := cols / int8Block
 	nb := cols / m.q.blockSize
-	k := m.int8
+	k := m.int8avx2
+	if kernels.path == PathAVX512 {
+		k = m.int8avx512
+	}
 	if kernels.path == PathPortable || k.rows == nil {
 		for r := lo; r < hi; r++ {
 			row := m.data[r*m.rowBytes : (r+1)*m.rowBytes]

@@ -1,5 +1,7 @@
 package kernel
 
+import "golang.org/x/sys/cpu"
+
 // The AVX2 int8-mode products of quant_int8_amd64.s: VPMADDUBSW multiplies
 // unsigned by signed bytes into int16 pairs, so a signed weight lends its
 // sign to the activation and multiplies as its magnitude (at most
@@ -13,6 +15,12 @@ func int8Q8_0Rows(out *float32, w *byte, rows int, q *int8, d *float32, sum *int
 
 //go:noescape
 func int8Q8_0Row4(lanes *[int8Rows][8]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
+
+//go:noescape
+func int8Q8_0RowsVNNI(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
+
+//go:noescape
+func int8Q8_0Row4VNNI(lanes *[int8Rows][8]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
 
 //go:noescape
 func int8Q4KRows(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
@@ -61,14 +69,21 @@ func int8WithMins(rows int8RowsFunc, row4 func(*[int8Rows][16]float32, *byte, *i
 	}
 }
 
-// int8Kernel returns the int8-mode products of format f, or none where
-// there are none. The AVX2 kernels serve the AVX-512 path too.
-func int8Kernel(f Format) int8Kernels {
-	if !hasAVX2 {
+// hasVNNI is what the VNNI kernels need besides the AVX-512 path.
+var hasVNNI = cpu.X86.HasAVX512VNNI && cpu.X86.HasAVX512VL
+
+// int8Kernel returns the int8-mode products of format f on path p, or
+// none where there are none. The AVX2 kernels serve the AVX-512 path but
+// for Q8_0 where the CPU has VNNI.
+func int8Kernel(f Format, p Path) int8Kernels {
+	if p == PathPortable || !hasAVX2 {
 		return int8Kernels{}
 	}
 	switch f {
 	case Q8_0:
+		if p == PathAVX512 && hasAVX512 && hasVNNI {
+			return int8Plain(int8Q8_0RowsVNNI, int8Q8_0Row4VNNI)
+		}
 		return int8Plain(int8Q8_0Rows, int8Q8_0Row4)
 	case Q4_K:
 		return int8WithMins(int8Q4KRows, int8Q4KRow4)

@@ -16,4 +16,4 @@ func fusedFour(Format, Path) func(acc *[tileRows * tileCols]float32, x *[tileRow
 }
 
 // int8Kernel reports that no int8-mode assembly exists off amd64.
-func int8Kernel(Format) int8Kernels { return int8Kernels{} }
+func int8Kernel(Format, Path) int8Kernels { return int8Kernels{} }

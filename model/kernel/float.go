@@ -54,22 +54,11 @@ func mulTiled[X, W any](data []W, cols int, tl tiling[X, W], out []float32, oStr
 	// the hardware prefetchers follow, rather than four rows interleaved in
 	// one page, which they do not. Each output is computed on its own, so
 	// the grouping changes no bits.
-	quarter := (hi - lo + tileCols - 1) / tileCols
+	quarter := quarters(lo, hi)
 	for q := range quarter {
-		nw := 0
-		for j := range tileCols {
-			if r := lo + j*quarter + q; r < hi {
-				rows[nw] = r
-				nw++
-			}
-		}
-		for j := range tileCols {
-			// Short tiles repeat their first row: the extra sums are
-			// computed and dropped.
-			r := rows[0]
-			if j < nw {
-				r = rows[j]
-			}
+		var nw int
+		rows, nw = quarterTile(lo, hi, quarter, q)
+		for j, r := range rows {
 			w[j] = &data[r*cols]
 		}
 		for t := 0; t < n; t += tileRows {
@@ -95,6 +84,25 @@ func mulTiled[X, W any](data []W, cols int, tl tiling[X, W], out []float32, oStr
 			}
 		}
 	}
+}
+
+// quarters is how many tiles quarterTile makes of the rows [lo, hi).
+func quarters(lo, hi int) int { return (hi - lo + tileCols - 1) / tileCols }
+
+// quarterTile returns the weight rows of tile q of [lo, hi), one from
+// each of its four quarters, and how many of them are rows: a short tile
+// repeats its first row, whose extra sums are computed and dropped.
+func quarterTile(lo, hi, quarter, q int) (rows [tileCols]int, nw int) {
+	for j := range tileCols {
+		if r := lo + j*quarter + q; r < hi {
+			rows[nw] = r
+			nw++
+		}
+	}
+	for j := nw; j < tileCols; j++ {
+		rows[j] = rows[0]
+	}
+	return rows, nw
 }
 
 // mulHalf is MulRows for the 16-bit float formats. A batch of one tile's

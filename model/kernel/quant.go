@@ -131,8 +131,10 @@ func (m *quantMatrix) MulRows(out, x []float32, n, lo, hi int) {
 	}
 }
 
-// mulFused is MulRows for one input row with the fused kernel; a short
-// last tile repeats its last row, as mulTiled does.
+// mulFused is MulRows for one input row with the fused kernel, its tiles
+// of rows from the four quarters of [lo, hi) as mulTiled's are: four
+// adjacent rows read side by side stream from memory at about half the
+// rate (BenchmarkQuantStream).
 func (m *quantMatrix) mulFused(out, x []float32, fused func(acc *[tileRows * tileCols]float32, x *float32, w *[tileCols]*byte, nb int), lo, hi int) {
 	var (
 		acc [tileRows * tileCols]float32
@@ -140,18 +142,22 @@ func (m *quantMatrix) mulFused(out, x []float32, fused func(acc *[tileRows * til
 	)
 	_ = x[m.cols-1]
 	nb := m.cols / m.q.blockSize
-	for r := lo; r < hi; r += tileCols {
-		nw := min(tileCols, hi-r)
-		for j := range tileCols {
-			w[j] = &m.data[min(r+j, hi-1)*m.rowBytes]
+	quarter := quarters(lo, hi)
+	for q := range quarter {
+		rows, nw := quarterTile(lo, hi, quarter, q)
+		for j, r := range rows {
+			w[j] = &m.data[r*m.rowBytes]
 		}
 		fused(&acc, &x[0], &w, nb)
-		copy(out[r:r+nw], acc[:nw])
+		for j, r := range rows[:nw] {
+			out[r] = acc[j]
+		}
 	}
 }
 
-// mulFused4 is MulRows for up to four input rows with the fused kernel;
-// missing input rows repeat the last one, and their sums are dropped.
+// mulFused4 is MulRows for up to four input rows with the fused kernel,
+// tiled as mulFused is; missing input rows repeat the last one, and their
+// sums are dropped.
 func (m *quantMatrix) mulFused4(out, x []float32, n, lo, hi int) {
 	var (
 		acc [tileRows * tileCols]float32
@@ -163,14 +169,17 @@ func (m *quantMatrix) mulFused4(out, x []float32, n, lo, hi int) {
 		xs[i] = &x[min(i, n-1)*m.cols]
 	}
 	nb := m.cols / m.q.blockSize
-	for r := lo; r < hi; r += tileCols {
-		nw := min(tileCols, hi-r)
-		for j := range tileCols {
-			w[j] = &m.data[min(r+j, hi-1)*m.rowBytes]
+	quarter := quarters(lo, hi)
+	for q := range quarter {
+		rows, nw := quarterTile(lo, hi, quarter, q)
+		for j, r := range rows {
+			w[j] = &m.data[r*m.rowBytes]
 		}
 		m.fused512x4(&acc, &xs, &w, nb)
 		for i := range n {
-			copy(out[i*m.rows+r:i*m.rows+r+nw], acc[i*tileCols:i*tileCols+nw])
+			for j, r := range rows[:nw] {
+				out[i*m.rows+r] = acc[i*tileCols+j]
+			}
 		}
 	}
 }

@@ -1,10 +1,13 @@
 package kernel_test
 
 import (
+	"encoding/binary"
+	"math"
 	"math/rand/v2"
 	"testing"
 
 	"github.com/moegrid/moegrid/model/kernel"
+	"github.com/moegrid/moegrid/model/safetensors"
 )
 
 // BenchmarkQuantMulRows multiplies one and 16 input rows by a [1024, 4096]
@@ -146,8 +149,15 @@ func BenchmarkQuantCompute(b *testing.B) {
 func BenchmarkQuantStream(b *testing.B) {
 	const ringBytes = 256 << 20
 	rng := rand.New(rand.NewPCG(3, 3))
-	for _, f := range []kernel.Format{kernel.Q8_0, kernel.Q4_K, kernel.Q6_K} {
-		m, data := quantizedMatrix(b, rng, f, 3584, 1024)
+	for _, f := range []kernel.Format{kernel.F32, kernel.BF16, kernel.Q8_0, kernel.Q4_K, kernel.Q6_K} {
+		var m kernel.Matrix
+		var data []byte
+		switch f {
+		case kernel.F32, kernel.BF16:
+			m, data = floatMatrix(b, rng, f, 3584, 1024)
+		default:
+			m, data = quantizedMatrix(b, rng, f, 3584, 1024)
+		}
 		ring := []kernel.Matrix{m}
 		for len(ring)*len(data) < ringBytes {
 			c, err := kernel.NewMatrix(f, 3584, 1024, append([]byte(nil), data...))
@@ -161,7 +171,11 @@ func BenchmarkQuantStream(b *testing.B) {
 			x[i] = float32(rng.NormFloat64())
 		}
 		out := make([]float32, 3584)
-		for _, c := range []kernel.Compute{kernel.ComputeExact, kernel.ComputeInt8} {
+		modes := []kernel.Compute{kernel.ComputeExact, kernel.ComputeInt8}
+		if f == kernel.F32 || f == kernel.BF16 {
+			modes = modes[:1]
+		}
+		for _, c := range modes {
 			b.Run(string(f)+"-"+string(c), func(b *testing.B) {
 				if err := kernel.SetCompute(c); err != nil {
 					b.Skip(err)
@@ -176,4 +190,24 @@ func BenchmarkQuantStream(b *testing.B) {
 			})
 		}
 	}
+}
+
+// floatMatrix is a rows×cols F32 or BF16 matrix of random weights and its
+// bytes.
+func floatMatrix(t testing.TB, rng *rand.Rand, f kernel.Format, rows, cols int) (kernel.Matrix, []byte) {
+	t.Helper()
+	var data []byte
+	for range rows * cols {
+		v := float32(rng.NormFloat64())
+		if f == kernel.BF16 {
+			data = binary.LittleEndian.AppendUint16(data, safetensors.Float32ToBF16(v))
+		} else {
+			data = binary.LittleEndian.AppendUint32(data, math.Float32bits(v))
+		}
+	}
+	m, err := kernel.NewMatrix(f, rows, cols, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, data
 }

@@ -57,7 +57,8 @@ func quantizeInt8(x []float32) *int8Act {
 		xs := x[b*int8Block : (b+1)*int8Block]
 		q := a.q[b*int8Block : (b+1)*int8Block]
 		_, amax := maxAbs(xs)
-		if math.IsNaN(float64(amax)) || math.IsInf(float64(amax), 0) {
+		// maxAbs passes over a NaN, so it is looked for on its own.
+		if math.IsInf(float64(amax), 0) || hasNaN(xs) {
 			clear(q)
 			a.d[b], a.sum[b] = float32(math.NaN()), 0
 			continue
@@ -82,6 +83,15 @@ func quantizeInt8(x []float32) *int8Act {
 }
 
 func putInt8(a *int8Act) { int8Pool.Put(a) }
+
+func hasNaN(x []float32) bool {
+	for _, v := range x {
+		if v != v {
+			return true
+		}
+	}
+	return false
+}
 
 // int8Input is implemented by matrices that multiply int8 activations in
 // the int8 compute mode.

@@ -188,3 +188,43 @@ func TestInt8BatchInvariant(t *testing.T) {
 		}
 	}
 }
+
+// TestInt8NonFinite checks that an activation row with an infinity or a
+// NaN gives NaN in every output of its row, on every path and batch size,
+// and leaves the other rows of the batch as they are alone.
+func TestInt8NonFinite(t *testing.T) {
+	useInt8(t)
+	rng := rand.New(rand.NewPCG(23, 24))
+	for _, f := range quantFormats {
+		cols := 2 * max(256, f.BlockSize())
+		m, _ := quantizedMatrix(t, rng, f, 7, cols)
+		for _, n := range []int{1, 4, 5} {
+			x := int8Inputs(rng, n, cols)
+			bad := map[int]float32{0: float32(math.Inf(1))}
+			if n > 1 {
+				bad[n-1] = float32(math.NaN())
+			}
+			for r, v := range bad {
+				x[r*cols+cols/2+3] = v
+			}
+			for _, p := range quantPaths() {
+				out := int8Product(t, p, m, x, n)
+				for r := range n {
+					got := out[r*m.Rows() : (r+1)*m.Rows()]
+					if _, isBad := bad[r]; isBad {
+						for i, v := range got {
+							if !math.IsNaN(float64(v)) {
+								t.Errorf("%s n=%d on %s: row %d (non-finite input), output %d = %v, want NaN", f, n, p, r, i, v)
+							}
+						}
+						continue
+					}
+					alone := int8Product(t, p, m, x[r*cols:(r+1)*cols], 1)
+					if d := firstBitDiff(got, alone); d != "" {
+						t.Errorf("%s n=%d on %s: row %d differs from itself alone: %s", f, n, p, r, d)
+					}
+				}
+			}
+		}
+	}
+}

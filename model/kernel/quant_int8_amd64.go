@@ -14,60 +14,31 @@ import "golang.org/x/sys/cpu"
 func int8Q8_0Rows(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
 
 //go:noescape
-func int8Q8_0Row4(lanes *[int8Rows][8]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
+func int8Q8_0Row4(out *[int8Rows]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
 
 //go:noescape
 func int8Q8_0RowsVNNI(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
 
 //go:noescape
-func int8Q8_0Row4VNNI(lanes *[int8Rows][8]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
+func int8Q8_0Row4VNNI(out *[int8Rows]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
 
 //go:noescape
 func int8Q4KRows(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
 
 //go:noescape
-func int8Q4KRow4(lanes *[int8Rows][16]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
+func int8Q4KRow4(out *[int8Rows]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
 
 //go:noescape
 func int8Q5KRows(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
 
 //go:noescape
-func int8Q5KRow4(lanes *[int8Rows][16]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
+func int8Q5KRow4(out *[int8Rows]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
 
 //go:noescape
 func int8Q6KRows(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
 
 //go:noescape
-func int8Q6KRow4(lanes *[int8Rows][8]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
-
-// int8Plain adapts a Row4 kernel whose lanes are the eight accumulators.
-func int8Plain(rows int8RowsFunc, row4 func(*[int8Rows][8]float32, *byte, *int8, *float32, *int32, int, int, int)) int8Kernels {
-	return int8Kernels{
-		rows: rows,
-		four: func(out *[int8Rows]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int) {
-			var l [int8Rows][8]float32
-			row4(&l, w, q, d, sum, nb, qs, ds)
-			for t := range l {
-				out[t] = reduce8(&l[t])
-			}
-		},
-	}
-}
-
-// int8WithMins adapts a Q4_K/Q5_K Row4 kernel, whose lanes are the eight
-// accumulators and then the eight mins.
-func int8WithMins(rows int8RowsFunc, row4 func(*[int8Rows][16]float32, *byte, *int8, *float32, *int32, int, int, int)) int8Kernels {
-	return int8Kernels{
-		rows: rows,
-		four: func(out *[int8Rows]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int) {
-			var l [int8Rows][16]float32
-			row4(&l, w, q, d, sum, nb, qs, ds)
-			for t := range l {
-				out[t] = reduce8((*[8]float32)(l[t][:8])) - reduce8((*[8]float32)(l[t][8:]))
-			}
-		},
-	}
-}
+func int8Q6KRow4(out *[int8Rows]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
 
 // hasVNNI is what the VNNI kernels need besides the AVX-512 path.
 var hasVNNI = cpu.X86.HasAVX512VNNI && cpu.X86.HasAVX512VL
@@ -82,15 +53,15 @@ func int8Kernel(f Format, p Path) int8Kernels {
 	switch f {
 	case Q8_0:
 		if p == PathAVX512 && hasAVX512 && hasVNNI {
-			return int8Plain(int8Q8_0RowsVNNI, int8Q8_0Row4VNNI)
+			return int8Kernels{int8Q8_0RowsVNNI, int8Q8_0Row4VNNI}
 		}
-		return int8Plain(int8Q8_0Rows, int8Q8_0Row4)
+		return int8Kernels{int8Q8_0Rows, int8Q8_0Row4}
 	case Q4_K:
-		return int8WithMins(int8Q4KRows, int8Q4KRow4)
+		return int8Kernels{int8Q4KRows, int8Q4KRow4}
 	case Q5_K:
-		return int8WithMins(int8Q5KRows, int8Q5KRow4)
+		return int8Kernels{int8Q5KRows, int8Q5KRow4}
 	case Q6_K:
-		return int8Plain(int8Q6KRows, int8Q6KRow4)
+		return int8Kernels{int8Q6KRows, int8Q6KRow4}
 	}
 	return int8Kernels{}
 }

@@ -211,13 +211,18 @@
 	MOVQ qs+48(FP), R10 \
 	MOVQ ds+56(FP), R11
 
-// STORE4 stores the accumulators Y0-Y3 of four activation rows to lanes.
+// STORE4 stores the sums of the accumulators Y0-Y3 of four activation
+// rows, each in reduce8's tree, to out.
 #define STORE4 \
-	MOVQ    lanes+0(FP), DI \
-	VMOVUPS Y0, (DI) \
-	VMOVUPS Y1, 32(DI) \
-	VMOVUPS Y2, 64(DI) \
-	VMOVUPS Y3, 96(DI)
+	MOVQ    out+0(FP), DI \
+	REDUCE8(Y0, X0, X8) \
+	REDUCE8(Y1, X1, X8) \
+	REDUCE8(Y2, X2, X8) \
+	REDUCE8(Y3, X3, X8) \
+	VMOVSS  X0, (DI) \
+	VMOVSS  X1, 4(DI) \
+	VMOVSS  X2, 8(DI) \
+	VMOVSS  X3, 12(DI)
 
 // REDUCE8 adds the eight lanes of Ya in the tree of reduce8, leaving the
 // sum in the low float of Xa; Xt is scratch.
@@ -267,7 +272,7 @@ q80blocks:
 	VZEROUPPER
 	RET
 
-// func int8Q8_0Row4(lanes *[4][8]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
+// func int8Q8_0Row4(out *[4]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
 TEXT ·int8Q8_0Row4(SB), NOSPLIT, $0-64
 	ROW4ARGS
 	Q8SETUP
@@ -312,17 +317,26 @@ q80r4:
 	VMOVD        AX, X14 \
 	VPBROADCASTD X14, Y14
 
-// KSTORE stores each activation row's accumulators and mins to lanes.
+// KSTORE stores each activation row's result, its accumulators' sum
+// less its mins' (Y0-Y3 and Y4-Y7), to out.
 #define KSTORE \
-	MOVQ lanes+0(FP), DI \
-	VMOVUPS Y0, 0(DI) \
-	VMOVUPS Y4, 32(DI) \
-	VMOVUPS Y1, 64(DI) \
-	VMOVUPS Y5, 96(DI) \
-	VMOVUPS Y2, 128(DI) \
-	VMOVUPS Y6, 160(DI) \
-	VMOVUPS Y3, 192(DI) \
-	VMOVUPS Y7, 224(DI)
+	MOVQ    out+0(FP), DI \
+	REDUCE8(Y0, X0, X8) \
+	REDUCE8(Y4, X4, X8) \
+	VSUBSS  X4, X0, X0 \
+	VMOVSS  X0, (DI) \
+	REDUCE8(Y1, X1, X8) \
+	REDUCE8(Y5, X5, X8) \
+	VSUBSS  X5, X1, X1 \
+	VMOVSS  X1, 4(DI) \
+	REDUCE8(Y2, X2, X8) \
+	REDUCE8(Y6, X6, X8) \
+	VSUBSS  X6, X2, X2 \
+	VMOVSS  X2, 8(DI) \
+	REDUCE8(Y3, X3, X8) \
+	REDUCE8(Y7, X7, X8) \
+	VSUBSS  X7, X3, X3 \
+	VMOVSS  X3, 12(DI)
 
 // KSCALES4 unpacks the Q4_K/Q5_K super-block's scales at R9 once for each
 // of four activation rows (the scales are the same, their products with
@@ -418,8 +432,8 @@ q4kblocks:
 	K4PAIR((64*k)(SI)(R10*2), (64*k+32)(SI)(R10*2), (16+32*k), (128+4*k), (64+8*k), Y2) \
 	K4PAIR((64*k)(R13), (64*k+32)(R13), (16+32*k), (128+4*k), (96+8*k), Y3)
 
-// func int8Q4KRow4(lanes *[4][16]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
-// lanes[t] = activation row t's accumulators (0-7) and mins (8-15).
+// func int8Q4KRow4(out *[4]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
+// out[t] = the product with activation row t.
 TEXT ·int8Q4KRow4(SB), NOSPLIT, $144-64
 	ROW4ARGS
 	KSETUP
@@ -483,7 +497,7 @@ q5kblocks:
 	K5PAIR((64*k)(SI)(R10*2), (64*k+32)(SI)(R10*2), (48+32*k), op0, n0, op1, n1, (128+4*k), (64+8*k), Y2) \
 	K5PAIR((64*k)(R13), (64*k+32)(R13), (48+32*k), op0, n0, op1, n1, (128+4*k), (96+8*k), Y3)
 
-// func int8Q5KRow4(lanes *[4][16]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
+// func int8Q5KRow4(out *[4]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
 TEXT ·int8Q5KRow4(SB), NOSPLIT, $144-64
 	ROW4ARGS
 	KSETUP
@@ -601,7 +615,7 @@ q6kblocks:
 	Q6ACTS((128*h)(R13), (128*h+32)(R13), (128*h+64)(R13), (128*h+96)(R13)) \
 	Q6HALF(R9, (64*h), (128+32*h), (64*h), (96+16*h), Y3)
 
-// func int8Q6KRow4(lanes *[4][8]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
+// func int8Q6KRow4(out *[4]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
 TEXT ·int8Q6KRow4(SB), NOSPLIT, $128-64
 	ROW4ARGS
 	Q6SETUP
@@ -687,7 +701,7 @@ q80vblocks:
 	VZEROUPPER
 	RET
 
-// func int8Q8_0Row4VNNI(lanes *[4][8]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
+// func int8Q8_0Row4VNNI(out *[4]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
 TEXT ·int8Q8_0Row4VNNI(SB), NOSPLIT, $0-64
 	ROW4ARGS
 	VXORPS Y0, Y0, Y0

@@ -128,13 +128,17 @@ type Dispatcher struct {
 	log     *slog.Logger
 	metrics *dispatchMetrics
 
-	mu    sync.Mutex
-	conns map[string]*hopConn // protected by mu; by address
+	mu     sync.Mutex
+	conns  map[string]*hopConn // protected by mu; by address
+	closed bool                // protected by mu; Close has been called
 	// inflight counts rows sent to each node and not yet answered, protected
 	// by mu; the dispatcher spreads rows over replicas by it.
 	inflight map[string]int
 	// health is each node's latency and ejection record, protected by mu.
 	health map[string]*nodeHealth
+	// closing counts the connections Retain is closing in the background,
+	// added to under mu while not closed; Close waits for them.
+	closing sync.WaitGroup
 }
 
 var _ model.Experts = (*Dispatcher)(nil)
@@ -159,22 +163,32 @@ func NewDispatcher(cfg DispatchConfig, topo Topology, hidden int, log *slog.Logg
 	}
 }
 
-// Close closes every connection, failing the calls in flight.
+// Close closes every connection, failing the calls in flight, and waits
+// for those Retain is still closing.
 func (d *Dispatcher) Close() error {
 	d.mu.Lock()
 	conns := d.conns
 	d.conns = map[string]*hopConn{}
+	d.closed = true
 	d.mu.Unlock()
 	var errs []error
 	for _, c := range conns {
 		errs = append(errs, c.close())
 	}
+	d.closing.Wait()
 	return errors.Join(errs...)
 }
 
 // Retain closes the connections to every address not in live: nodes that
 // left the placement or changed address. Their gRPC channels would otherwise
 // keep reconnecting to dead addresses for the life of the router.
+//
+// It does not wait for them to close: its caller is the topology's watch
+// loop, and gRPC's Close waits up to 5 s to write its GOAWAY on a
+// connection whose writes are stuck (a node whose port is blackholed, the
+// send buffer full), which would hold up every placement, death and leader
+// change meanwhile. The address is forgotten at once, so a node coming
+// back there is dialled afresh.
 func (d *Dispatcher) Retain(live map[string]bool) {
 	d.mu.Lock()
 	var gone []*hopConn
@@ -184,9 +198,21 @@ func (d *Dispatcher) Retain(live map[string]bool) {
 			delete(d.conns, addr)
 		}
 	}
+	if d.closed {
+		// Dialled after Close, which waits for nothing more: closed here.
+		d.mu.Unlock()
+		for _, c := range gone {
+			c.close()
+		}
+		return
+	}
+	d.closing.Add(len(gone))
 	d.mu.Unlock()
 	for _, c := range gone {
-		c.close()
+		go func() {
+			defer d.closing.Done()
+			c.close()
+		}()
 	}
 }
 

@@ -1,6 +1,7 @@
 package router
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -8,12 +9,14 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
 	"github.com/moegrid/moegrid/internal/mtls"
 	"github.com/moegrid/moegrid/internal/pki"
 	"github.com/moegrid/moegrid/internal/pki/pkitest"
+	"github.com/moegrid/moegrid/model"
 )
 
 // blackholeProxy forwards TCP connections to a target until blackhole is
@@ -26,7 +29,11 @@ type blackholeProxy struct {
 	target string
 	holed  chan struct{} // closed by blackhole
 	once   sync.Once
-	wg     sync.WaitGroup
+	// dropped is closed once the dialler has written past the blackhole:
+	// its writes fill the buffers from then on.
+	dropped     chan struct{}
+	droppedOnce sync.Once
+	wg          sync.WaitGroup
 
 	mu    sync.Mutex
 	conns []net.Conn // protected by mu
@@ -38,7 +45,7 @@ func startBlackholeProxy(t *testing.T, target string) *blackholeProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &blackholeProxy{lis: lis, target: target, holed: make(chan struct{})}
+	p := &blackholeProxy{lis: lis, target: target, holed: make(chan struct{}), dropped: make(chan struct{})}
 	p.wg.Add(1)
 	go p.accept()
 	t.Cleanup(p.close)
@@ -66,14 +73,15 @@ func (p *blackholeProxy) accept() {
 		p.conns = append(p.conns, in, out)
 		p.mu.Unlock()
 		p.wg.Add(2)
-		go p.pipe(out, in)
-		go p.pipe(in, out)
+		go p.pipe(out, in, true)
+		go p.pipe(in, out, false)
 	}
 }
 
-// pipe copies from src to dst until the blackhole, then waits, holding
-// what it read, until the proxy is closed.
-func (p *blackholeProxy) pipe(dst, src net.Conn) {
+// pipe copies from src, the dialler's side if fromDialler, to dst until
+// the blackhole, then waits, holding what it read, until the proxy is
+// closed.
+func (p *blackholeProxy) pipe(dst, src net.Conn, fromDialler bool) {
 	defer p.wg.Done()
 	buf := make([]byte, 32<<10)
 	for {
@@ -85,6 +93,9 @@ func (p *blackholeProxy) pipe(dst, src net.Conn) {
 		n, err := src.Read(buf)
 		select {
 		case <-p.holed:
+			if fromDialler && n > 0 {
+				p.droppedOnce.Do(func() { close(p.dropped) })
+			}
 			return
 		default:
 		}
@@ -222,4 +233,88 @@ func TestDispatcherBlackholedNode(t *testing.T) {
 		t.Errorf("longest Forward after the blackhole took %v, want at most %v (the longest before, %v, and ten hedge delays)",
 			longestAfter, bound, longestBefore)
 	}
+}
+
+// Removing a node whose connection is blackholed with its send buffer full
+// must not hold up the topology's watch loop, which calls Retain: gRPC's
+// Close waits up to 5 s there to write its GOAWAY. Dispatcher.Close still
+// waits for that close, so that nothing outlives the dispatcher.
+func TestDispatcherRetainBlackholedNode(t *testing.T) {
+	// The node's flow-control windows are larger than the call, so that
+	// only the kernel's buffers, full once the proxy stops reading, hold
+	// up the router's writes.
+	n := startExpertNode(t, "a", grpc.InitialWindowSize(1<<30), grpc.InitialConnWindowSize(1<<30))
+	proxy := startBlackholeProxy(t, n.addr)
+	ep := Endpoint{NodeID: "a", Addr: proxy.addr()}
+	topo := newTopology(1, n)
+	for l := range fx.model.Config.NumHiddenLayers {
+		for e := range fx.model.Config.NumLocalExperts {
+			topo.set(e, l, ep)
+		}
+	}
+	d := NewDispatcher(DispatchConfig{WaitForHolder: time.Minute}, topo, fx.model.Config.HiddenSize, nil, nil)
+	defer d.Close()
+	if err := d.Forward(testContext(t), 0, expertBatches(1, []int{0}, []int{1})); err != nil {
+		t.Fatal(err)
+	}
+
+	// The window updates and BDP pings the answer set off are written in
+	// the background; once they are out, the stream is open and quiet, and
+	// the first bytes to reach the hole are the call below.
+	time.Sleep(100 * time.Millisecond)
+
+	// A call of 64 MiB, far more than the loopback buffers hold, to the
+	// blackholed node; it waits for a holder once the node is removed,
+	// until cancelled.
+	proxy.blackhole()
+	ctx, cancel := context.WithCancel(testContext(t))
+	forwarded := make(chan error, 1)
+	go func() {
+		H := fx.model.Config.HiddenSize
+		rows := 64 << 20 / 4 / H
+		b := model.ExpertBatch{Expert: 0, Rows: rows, In: make([]float32, rows*H), Out: make([]float32, rows*H)}
+		forwarded <- d.Forward(ctx, 0, []model.ExpertBatch{b})
+	}()
+	// Once the call's first bytes reach the hole, the rest fills the
+	// loopback buffers in milliseconds.
+	<-proxy.dropped
+	time.Sleep(200 * time.Millisecond)
+	before := goleak.IgnoreCurrent()
+
+	// What the topology's watch loop does when the node leaves.
+	for l := range fx.model.Config.NumHiddenLayers {
+		for e := range fx.model.Config.NumLocalExperts {
+			topo.set(e, l)
+		}
+	}
+	d.mu.Lock()
+	old := d.conns[ep.Addr]
+	d.mu.Unlock()
+	start := time.Now()
+	d.Retain(map[string]bool{})
+	if took := time.Since(start); took > 200*time.Millisecond {
+		t.Errorf("Retain took %v, want at most 200ms", took)
+	}
+	// The address can be dialled again meanwhile.
+	if c, err := d.conn(ep); err != nil || c == old {
+		t.Errorf("conn after Retain: %p, %v; want a new connection (the old one is %p)", c, err, old)
+	}
+
+	cancel()
+	if err := <-forwarded; !errors.Is(err, context.Canceled) {
+		t.Errorf("Forward to the removed node: %v, want %v", err, context.Canceled)
+	}
+	start = time.Now()
+	if err := d.Close(); err != nil {
+		t.Errorf("Dispatcher.Close: %v", err)
+	}
+	took := time.Since(start)
+	t.Logf("Dispatcher.Close took %v", took)
+	// Close returning at once would mean either that it did not wait for
+	// Retain's close or that the connection was not stuck, and this test
+	// no longer reproduces the blackhole.
+	if took < time.Second {
+		t.Errorf("Dispatcher.Close took %v, want it to wait for gRPC's close of the stuck connection (up to 5s)", took)
+	}
+	goleak.VerifyNone(t, before, goleak.IgnoreAnyFunction("github.com/moegrid/moegrid/model/kernel.worker"))
 }

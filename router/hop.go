@@ -193,10 +193,8 @@ func (hc *hopConn) start(ctx context.Context, c *hopCall) {
 	st.mu.Unlock()
 
 	f := moegridv1.ForwardStreamRequest{Id: c.id, Request: &c.req, TimeoutMicros: uint64(c.timeout / time.Microsecond)}
-	hc.wg.Add(1)
 	c.sending.Add(1)
-	go func() {
-		defer hc.wg.Done()
+	sending := hc.spawn(func() {
 		<-st.opened
 		if st.s == nil || !st.has(f.Id) {
 			// The stream failed to open, and its calls with it, or this
@@ -217,7 +215,31 @@ func (hc *hopConn) start(ctx context.Context, c *hopCall) {
 			c.err = status.Errorf(codes.Unavailable, "router: send to %s: %v", hc.addr, err)
 			c.finish()
 		}
+	})
+	if !sending {
+		c.sending.Done()
+		if st.take(f.Id) {
+			c.err = status.Errorf(codes.Unavailable, "router: connection to %s closed", hc.addr)
+			c.finish()
+		}
+	}
+}
+
+// spawn runs f in a goroutine that close waits for, unless the connection
+// is closed already, and reports whether f runs: once close waits on the
+// WaitGroup, nothing may add to it.
+func (hc *hopConn) spawn(f func()) bool {
+	hc.mu.Lock()
+	defer hc.mu.Unlock()
+	if hc.closed {
+		return false
+	}
+	hc.wg.Add(1)
+	go func() {
+		defer hc.wg.Done()
+		f()
 	}()
+	return true
 }
 
 // currentStream returns the stream to send on, starting to open one if
@@ -345,13 +367,15 @@ func (hc *hopConn) startUnary(ctx context.Context, c *hopCall) {
 		cctx, cancel = context.WithDeadline(ctx, c.deadline)
 	}
 	c.cancelU = cancel
-	hc.wg.Add(1)
-	go func() {
-		defer hc.wg.Done()
+	if !hc.spawn(func() {
 		defer cancel()
 		c.resp, c.err = moegridv1.NewExpertClient(hc.cc).Forward(cctx, &c.req)
 		c.finish()
-	}()
+	}) {
+		cancel()
+		c.err = status.Errorf(codes.Unavailable, "router: connection to %s closed", hc.addr)
+		c.finish()
+	}
 }
 
 // has reports whether call id is still pending on the stream.
@@ -392,9 +416,8 @@ func (hc *hopConn) abandon(c *hopCall) {
 		return
 	}
 	f := moegridv1.ForwardStreamRequest{Id: c.id, Cancel: true}
-	hc.wg.Add(1)
-	go func() {
-		defer hc.wg.Done()
+	// A closed connection has cancelled the stream, and the call with it.
+	hc.spawn(func() {
 		<-st.opened
 		if st.s == nil {
 			return // never opened, so the call was never sent
@@ -402,5 +425,5 @@ func (hc *hopConn) abandon(c *hopCall) {
 		st.sendMu.Lock()
 		st.s.Send(&f) // a failed Send means the stream is gone, and the call with it
 		st.sendMu.Unlock()
-	}()
+	})
 }

@@ -234,12 +234,18 @@ func (hc *hopConn) spawn(f func()) bool {
 	if hc.closed {
 		return false
 	}
+	hc.spawnLocked(f)
+	return true
+}
+
+// spawnLocked is spawn for a caller that holds hc.mu and has seen the
+// connection open.
+func (hc *hopConn) spawnLocked(f func()) {
 	hc.wg.Add(1)
 	go func() {
 		defer hc.wg.Done()
 		f()
 	}()
-	return true
 }
 
 // currentStream returns the stream to send on, starting to open one if
@@ -259,8 +265,7 @@ func (hc *hopConn) currentStream() (*hopStream, bool, error) {
 	sctx, cancel := context.WithCancel(hc.ctx)
 	st := &hopStream{opened: make(chan struct{}), cancel: cancel, pending: map[uint64]*hopCall{}}
 	hc.stream = st
-	hc.wg.Add(1)
-	go hc.open(sctx, st)
+	hc.spawnLocked(func() { hc.open(sctx, st) })
 	return st, false, nil
 }
 
@@ -269,7 +274,6 @@ func (hc *hopConn) currentStream() (*hopStream, bool, error) {
 // one cancelled while it waits (the node was ejected, the connection
 // closed).
 func (hc *hopConn) open(ctx context.Context, st *hopStream) {
-	defer hc.wg.Done()
 	s, err := moegridv1.NewExpertClient(hc.cc).ForwardStream(ctx)
 	if err != nil {
 		close(st.opened)

@@ -35,8 +35,10 @@ const (
 	nExperts     = 8
 	minReplicas  = 2 // every expert on two nodes: a killed node loses no expert
 	nodeLeaseTTL = "4s"
-	prompt       = "1,415,2936,9060,285,1142" // token ids: BOS and a short prompt
-	genTokens    = 12
+	// coordinatorLeaseTTL is the coordinators' election lease.
+	coordinatorLeaseTTL = 5 * time.Second
+	prompt              = "1,415,2936,9060,285,1142" // token ids: BOS and a short prompt
+	genTokens           = 12
 )
 
 // dockerCluster is a moegrid cluster in containers on a private network.
@@ -378,7 +380,7 @@ func (c *dockerCluster) expertCerts(ip0 int) []certMember {
 func (c *dockerCluster) startCoordinator(t *testing.T, role string, ip int) {
 	t.Helper()
 	c.startMember(t, role, ip, "coordinator", "--grpc-addr", "0.0.0.0:7070", "--http-addr", "0.0.0.0:7071",
-		"--min-replicas", fmt.Sprint(minReplicas), "--lease-ttl", "5s")
+		"--min-replicas", fmt.Sprint(minReplicas), "--lease-ttl", coordinatorLeaseTTL.String())
 }
 
 // startExperts runs the nExperts expert nodes, expert-I at address ip0+I.

@@ -662,8 +662,14 @@ func (f *faultCluster) longPrompt(t *testing.T, _ *statusJSON) {
 }
 
 // noHolder stops both coordinators, so that nothing can be re-placed, and
-// kills both holders of an expert: the routers must turn unready and fail
-// the requests that need it UNAVAILABLE at once.
+// then kills both holders of an expert: the routers must turn unready and
+// fail the requests that need it UNAVAILABLE at once. The holders die once
+// the coordinators' election keys are gone: killed together, the routers
+// learn of each death from gossip on its own clock (up to 1.3 s apart was
+// seen), and until the coordinators' come a router rightly waits for a
+// re-placement; what this phase measures is the fail-fast once nothing can
+// come (router/failfast_test.go covers a leader gossip declares dead
+// while its key lasts).
 func (f *faultCluster) noHolder(t *testing.T, st *statusJSON) {
 	var holders []string
 	for _, s := range st.Shards {
@@ -678,6 +684,7 @@ func (f *faultCluster) noHolder(t *testing.T, st *statusJSON) {
 	for i := range nCoordinators {
 		f.mustDocker(t, "kill", f.name(coordinatorName(i)))
 	}
+	time.Sleep(coordinatorLeaseTTL + time.Second)
 	f.mustDocker(t, append([]string{"kill"}, f.names(holders)...)...)
 	at := time.Now()
 	eventually(t, 30*time.Second, 100*time.Millisecond, "both routers unready", func() error {

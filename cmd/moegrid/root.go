@@ -28,7 +28,7 @@ func newRootCmd() *cobra.Command {
 	}
 	root.PersistentFlags().String("log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().String("compute", string(kernel.ComputeExact),
-		"how matrix products treat activations: exact (float32, the reference numerics), bf16 (BF16 weights times activations rounded to bfloat16, AVX-512 BF16) or int8 (quantized weights times activations quantized to 8 bits per 32, integer dot products, AVX2); every process of a cluster must agree")
+		"how matrix products treat activations: exact (float32, the reference numerics), bf16 (BF16 weights times activations rounded to bfloat16, AVX-512 BF16) or int8 (quantized weights times activations quantized to 8 bits per 32, per 256 for the K formats, integer dot products, AVX2); every process of a cluster must agree")
 	for _, c := range []*cobra.Command{
 		{
 			Use:   "version",

@@ -24,7 +24,8 @@ const (
 	ComputeBF16 Compute = "bf16"
 	// ComputeInt8 quantizes the activations of products with
 	// block-quantized weights (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) to 8 bits,
-	// 32 to a float32 scale, and multiplies them with integer dot
+	// 32 to a float32 scale (256, a super-block, for the K formats, as
+	// llama.cpp's Q8_K), and multiplies them with integer dot
 	// products, as llama.cpp runs such models: several times fewer
 	// instructions per weight, at the cost of rounding the activations
 	// (BENCHMARKS.md gives its measured error). Products with float

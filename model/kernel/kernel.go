@@ -83,14 +83,17 @@ func MatMuls(x []float32, rows int, ps ...Product) {
 			}
 		}
 	}
-	// In the int8 mode they are quantized once likewise.
-	var xa *int8Act
+	// In the int8 mode they are quantized once likewise, for each
+	// activation block the products take.
+	var xa [2]*int8Act
 	if compute == ComputeInt8 && cols%int8Block == 0 {
 		for _, p := range ps {
-			if _, ok := p.W.(int8Input); ok {
-				xa = quantizeInt8(x[:rows*cols])
-				defer putInt8(xa)
-				break
+			if iw, ok := p.W.(int8Input); ok {
+				i := int8ActIndex(iw)
+				if xa[i] == nil && cols%iw.int8ActBlock() == 0 {
+					xa[i] = quantizeInt8(x[:rows*cols], iw.int8ActBlock())
+					defer putInt8(xa[i])
+				}
 			}
 		}
 	}
@@ -101,8 +104,8 @@ func MatMuls(x []float32, rows int, ps ...Product) {
 			if a, b := max(lo-base, 0), min(hi-base, m); a < b {
 				if bw, ok := p.W.(bf16Input); ok && xb != nil {
 					bw.mulRowsBF16(p.Out, xb, rows, a, b)
-				} else if iw, ok := p.W.(int8Input); ok && xa != nil {
-					iw.mulRowsInt8(p.Out, xa, cols, rows, a, b)
+				} else if iw, ok := p.W.(int8Input); ok && xa[int8ActIndex(iw)] != nil {
+					iw.mulRowsInt8(p.Out, xa[int8ActIndex(iw)], cols, rows, a, b)
 				} else {
 					p.W.MulRows(p.Out, x, rows, a, b)
 				}

@@ -14,31 +14,31 @@ import "golang.org/x/sys/cpu"
 func int8Q8_0Rows(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
 
 //go:noescape
-func int8Q8_0Row4(out *[int8Rows]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
+func int8Q8_0Row4(out *[int8Rows]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds, ss int)
 
 //go:noescape
 func int8Q8_0RowsVNNI(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
 
 //go:noescape
-func int8Q8_0Row4VNNI(out *[int8Rows]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
+func int8Q8_0Row4VNNI(out *[int8Rows]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds, ss int)
 
 //go:noescape
 func int8Q4KRows(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
 
 //go:noescape
-func int8Q4KRow4(out *[int8Rows]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
+func int8Q4KRow4(out *[int8Rows]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds, ss int)
 
 //go:noescape
 func int8Q5KRows(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
 
 //go:noescape
-func int8Q5KRow4(out *[int8Rows]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
+func int8Q5KRow4(out *[int8Rows]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds, ss int)
 
 //go:noescape
 func int8Q6KRows(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
 
 //go:noescape
-func int8Q6KRow4(out *[int8Rows]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
+func int8Q6KRow4(out *[int8Rows]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds, ss int)
 
 // hasVNNI is what the VNNI kernels need besides the AVX-512 path.
 var hasVNNI = cpu.X86.HasAVX512VNNI && cpu.X86.HasAVX512VL

@@ -1,16 +1,16 @@
 #include "textflag.h"
 
 // The AVX2 int8-mode products (quant_int8_amd64.go) of one weight row
-// with one activation row (Rows, a run of rows) or four (Row4): each 32-value block of
-// the row gives, for each activation row, eight int32 lanes, converted to
-// float32, times the block's scale, added to that activation row's eight
-// float32 accumulators. One weight row at a time, read front to back, is
+// with one activation row (Rows, a run of rows) or four (Row4): each
+// weight block of the row gives, for each activation row, eight int32
+// lanes, converted to float32, times the block's scale, added to that
+// activation row's eight float32 accumulators. One weight row at a time, read front to back, is
 // what streams from memory fastest: four rows read side by side, as the
 // kernels once did, ran at 8 GB/s on one Zen 4 core where one row runs at
 // 20 (Q8_0, 256 MiB of rows). Each prefetches its row 3 KiB ahead.
 //
-// Row4 finds activation row t at q + t·qs, its scales at d + t·ds and its
-// block sums at sum + t·ds (qs = the row's values, ds = 4 bytes a block).
+// Row4 finds activation row t at q + t·qs, its scales at d + t·ds bytes
+// and its block sums at sum + t·ss bytes.
 
 // PREFETCH3 and PREFETCH4 prefetch the cache lines of row R 3 KiB ahead
 // that a Q4_K/Q5_K and a Q6_K super-block step over.
@@ -22,149 +22,6 @@
 #define PREFETCH4(R) \
 	PREFETCH3(R) \
 	PREFETCHT0 3264(R)
-
-// KSCALES unpacks the eight 6-bit scales and mins of the Q4_K/Q5_K
-// super-block at (R), as scaleMinK4 spells out, four at a time in 32-bit
-// words: the scales as int16s to sc(SP); d times the activation scales
-// in Y13 to ds(SP) (eight floats); and dmin times the mins times the
-// activation block sums at (BX) added to mins.
-#define KSCALES(R, sc, ds, mins) \
-	MOVL         4(R), AX \
-	MOVL         8(R), R8 \
-	MOVL         12(R), R13 \
-	MOVL         AX, DI \
-	ANDL         $0x3f3f3f3f, DI \
-	VMOVD        DI, X11 \
-	SHRL         $6, AX \
-	ANDL         $0x03030303, AX \
-	SHLL         $4, AX \
-	MOVL         R13, DI \
-	ANDL         $0x0f0f0f0f, DI \
-	ORL          DI, AX \
-	VPINSRD      $1, AX, X11, X11 \
-	VPMOVZXBW    X11, X11 \
-	VMOVDQU      X11, sc(SP) \
-	MOVL         R8, DI \
-	ANDL         $0x3f3f3f3f, DI \
-	VMOVD        DI, X12 \
-	SHRL         $4, R13 \
-	ANDL         $0x0f0f0f0f, R13 \
-	SHRL         $6, R8 \
-	ANDL         $0x03030303, R8 \
-	SHLL         $4, R8 \
-	ORL          R13, R8 \
-	VPINSRD      $1, R8, X12, X12 \
-	VPMOVZXBD    X12, Y12 \
-	VPMULLD      (BX), Y12, Y12 \
-	VCVTDQ2PS    Y12, Y12 \
-	VMOVD        (R), X11 \
-	VCVTPH2PS    X11, X11 \
-	VBROADCASTSS X11, Y15 \
-	VMULPS       Y13, Y15, Y15 \
-	VMOVUPS      Y15, ds(SP) \
-	VMOVSHDUP    X11, X11 \
-	VBROADCASTSS X11, Y11 \
-	VMULPS       Y13, Y11, Y11 \
-	VMULPS       Y11, Y12, Y12 \
-	VADDPS       Y12, mins, mins
-
-// K4NIBBLES splits the 32 bytes at off(R) into their low nibbles (Y11:
-// one 32-value block) and high nibbles (Y12: the next). Y10 holds 0x0f.
-#define K4NIBBLES(R, off) \
-	VMOVDQU      off(R), Y11 \
-	VPSRLW       $4, Y11, Y12 \
-	VPAND        Y10, Y11, Y11 \
-	VPAND        Y10, Y12, Y12
-
-// K5HIGH adds the fifth bits of a Q5_K block pair from the 32 bytes at
-// off(R): moved to bit 4 (Y14 holds 0x10) by op0 $n0 for Y11 and by
-// op1 $n1 for Y12.
-#define K5HIGH(R, off, op0, n0, op1, n1) \
-	VMOVDQU      off(R), Y13 \
-	op0          $n0, Y13, Y15 \
-	VPAND        Y14, Y15, Y15 \
-	VPOR         Y15, Y11, Y11 \
-	op1          $n1, Y13, Y15 \
-	VPAND        Y14, Y15, Y15 \
-	VPOR         Y15, Y12, Y12
-
-// K4MADD multiplies the unsigned blocks in Y11 and Y12 by the activation
-// blocks in Y8 and Y9, by their int16 scales at sc(SP) and (sc+2)(SP),
-// and adds them, times the floats at ds(SP) and (ds+4)(SP), to acc.
-#define K4MADD(sc, ds, acc) \
-	VPMADDUBSW   Y8, Y11, Y11 \
-	VPMADDUBSW   Y9, Y12, Y12 \
-	VPBROADCASTW sc(SP), Y15 \
-	VPMADDWD     Y15, Y11, Y11 \
-	VPBROADCASTW (sc+2)(SP), Y15 \
-	VPMADDWD     Y15, Y12, Y12 \
-	VCVTDQ2PS    Y11, Y11 \
-	VCVTDQ2PS    Y12, Y12 \
-	VBROADCASTSS ds(SP), Y15 \
-	VMULPS       Y15, Y11, Y11 \
-	VADDPS       Y11, acc, acc \
-	VBROADCASTSS (ds+4)(SP), Y15 \
-	VMULPS       Y15, Y12, Y12 \
-	VADDPS       Y12, acc, acc
-
-// Q6SCALE stores the Q6_K super-block at (R)'s d times the eight
-// activation scales at da to ds(SP).
-#define Q6SCALE(R, da, ds) \
-	MOVWLZX      208(R), AX \
-	VMOVD        AX, X13 \
-	VCVTPH2PS    X13, X13 \
-	VBROADCASTSS X13, Y13 \
-	VMULPS       da, Y13, Y13 \
-	VMOVUPS      Y13, ds(SP)
-
-// Q6MADD offsets the 6-bit block in Y11 to signed (Y10 holds 32),
-// multiplies it by the activations in act (the sign moved onto them, as
-// VPMADDUBSW needs) and by its two sub-block scales (spread by the
-// q6kScales control at shuf(BX) from the scales in X15), and adds it,
-// times the float at ds(SP), to acc.
-#define Q6MADD(act, shuf, ds, acc) \
-	VPSUBB       Y10, Y11, Y11 \
-	VPSIGNB      Y11, act, Y13 \
-	VPABSB       Y11, Y11 \
-	VPMADDUBSW   Y13, Y11, Y11 \
-	VPSHUFB      shuf(BX), X15, X14 \
-	VPMOVSXBW    X14, Y14 \
-	VPMADDWD     Y14, Y11, Y11 \
-	VCVTDQ2PS    Y11, Y11 \
-	VBROADCASTSS ds(SP), Y13 \
-	VMULPS       Y13, Y11, Y11 \
-	VADDPS       Y11, acc, acc
-
-// Q6HALF adds four 32-value blocks of the Q6_K super-block at (R) to acc:
-// low bits from the 64 bytes at ql(R), high bits from the 32 at qh(R)
-// (Y8 holds 0x0f, Y9 0x30), activations in Y4-Y7, scale controls from
-// shuf(BX) and floats from ds(SP) on.
-#define Q6HALF(R, ql, qh, shuf, ds, acc) \
-	VMOVDQU      192(R), X15 \
-	VMOVDQU      qh(R), Y12 \
-	VPAND        ql(R), Y8, Y11 \
-	VPSLLW       $4, Y12, Y13 \
-	VPAND        Y9, Y13, Y13 \
-	VPOR         Y13, Y11, Y11 \
-	Q6MADD(Y4, shuf, ds, acc) \
-	VPAND        (ql+32)(R), Y8, Y11 \
-	VPSLLW       $2, Y12, Y13 \
-	VPAND        Y9, Y13, Y13 \
-	VPOR         Y13, Y11, Y11 \
-	Q6MADD(Y5, (shuf+16), (ds+4), acc) \
-	VMOVDQU      ql(R), Y11 \
-	VPSRLW       $4, Y11, Y11 \
-	VPAND        Y8, Y11, Y11 \
-	VPAND        Y9, Y12, Y13 \
-	VPOR         Y13, Y11, Y11 \
-	Q6MADD(Y6, (shuf+32), (ds+8), acc) \
-	VMOVDQU      (ql+32)(R), Y11 \
-	VPSRLW       $4, Y11, Y11 \
-	VPAND        Y8, Y11, Y11 \
-	VPSRLW       $2, Y12, Y13 \
-	VPAND        Y9, Y13, Y13 \
-	VPOR         Y13, Y11, Y11 \
-	Q6MADD(Y7, (shuf+48), (ds+12), acc)
 
 
 // Q8W loads the Q8_0 block at (R): its values' magnitudes to Y10, the
@@ -245,6 +102,350 @@
 // func int8Q8_0Rows(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
 // out[i] = the product of the activation row with weight row i of the
 // rows from w on, each nb blocks, one after another in memory.
+// KSETUP zeroes the Q4_K/Q5_K kernels' accumulators (Y0-Y3) and mins
+// (Y4-Y7) and sets Y10 to 0x0f and Y14 to 0x10 in every byte.
+#define KSETUP \
+	VXORPS Y0, Y0, Y0 \
+	VXORPS Y1, Y1, Y1 \
+	VXORPS Y2, Y2, Y2 \
+	VXORPS Y3, Y3, Y3 \
+	VXORPS Y4, Y4, Y4 \
+	VXORPS Y5, Y5, Y5 \
+	VXORPS Y6, Y6, Y6 \
+	VXORPS Y7, Y7, Y7 \
+	MOVL         $0x0f0f0f0f, AX \
+	VMOVD        AX, X10 \
+	VPBROADCASTD X10, Y10 \
+	MOVL         $0x10101010, AX \
+	VMOVD        AX, X14 \
+	VPBROADCASTD X14, Y14
+
+// KUNPACK unpacks the Q4_K/Q5_K super-block at (R), as scaleMinK4 spells
+// out, four at a time in 32-bit words: its eight 6-bit scales as int16s
+// to 304(SP), its mins as int32s to Y9, d and dmin as floats to 288(SP)
+// and 292(SP). AX, DI, R8 and R13 are scratch.
+#define KUNPACK(R) \
+	MOVL         4(R), AX \
+	MOVL         8(R), R8 \
+	MOVL         12(R), R13 \
+	MOVL         AX, DI \
+	ANDL         $0x3f3f3f3f, DI \
+	VMOVD        DI, X11 \
+	SHRL         $6, AX \
+	ANDL         $0x03030303, AX \
+	SHLL         $4, AX \
+	MOVL         R13, DI \
+	ANDL         $0x0f0f0f0f, DI \
+	ORL          DI, AX \
+	VPINSRD      $1, AX, X11, X11 \
+	VPMOVZXBW    X11, X11 \
+	VMOVDQU      X11, 304(SP) \
+	MOVL         R8, DI \
+	ANDL         $0x3f3f3f3f, DI \
+	VMOVD        DI, X12 \
+	SHRL         $4, R13 \
+	ANDL         $0x0f0f0f0f, R13 \
+	SHRL         $6, R8 \
+	ANDL         $0x03030303, R8 \
+	SHLL         $4, R8 \
+	ORL          R13, R8 \
+	VPINSRD      $1, R8, X12, X12 \
+	VPMOVZXBD    X12, Y9 \
+	VMOVD        (R), X12 \
+	VCVTPH2PS    X12, X12 \
+	VMOVQ        X12, 288(SP)
+
+// KSPREAD broadcasts the eight int16 scales KUNPACK left at 304(SP) to a
+// vector each at 32j(SP), for Row4's four activation rows.
+#define KSPREAD \
+	VPBROADCASTW 304(SP), Y15 \
+	VMOVDQU      Y15, 0(SP) \
+	VPBROADCASTW 306(SP), Y15 \
+	VMOVDQU      Y15, 32(SP) \
+	VPBROADCASTW 308(SP), Y15 \
+	VMOVDQU      Y15, 64(SP) \
+	VPBROADCASTW 310(SP), Y15 \
+	VMOVDQU      Y15, 96(SP) \
+	VPBROADCASTW 312(SP), Y15 \
+	VMOVDQU      Y15, 128(SP) \
+	VPBROADCASTW 314(SP), Y15 \
+	VMOVDQU      Y15, 160(SP) \
+	VPBROADCASTW 316(SP), Y15 \
+	VMOVDQU      Y15, 192(SP) \
+	VPBROADCASTW 318(SP), Y15 \
+	VMOVDQU      Y15, 224(SP)
+
+// KBCAST broadcasts the int16 scales of block pair k, for Rows, to Y1
+// and Y2 (which only Row4 uses for accumulators).
+#define KBCAST(k) \
+	VPBROADCASTW (304+4*k)(SP), Y1 \
+	VPBROADCASTW (306+4*k)(SP), Y2
+
+// K4NIBBLES splits the 32 bytes at off(R) into their low nibbles (Y11:
+// one 32-value block) and high nibbles (Y12: the next). Y10 holds 0x0f.
+#define K4NIBBLES(R, off) \
+	VMOVDQU      off(R), Y11 \
+	VPSRLW       $4, Y11, Y12 \
+	VPAND        Y10, Y11, Y11 \
+	VPAND        Y10, Y12, Y12
+
+// K5HIGH adds the fifth bits of a Q5_K block pair from the 32 bytes at
+// off(R): moved to bit 4 (Y14 holds 0x10) by op0 $n0 for Y11 and by
+// op1 $n1 for Y12. Y8 and Y15 are scratch.
+#define K5HIGH(R, off, op0, n0, op1, n1) \
+	VMOVDQU      off(R), Y8 \
+	op0          $n0, Y8, Y15 \
+	VPAND        Y14, Y15, Y15 \
+	VPOR         Y15, Y11, Y11 \
+	op1          $n1, Y8, Y15 \
+	VPAND        Y14, Y15, Y15 \
+	VPOR         Y15, Y12, Y12
+
+// KMADD multiplies the unsigned blocks in Y11 and Y12 by the activation
+// blocks at a0 and a1 and by the int16 scale vectors s0 and s1, and adds
+// them to the int32 lanes of Y13.
+#define KMADD(a0, a1, s0, s1) \
+	VPMADDUBSW a0, Y11, Y11 \
+	VPMADDUBSW a1, Y12, Y12 \
+	VPMADDWD   s0, Y11, Y11 \
+	VPMADDWD   s1, Y12, Y12 \
+	VPADDD     Y11, Y13, Y13 \
+	VPADDD     Y12, Y13, Y13
+
+// K4PAIR adds Q4_K block pair k of the super-block at R9, times the
+// activations of the super-block at (a) and the scales s0 and s1, to Y13.
+#define K4PAIR(a, k, s0, s1) \
+	K4NIBBLES(R9, (16+32*k)) \
+	KMADD((64*k)(a), (64*k+32)(a), s0, s1)
+
+// K5PAIR is K4PAIR for Q5_K, the fifth bits shifted into place by op0
+// $n0 and op1 $n1.
+#define K5PAIR(a, k, op0, n0, op1, n1, s0, s1) \
+	K4NIBBLES(R9, (48+32*k)) \
+	K5HIGH(R9, 16, op0, n0, op1, n1) \
+	KMADD((64*k)(a), (64*k+32)(a), s0, s1)
+
+// K4ROW adds the Q4_K super-block at R9 times the activations at (a) to
+// Y13, zeroed first, its scales spread in the frame.
+#define K4ROW(a) \
+	VPXOR   Y13, Y13, Y13 \
+	K4PAIR(a, 0, 0(SP), 32(SP)) \
+	K4PAIR(a, 1, 64(SP), 96(SP)) \
+	K4PAIR(a, 2, 128(SP), 160(SP)) \
+	K4PAIR(a, 3, 192(SP), 224(SP))
+
+// K5ROW is K4ROW for Q5_K.
+#define K5ROW(a) \
+	VPXOR   Y13, Y13, Y13 \
+	K5PAIR(a, 0, VPSLLW, 4, VPSLLW, 3, 0(SP), 32(SP)) \
+	K5PAIR(a, 1, VPSLLW, 2, VPSLLW, 1, 64(SP), 96(SP)) \
+	K5PAIR(a, 2, VPSRLW, 0, VPSRLW, 1, 128(SP), 160(SP)) \
+	K5PAIR(a, 3, VPSRLW, 2, VPSRLW, 3, 192(SP), 224(SP))
+
+// KFINISH adds the super-block's lanes in Y13 times d·dx to acc, and its
+// mins (Y9) times the activation block sums at sa times dmin·dx to mins,
+// dx the float at da. Y8 and Y15 are scratch.
+#define KFINISH(da, sa, acc, mins) \
+	VPMULLD      sa, Y9, Y8 \
+	VCVTDQ2PS    Y8, Y8 \
+	VMOVSS       292(SP), X15 \
+	VMULSS       da, X15, X15 \
+	VBROADCASTSS X15, Y15 \
+	VMULPS       Y15, Y8, Y8 \
+	VADDPS       Y8, mins, mins \
+	VMOVSS       288(SP), X15 \
+	VMULSS       da, X15, X15 \
+	VBROADCASTSS X15, Y15 \
+	VCVTDQ2PS    Y13, Y13 \
+	VMULPS       Y15, Y13, Y13 \
+	VADDPS       Y13, acc, acc
+
+// KSTORE stores each activation row's result, its accumulators' sum
+// less its mins' (Y0-Y3 and Y4-Y7), to out.
+#define KSTORE \
+	MOVQ    out+0(FP), DI \
+	REDUCE8(Y0, X0, X8) \
+	REDUCE8(Y4, X4, X8) \
+	VSUBSS  X4, X0, X0 \
+	VMOVSS  X0, (DI) \
+	REDUCE8(Y1, X1, X8) \
+	REDUCE8(Y5, X5, X8) \
+	VSUBSS  X5, X1, X1 \
+	VMOVSS  X1, 4(DI) \
+	REDUCE8(Y2, X2, X8) \
+	REDUCE8(Y6, X6, X8) \
+	VSUBSS  X6, X2, X2 \
+	VMOVSS  X2, 8(DI) \
+	REDUCE8(Y3, X3, X8) \
+	REDUCE8(Y7, X7, X8) \
+	VSUBSS  X7, X3, X3 \
+	VMOVSS  X3, 12(DI)
+
+// KROWSEND stores the Q4_K/Q5_K row's result, the accumulators' sum less
+// the mins', and moves on to the next row.
+#define KROWSEND(next) \
+	REDUCE8(Y0, X0, X1) \
+	REDUCE8(Y4, X4, X1) \
+	VSUBSS X4, X0, X0 \
+	VMOVSS X0, (R10) \
+	ADDQ   $4, R10 \
+	DECQ   R11 \
+	JNZ    next
+
+// KROW4 takes a Row4 kernel from one activation row to the next: AX to
+// its values, DI to its scale and R8 to its block sums.
+#define KROW4 \
+	ADDQ R10, AX \
+	ADDQ R11, DI \
+	ADDQ R14, R8
+
+// KROW4ARGS loads a K kernel's Row4 arguments: ROW4ARGS and ss to R14.
+#define KROW4ARGS \
+	ROW4ARGS \
+	MOVQ ss+64(FP), R14
+
+// Q6SETUP zeroes the accumulators Y0-Y3, sets Y8 to 0x0f, Y9 to 0x30
+// and Y10 to 0x20 in every byte and BX to q6kScales.
+#define Q6SETUP \
+	VXORPS       Y0, Y0, Y0 \
+	VXORPS       Y1, Y1, Y1 \
+	VXORPS       Y2, Y2, Y2 \
+	VXORPS       Y3, Y3, Y3 \
+	MOVL         $0x0f0f0f0f, AX \
+	VMOVD        AX, X8 \
+	VPBROADCASTD X8, Y8 \
+	MOVL         $0x30303030, AX \
+	VMOVD        AX, X9 \
+	VPBROADCASTD X9, Y9 \
+	MOVL         $0x20202020, AX \
+	VMOVD        AX, X10 \
+	VPBROADCASTD X10, Y10 \
+	LEAQ         q6kScales<>(SB), BX
+
+// Q6D stores the Q6_K super-block at (R)'s d as a float to 256(SP).
+#define Q6D(R) \
+	MOVWLZX      208(R), AX \
+	VMOVD        AX, X13 \
+	VCVTPH2PS    X13, X13 \
+	VMOVSS       X13, 256(SP)
+
+// Q6SC spreads the two sub-block scales of a 32-value block, from the
+// scales in X15 by the q6kScales control at shuf(BX), to the int16s of Y.
+#define Q6SC(shuf, X, Y) \
+	VPSHUFB      shuf(BX), X15, X \
+	VPMOVSXBW    X, Y
+
+// Q6MADD offsets the 6-bit block in Y11 to signed (Y10 holds 32),
+// multiplies it by the activations in act (the sign moved onto them, as
+// VPMADDUBSW needs) and by its int16 scales s, and adds it to iacc.
+#define Q6MADD(act, s, iacc) \
+	VPSUBB       Y10, Y11, Y11 \
+	VPSIGNB      Y11, act, Y13 \
+	VPABSB       Y11, Y11 \
+	VPMADDUBSW   Y13, Y11, Y11 \
+	VPMADDWD     s, Y11, Y11 \
+	VPADDD       Y11, iacc, iacc
+
+// Q6HALF adds four 32-value blocks of the Q6_K super-block at (R) to
+// iacc: low bits from the 64 bytes at ql(R), high bits from the 32 at
+// qh(R) (Y8 holds 0x0f, Y9 0x30), activations in Y4-Y7, scales s0-s3.
+#define Q6HALF(R, ql, qh, s0, s1, s2, s3, iacc) \
+	VMOVDQU      qh(R), Y12 \
+	VPAND        ql(R), Y8, Y11 \
+	VPSLLW       $4, Y12, Y13 \
+	VPAND        Y9, Y13, Y13 \
+	VPOR         Y13, Y11, Y11 \
+	Q6MADD(Y4, s0, iacc) \
+	VPAND        (ql+32)(R), Y8, Y11 \
+	VPSLLW       $2, Y12, Y13 \
+	VPAND        Y9, Y13, Y13 \
+	VPOR         Y13, Y11, Y11 \
+	Q6MADD(Y5, s1, iacc) \
+	VMOVDQU      ql(R), Y11 \
+	VPSRLW       $4, Y11, Y11 \
+	VPAND        Y8, Y11, Y11 \
+	VPAND        Y9, Y12, Y13 \
+	VPOR         Y13, Y11, Y11 \
+	Q6MADD(Y6, s2, iacc) \
+	VMOVDQU      (ql+32)(R), Y11 \
+	VPSRLW       $4, Y11, Y11 \
+	VPAND        Y8, Y11, Y11 \
+	VPSRLW       $2, Y12, Y13 \
+	VPAND        Y9, Y13, Y13 \
+	VPOR         Y13, Y11, Y11 \
+	Q6MADD(Y7, s3, iacc)
+
+// Q6ACTS loads four activation blocks from a0-a3 to Y4-Y7.
+#define Q6ACTS(a0, a1, a2, a3) \
+	VMOVDQU a0, Y4 \
+	VMOVDQU a1, Y5 \
+	VMOVDQU a2, Y6 \
+	VMOVDQU a3, Y7
+
+// Q6FINISH adds the super-block's lanes in iacc times d·dx to acc, dx
+// the float at da.
+#define Q6FINISH(da, iacc, acc) \
+	VMOVSS       256(SP), X13 \
+	VMULSS       da, X13, X13 \
+	VBROADCASTSS X13, Y13 \
+	VCVTDQ2PS    iacc, iacc \
+	VMULPS       Y13, iacc, iacc \
+	VADDPS       iacc, acc, acc
+
+// Q6SPREAD spreads the scales of the Q6_K super-block at (R), for Row4's
+// four activation rows, to a vector a 32-value block at 32b(SP).
+#define Q6SPREAD(R) \
+	VMOVDQU 192(R), X15 \
+	Q6SC(0, X14, Y14) \
+	VMOVDQU Y14, 0(SP) \
+	Q6SC(16, X14, Y14) \
+	VMOVDQU Y14, 32(SP) \
+	Q6SC(32, X14, Y14) \
+	VMOVDQU Y14, 64(SP) \
+	Q6SC(48, X14, Y14) \
+	VMOVDQU Y14, 96(SP) \
+	Q6SC(64, X14, Y14) \
+	VMOVDQU Y14, 128(SP) \
+	Q6SC(80, X14, Y14) \
+	VMOVDQU Y14, 160(SP) \
+	Q6SC(96, X14, Y14) \
+	VMOVDQU Y14, 192(SP) \
+	Q6SC(112, X14, Y14) \
+	VMOVDQU Y14, 224(SP)
+
+// Q6ROW adds the Q6_K super-block at R9 times the activations at (a),
+// the scale at da, to acc.
+#define Q6ROW(a, da, acc) \
+	VPXOR  Y14, Y14, Y14 \
+	Q6ACTS(0(a), 32(a), 64(a), 96(a)) \
+	Q6HALF(R9, 0, 128, 0(SP), 32(SP), 64(SP), 96(SP), Y14) \
+	Q6ACTS(128(a), 160(a), 192(a), 224(a)) \
+	Q6HALF(R9, 64, 160, 128(SP), 160(SP), 192(SP), 224(SP), Y14) \
+	Q6FINISH(da, Y14, acc)
+
+// Q8WV loads the Q8_0 block at (R): its values' magnitudes to Y10, the
+// values (for their signs) to Y13 and its scale, broadcast, to Y14.
+#define Q8WV(R) \
+	PREFETCHT0   3072(R) \
+	VMOVDQU      2(R), Y13 \
+	VPABSB       Y13, Y10 \
+	MOVWLZX      (R), BX \
+	VMOVD        BX, X14 \
+	VCVTPH2PS    X14, X14 \
+	VBROADCASTSS X14, Y14
+
+// Q8ACTV adds the block Q8WV loaded times the 32 activations at qa, their
+// scale at da, to acc.
+#define Q8ACTV(qa, da, acc) \
+	VMOVDQU      qa, Y8 \
+	VPSIGNB      Y13, Y8, Y11 \
+	VPXOR        Y12, Y12, Y12 \
+	VPDPBUSD     Y11, Y10, Y12 \
+	VCVTDQ2PS    Y12, Y12 \
+	VMULPS.BCST  da, Y14, Y9 \
+	VMULPS       Y9, Y12, Y12 \
+	VADDPS       Y12, acc, acc
+
 TEXT ·int8Q8_0Rows(SB), NOSPLIT, $0-56
 	MOVQ out+0(FP), R10
 	MOVQ w+8(FP), R9
@@ -272,8 +473,8 @@ q80blocks:
 	VZEROUPPER
 	RET
 
-// func int8Q8_0Row4(out *[4]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
-TEXT ·int8Q8_0Row4(SB), NOSPLIT, $0-64
+// func int8Q8_0Row4(out *[4]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds, ss int)
+TEXT ·int8Q8_0Row4(SB), NOSPLIT, $0-72
 	ROW4ARGS
 	Q8SETUP
 	LEAQ (SI)(R10*2), R13
@@ -298,103 +499,19 @@ q80r4:
 	STORE4
 	VZEROUPPER
 	RET
-
-// KSETUP zeroes the Q4_K/Q5_K kernels' accumulators (Y0-Y3) and mins
-// (Y4-Y7) and sets Y10 to 0x0f and Y14 to 0x10 in every byte.
-#define KSETUP \
-	VXORPS Y0, Y0, Y0 \
-	VXORPS Y1, Y1, Y1 \
-	VXORPS Y2, Y2, Y2 \
-	VXORPS Y3, Y3, Y3 \
-	VXORPS Y4, Y4, Y4 \
-	VXORPS Y5, Y5, Y5 \
-	VXORPS Y6, Y6, Y6 \
-	VXORPS Y7, Y7, Y7 \
-	MOVL         $0x0f0f0f0f, AX \
-	VMOVD        AX, X10 \
-	VPBROADCASTD X10, Y10 \
-	MOVL         $0x10101010, AX \
-	VMOVD        AX, X14 \
-	VPBROADCASTD X14, Y14
-
-// KSTORE stores each activation row's result, its accumulators' sum
-// less its mins' (Y0-Y3 and Y4-Y7), to out.
-#define KSTORE \
-	MOVQ    out+0(FP), DI \
-	REDUCE8(Y0, X0, X8) \
-	REDUCE8(Y4, X4, X8) \
-	VSUBSS  X4, X0, X0 \
-	VMOVSS  X0, (DI) \
-	REDUCE8(Y1, X1, X8) \
-	REDUCE8(Y5, X5, X8) \
-	VSUBSS  X5, X1, X1 \
-	VMOVSS  X1, 4(DI) \
-	REDUCE8(Y2, X2, X8) \
-	REDUCE8(Y6, X6, X8) \
-	VSUBSS  X6, X2, X2 \
-	VMOVSS  X2, 8(DI) \
-	REDUCE8(Y3, X3, X8) \
-	REDUCE8(Y7, X7, X8) \
-	VSUBSS  X7, X3, X3 \
-	VMOVSS  X3, 12(DI)
-
-// KSCALES4 unpacks the Q4_K/Q5_K super-block's scales at R9 once for each
-// of four activation rows (the scales are the same, their products with
-// the activation scales not): ds(SP) for row t at 32t, the int16 scales
-// at 128.
-#define KSCALES4 \
-	MOVQ    R12, BX \
-	VMOVUPS (DX), Y13 \
-	KSCALES(R9, 128, 0, Y4) \
-	LEAQ    (R12)(R11*1), BX \
-	VMOVUPS (DX)(R11*1), Y13 \
-	KSCALES(R9, 128, 32, Y5) \
-	LEAQ    (R12)(R11*2), BX \
-	VMOVUPS (DX)(R11*2), Y13 \
-	KSCALES(R9, 128, 64, Y6) \
-	ADDQ    R11, BX \
-	LEAQ    (DX)(R11*2), AX \
-	VMOVUPS (AX)(R11*1), Y13 \
-	KSCALES(R9, 128, 96, Y7) \
-	LEAQ    (SI)(R10*2), R13 \
-	ADDQ    R10, R13
-
-// K4PAIR adds the Q4_K block pair of nibbles at nib(R9), times the
-// activations at a0 and a1, to acc.
-#define K4PAIR(a0, a1, nib, sc, ds, acc) \
-	VMOVDQU a0, Y8 \
-	VMOVDQU a1, Y9 \
-	K4NIBBLES(R9, nib) \
-	K4MADD(sc, ds, acc)
-
-// K5PAIR is K4PAIR for Q5_K, the fifth bits shifted into place by op0 $n0
-// and op1 $n1.
-#define K5PAIR(a0, a1, nib, op0, n0, op1, n1, sc, ds, acc) \
-	VMOVDQU a0, Y8 \
-	VMOVDQU a1, Y9 \
-	K4NIBBLES(R9, nib) \
-	K5HIGH(R9, 16, op0, n0, op1, n1) \
-	K4MADD(sc, ds, acc)
-
-// KROWSEND stores the Q4_K/Q5_K row's result, the accumulators' sum less
-// the mins', and moves on to the next row.
-#define KROWSEND(next) \
-	REDUCE8(Y0, X0, X1) \
-	REDUCE8(Y4, X4, X1) \
-	VSUBSS X4, X0, X0 \
-	VMOVSS X0, (R10) \
-	ADDQ   $4, R10 \
-	DECQ   R11 \
-	JNZ    next
+// The K formats' kernels keep one int32 accumulator (Y13, Y14 for Q6_K's
+// Row4) over a super-block's eight 32-value blocks and turn it into
+// float32 once, times d·dx, where the activations have one scale a
+// super-block. Row4 takes the four activation rows one after another
+// through each super-block, the weights' scales spread once for all four
+// into the frame.
 
 // func int8Q4KRows(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
 // out[i] = the product of the activation row with Q4_K row i from w on,
-// each nb super-blocks: its accumulators less its mins. Each super-block's
-// 6-bit scales and mins are unpacked as scaleMinK4 spells out, four at a
-// time in 32-bit words. The frame holds d times the super-block's eight
-// activation scales (0-31) and its scales as int16s (128-143, where Row4
-// has them).
-TEXT ·int8Q4KRows(SB), NOSPLIT, $144-56
+// each nb super-blocks: its accumulators less its mins. The frame holds
+// KUNPACK's scales (304-319) and d and dmin (288-295); Row4 spreads the
+// scales to 0-255.
+TEXT ·int8Q4KRows(SB), NOSPLIT, $320-56
 	MOVQ out+0(FP), R10
 	MOVQ w+8(FP), R9
 	MOVQ rows+16(FP), R11
@@ -406,15 +523,20 @@ q4krows:
 	VXORPS Y4, Y4, Y4
 
 q4kblocks:
-	VMOVUPS (DX), Y13
 	PREFETCH3(R9)
-	KSCALES(R9, 128, 0, Y4)
-	K4PAIR(0(SI), 32(SI), 16, 128, 0, Y0)
-	K4PAIR(64(SI), 96(SI), 48, 132, 8, Y0)
-	K4PAIR(128(SI), 160(SI), 80, 136, 16, Y0)
-	K4PAIR(192(SI), 224(SI), 112, 140, 24, Y0)
+	KUNPACK(R9)
+	VPXOR   Y13, Y13, Y13
+	KBCAST(0)
+	K4PAIR(SI, 0, Y1, Y2)
+	KBCAST(1)
+	K4PAIR(SI, 1, Y1, Y2)
+	KBCAST(2)
+	K4PAIR(SI, 2, Y1, Y2)
+	KBCAST(3)
+	K4PAIR(SI, 3, Y1, Y2)
+	KFINISH((DX), (BX), Y0, Y4)
 	ADDQ $256, SI
-	ADDQ $32, DX
+	ADDQ $4, DX
 	ADDQ $32, BX
 	ADDQ $144, R9
 	DECQ CX
@@ -424,29 +546,32 @@ q4kblocks:
 	VZEROUPPER
 	RET
 
-// K4ROWS4 adds block pair k of the Q4_K super-block at R9 times each of
-// the four activation rows.
-#define K4ROWS4(k) \
-	K4PAIR((64*k)(SI), (64*k+32)(SI), (16+32*k), (128+4*k), (8*k), Y0) \
-	K4PAIR((64*k)(SI)(R10*1), (64*k+32)(SI)(R10*1), (16+32*k), (128+4*k), (32+8*k), Y1) \
-	K4PAIR((64*k)(SI)(R10*2), (64*k+32)(SI)(R10*2), (16+32*k), (128+4*k), (64+8*k), Y2) \
-	K4PAIR((64*k)(R13), (64*k+32)(R13), (16+32*k), (128+4*k), (96+8*k), Y3)
-
-// func int8Q4KRow4(out *[4]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
+// func int8Q4KRow4(out *[4]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds, ss int)
 // out[t] = the product with activation row t.
-TEXT ·int8Q4KRow4(SB), NOSPLIT, $144-64
-	ROW4ARGS
+TEXT ·int8Q4KRow4(SB), NOSPLIT, $320-72
+	KROW4ARGS
 	KSETUP
 
 q4kr4:
 	PREFETCH3(R9)
-	KSCALES4
-	K4ROWS4(0)
-	K4ROWS4(1)
-	K4ROWS4(2)
-	K4ROWS4(3)
+	KUNPACK(R9)
+	KSPREAD
+	MOVQ SI, AX
+	MOVQ DX, DI
+	MOVQ R12, R8
+	K4ROW(AX)
+	KFINISH((DI), (R8), Y0, Y4)
+	KROW4
+	K4ROW(AX)
+	KFINISH((DI), (R8), Y1, Y5)
+	KROW4
+	K4ROW(AX)
+	KFINISH((DI), (R8), Y2, Y6)
+	KROW4
+	K4ROW(AX)
+	KFINISH((DI), (R8), Y3, Y7)
 	ADDQ $256, SI
-	ADDQ $32, DX
+	ADDQ $4, DX
 	ADDQ $32, R12
 	ADDQ $144, R9
 	DECQ CX
@@ -459,7 +584,7 @@ q4kr4:
 // func int8Q5KRows(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
 // As int8Q4KRows, for Q5_K: the fifth bit of block j's values is bit j
 // of the 32 bytes at 16.
-TEXT ·int8Q5KRows(SB), NOSPLIT, $144-56
+TEXT ·int8Q5KRows(SB), NOSPLIT, $320-56
 	MOVQ out+0(FP), R10
 	MOVQ w+8(FP), R9
 	MOVQ rows+16(FP), R11
@@ -471,15 +596,20 @@ q5krows:
 	VXORPS Y4, Y4, Y4
 
 q5kblocks:
-	VMOVUPS (DX), Y13
 	PREFETCH3(R9)
-	KSCALES(R9, 128, 0, Y4)
-	K5PAIR(0(SI), 32(SI), 48, VPSLLW, 4, VPSLLW, 3, 128, 0, Y0)
-	K5PAIR(64(SI), 96(SI), 80, VPSLLW, 2, VPSLLW, 1, 132, 8, Y0)
-	K5PAIR(128(SI), 160(SI), 112, VPSRLW, 0, VPSRLW, 1, 136, 16, Y0)
-	K5PAIR(192(SI), 224(SI), 144, VPSRLW, 2, VPSRLW, 3, 140, 24, Y0)
+	KUNPACK(R9)
+	VPXOR   Y13, Y13, Y13
+	KBCAST(0)
+	K5PAIR(SI, 0, VPSLLW, 4, VPSLLW, 3, Y1, Y2)
+	KBCAST(1)
+	K5PAIR(SI, 1, VPSLLW, 2, VPSLLW, 1, Y1, Y2)
+	KBCAST(2)
+	K5PAIR(SI, 2, VPSRLW, 0, VPSRLW, 1, Y1, Y2)
+	KBCAST(3)
+	K5PAIR(SI, 3, VPSRLW, 2, VPSRLW, 3, Y1, Y2)
+	KFINISH((DX), (BX), Y0, Y4)
 	ADDQ $256, SI
-	ADDQ $32, DX
+	ADDQ $4, DX
 	ADDQ $32, BX
 	ADDQ $176, R9
 	DECQ CX
@@ -489,28 +619,31 @@ q5kblocks:
 	VZEROUPPER
 	RET
 
-// K5ROWS4 adds block pair k of the Q5_K super-block at R9, its fifth bits
-// shifted by op0 $n0 and op1 $n1, times each of the four activation rows.
-#define K5ROWS4(k, op0, n0, op1, n1) \
-	K5PAIR((64*k)(SI), (64*k+32)(SI), (48+32*k), op0, n0, op1, n1, (128+4*k), (8*k), Y0) \
-	K5PAIR((64*k)(SI)(R10*1), (64*k+32)(SI)(R10*1), (48+32*k), op0, n0, op1, n1, (128+4*k), (32+8*k), Y1) \
-	K5PAIR((64*k)(SI)(R10*2), (64*k+32)(SI)(R10*2), (48+32*k), op0, n0, op1, n1, (128+4*k), (64+8*k), Y2) \
-	K5PAIR((64*k)(R13), (64*k+32)(R13), (48+32*k), op0, n0, op1, n1, (128+4*k), (96+8*k), Y3)
-
-// func int8Q5KRow4(out *[4]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
-TEXT ·int8Q5KRow4(SB), NOSPLIT, $144-64
-	ROW4ARGS
+// func int8Q5KRow4(out *[4]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds, ss int)
+TEXT ·int8Q5KRow4(SB), NOSPLIT, $320-72
+	KROW4ARGS
 	KSETUP
 
 q5kr4:
 	PREFETCH3(R9)
-	KSCALES4
-	K5ROWS4(0, VPSLLW, 4, VPSLLW, 3)
-	K5ROWS4(1, VPSLLW, 2, VPSLLW, 1)
-	K5ROWS4(2, VPSRLW, 0, VPSRLW, 1)
-	K5ROWS4(3, VPSRLW, 2, VPSRLW, 3)
+	KUNPACK(R9)
+	KSPREAD
+	MOVQ SI, AX
+	MOVQ DX, DI
+	MOVQ R12, R8
+	K5ROW(AX)
+	KFINISH((DI), (R8), Y0, Y4)
+	KROW4
+	K5ROW(AX)
+	KFINISH((DI), (R8), Y1, Y5)
+	KROW4
+	K5ROW(AX)
+	KFINISH((DI), (R8), Y2, Y6)
+	KROW4
+	K5ROW(AX)
+	KFINISH((DI), (R8), Y3, Y7)
 	ADDQ $256, SI
-	ADDQ $32, DX
+	ADDQ $4, DX
 	ADDQ $32, R12
 	ADDQ $176, R9
 	DECQ CX
@@ -541,36 +674,11 @@ DATA q6kScales<>+112(SB)/8, $0x0e0e0e0e0e0e0e0e
 DATA q6kScales<>+120(SB)/8, $0x0f0f0f0f0f0f0f0f
 GLOBL q6kScales<>(SB), RODATA|NOPTR, $128
 
-// Q6SETUP zeroes the accumulators Y0-Y3, sets Y8 to 0x0f, Y9 to 0x30
-// and Y10 to 0x20 in every byte and BX to q6kScales.
-#define Q6SETUP \
-	VXORPS       Y0, Y0, Y0 \
-	VXORPS       Y1, Y1, Y1 \
-	VXORPS       Y2, Y2, Y2 \
-	VXORPS       Y3, Y3, Y3 \
-	MOVL         $0x0f0f0f0f, AX \
-	VMOVD        AX, X8 \
-	VPBROADCASTD X8, Y8 \
-	MOVL         $0x30303030, AX \
-	VMOVD        AX, X9 \
-	VPBROADCASTD X9, Y9 \
-	MOVL         $0x20202020, AX \
-	VMOVD        AX, X10 \
-	VPBROADCASTD X10, Y10 \
-	LEAQ         q6kScales<>(SB), BX
-
-// Q6ACTS loads four activation blocks from a0-a3 to Y4-Y7.
-#define Q6ACTS(a0, a1, a2, a3) \
-	VMOVDQU a0, Y4 \
-	VMOVDQU a1, Y5 \
-	VMOVDQU a2, Y6 \
-	VMOVDQU a3, Y7
-
 // func int8Q6KRows(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
 // out[i] = the product of the activation row with Q6_K row i from w on,
-// each nb super-blocks. The frame holds d times the eight activation
-// scales of a super-block.
-TEXT ·int8Q6KRows(SB), NOSPLIT, $32-56
+// each nb super-blocks, the lanes summed in Y1; each half's scales spread
+// to Y2, Y3, Y14 and Y15. The frame holds the super-block's d.
+TEXT ·int8Q6KRows(SB), NOSPLIT, $264-56
 	MOVQ out+0(FP), R10
 	MOVQ w+8(FP), R9
 	MOVQ rows+16(FP), R11
@@ -584,13 +692,25 @@ q6krows:
 
 q6kblocks:
 	PREFETCH4(R9)
-	Q6SCALE(R9, (DX), 0)
+	Q6D(R9)
+	VPXOR   Y1, Y1, Y1
+	VMOVDQU 192(R9), X15
+	Q6SC(0, X2, Y2)
+	Q6SC(16, X3, Y3)
+	Q6SC(32, X14, Y14)
+	Q6SC(48, X15, Y15)
 	Q6ACTS(0(SI), 32(SI), 64(SI), 96(SI))
-	Q6HALF(R9, 0, 128, 0, 0, Y0)
+	Q6HALF(R9, 0, 128, Y2, Y3, Y14, Y15, Y1)
+	VMOVDQU 192(R9), X15
+	Q6SC(64, X2, Y2)
+	Q6SC(80, X3, Y3)
+	Q6SC(96, X14, Y14)
+	Q6SC(112, X15, Y15)
 	Q6ACTS(128(SI), 160(SI), 192(SI), 224(SI))
-	Q6HALF(R9, 64, 160, 64, 16, Y0)
+	Q6HALF(R9, 64, 160, Y2, Y3, Y14, Y15, Y1)
+	Q6FINISH((DX), Y1, Y0)
 	ADDQ $256, SI
-	ADDQ $32, DX
+	ADDQ $4, DX
 	ADDQ $210, R9
 	DECQ CX
 	JNZ  q6kblocks
@@ -603,39 +723,29 @@ q6kblocks:
 	VZEROUPPER
 	RET
 
-// Q6ROWS4 adds half h of the Q6_K super-block at R9 times each of the
-// four activation rows.
-#define Q6ROWS4(h) \
-	Q6ACTS((128*h)(SI), (128*h+32)(SI), (128*h+64)(SI), (128*h+96)(SI)) \
-	Q6HALF(R9, (64*h), (128+32*h), (64*h), (16*h), Y0) \
-	Q6ACTS((128*h)(SI)(R10*1), (128*h+32)(SI)(R10*1), (128*h+64)(SI)(R10*1), (128*h+96)(SI)(R10*1)) \
-	Q6HALF(R9, (64*h), (128+32*h), (64*h), (32+16*h), Y1) \
-	Q6ACTS((128*h)(SI)(R10*2), (128*h+32)(SI)(R10*2), (128*h+64)(SI)(R10*2), (128*h+96)(SI)(R10*2)) \
-	Q6HALF(R9, (64*h), (128+32*h), (64*h), (64+16*h), Y2) \
-	Q6ACTS((128*h)(R13), (128*h+32)(R13), (128*h+64)(R13), (128*h+96)(R13)) \
-	Q6HALF(R9, (64*h), (128+32*h), (64*h), (96+16*h), Y3)
-
-// func int8Q6KRow4(out *[4]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
-TEXT ·int8Q6KRow4(SB), NOSPLIT, $128-64
+// func int8Q6KRow4(out *[4]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds, ss int)
+TEXT ·int8Q6KRow4(SB), NOSPLIT, $264-72
 	ROW4ARGS
 	Q6SETUP
-	LEAQ (SI)(R10*2), R13
-	ADDQ R10, R13
-	LEAQ (DX)(R11*2), R12
-	ADDQ R11, R12
 
 q6kr4:
 	PREFETCH4(R9)
-	Q6SCALE(R9, (DX), 0)
-	Q6SCALE(R9, (DX)(R11*1), 32)
-	Q6SCALE(R9, (DX)(R11*2), 64)
-	Q6SCALE(R9, (R12), 96)
-	Q6ROWS4(0)
-	Q6ROWS4(1)
+	Q6D(R9)
+	Q6SPREAD(R9)
+	MOVQ SI, AX
+	MOVQ DX, DI
+	Q6ROW(AX, (DI), Y0)
+	ADDQ R10, AX
+	ADDQ R11, DI
+	Q6ROW(AX, (DI), Y1)
+	ADDQ R10, AX
+	ADDQ R11, DI
+	Q6ROW(AX, (DI), Y2)
+	ADDQ R10, AX
+	ADDQ R11, DI
+	Q6ROW(AX, (DI), Y3)
 	ADDQ $256, SI
-	ADDQ $256, R13
-	ADDQ $32, DX
-	ADDQ $32, R12
+	ADDQ $4, DX
 	ADDQ $210, R9
 	DECQ CX
 	JNZ  q6kr4
@@ -650,29 +760,6 @@ q6kr4:
 // VPMADDWD, and the embedded broadcast of VMULPS.BCST forms each block's
 // scale vector from the activation scale in memory, so that a block costs
 // an activation row six instructions where the AVX2 kernels take eight.
-
-// Q8WV loads the Q8_0 block at (R): its values' magnitudes to Y10, the
-// values (for their signs) to Y13 and its scale, broadcast, to Y14.
-#define Q8WV(R) \
-	PREFETCHT0   3072(R) \
-	VMOVDQU      2(R), Y13 \
-	VPABSB       Y13, Y10 \
-	MOVWLZX      (R), BX \
-	VMOVD        BX, X14 \
-	VCVTPH2PS    X14, X14 \
-	VBROADCASTSS X14, Y14
-
-// Q8ACTV adds the block Q8WV loaded times the 32 activations at qa, their
-// scale at da, to acc.
-#define Q8ACTV(qa, da, acc) \
-	VMOVDQU      qa, Y8 \
-	VPSIGNB      Y13, Y8, Y11 \
-	VPXOR        Y12, Y12, Y12 \
-	VPDPBUSD     Y11, Y10, Y12 \
-	VCVTDQ2PS    Y12, Y12 \
-	VMULPS.BCST  da, Y14, Y9 \
-	VMULPS       Y9, Y12, Y12 \
-	VADDPS       Y12, acc, acc
 
 // func int8Q8_0RowsVNNI(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
 TEXT ·int8Q8_0RowsVNNI(SB), NOSPLIT, $0-56
@@ -701,8 +788,8 @@ q80vblocks:
 	VZEROUPPER
 	RET
 
-// func int8Q8_0Row4VNNI(out *[4]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds int)
-TEXT ·int8Q8_0Row4VNNI(SB), NOSPLIT, $0-64
+// func int8Q8_0Row4VNNI(out *[4]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds, ss int)
+TEXT ·int8Q8_0Row4VNNI(SB), NOSPLIT, $0-72
 	ROW4ARGS
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1

@@ -97,7 +97,8 @@ func int8Product(t testing.TB, p kernel.Path, m kernel.Matrix, x []float32, n in
 // TestInt8Error checks the int8 mode against the float64 product of the
 // dequantized weights and the exact activations: rounding an activation
 // to its block's step dx = max|x|/127 moves it by at most dx/2, so a
-// result may differ by Σ|w|·dx/2 plus float32 rounding, and no more.
+// result may differ by Σ|w|·dx/2 plus float32 rounding, and no more. The
+// K formats' activation blocks are their 256-value super-blocks.
 func TestInt8Error(t *testing.T) {
 	useInt8(t)
 	rng := rand.New(rand.NewPCG(23, 24))
@@ -114,12 +115,13 @@ func TestInt8Error(t *testing.T) {
 			xt := x[ti*cols : (ti+1)*cols]
 			for r := range rows {
 				var want, abs, bound float64
-				for b := 0; b < cols; b += 32 {
+				block := min(f.BlockSize(), 256)
+				for b := 0; b < cols; b += block {
 					var amax float64
-					for _, v := range xt[b : b+32] {
+					for _, v := range xt[b : b+block] {
 						amax = max(amax, math.Abs(float64(v)))
 					}
-					for c := b; c < b+32; c++ {
+					for c := b; c < b+block; c++ {
 						p := float64(w[r*cols+c]) * float64(xt[c])
 						want += p
 						abs += math.Abs(p)

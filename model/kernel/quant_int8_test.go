@@ -230,3 +230,30 @@ func TestInt8NonFinite(t *testing.T) {
 		}
 	}
 }
+
+// TestInt8MixedBlocks checks that one MatMuls call whose products take
+// activations in blocks of 32 (Q8_0) and of 256 (the K formats) gives
+// each product the bits it has alone: the input is quantized once for
+// each block size.
+func TestInt8MixedBlocks(t *testing.T) {
+	useInt8(t)
+	rng := rand.New(rand.NewPCG(27, 28))
+	const n, cols = 5, 512
+	x := int8Inputs(rng, n, cols)
+	var ps []kernel.Product
+	var alone [][]float32
+	for i, f := range []kernel.Format{kernel.Q8_0, kernel.Q4_K, kernel.Q4_0, kernel.Q6_K} {
+		rows := 7 + i
+		m, _ := quantizedMatrix(t, rng, f, rows, cols)
+		want := make([]float32, n*rows)
+		kernel.MatMul(want, x, n, m)
+		alone = append(alone, want)
+		ps = append(ps, kernel.Product{Out: make([]float32, n*rows), W: m})
+	}
+	kernel.MatMuls(x, n, ps...)
+	for i, p := range ps {
+		if d := cmp.Diff(bits(alone[i]), bits(p.Out)); d != "" {
+			t.Errorf("%s in a mixed call differs from alone:\n%s", p.W.Format(), d)
+		}
+	}
+}

@@ -212,35 +212,43 @@
 	VPADDD     Y11, Y13, Y13 \
 	VPADDD     Y12, Y13, Y13
 
+// KMADDV is KMADD with AVX512_VNNI: VPDPWSSD multiplies and adds the
+// int16 pairs into the int32 lanes in one instruction, the same integers.
+#define KMADDV(a0, a1, s0, s1) \
+	VPMADDUBSW a0, Y11, Y11 \
+	VPMADDUBSW a1, Y12, Y12 \
+	VPDPWSSD   s0, Y11, Y13 \
+	VPDPWSSD   s1, Y12, Y13
+
 // K4PAIR adds Q4_K block pair k of the super-block at R9, times the
 // activations of the super-block at (a) and the scales s0 and s1, to Y13.
-#define K4PAIR(a, k, s0, s1) \
+#define K4PAIR(M, a, k, s0, s1) \
 	K4NIBBLES(R9, (16+32*k)) \
-	KMADD((64*k)(a), (64*k+32)(a), s0, s1)
+	M((64*k)(a), (64*k+32)(a), s0, s1)
 
 // K5PAIR is K4PAIR for Q5_K, the fifth bits shifted into place by op0
 // $n0 and op1 $n1.
-#define K5PAIR(a, k, op0, n0, op1, n1, s0, s1) \
+#define K5PAIR(M, a, k, op0, n0, op1, n1, s0, s1) \
 	K4NIBBLES(R9, (48+32*k)) \
 	K5HIGH(R9, 16, op0, n0, op1, n1) \
-	KMADD((64*k)(a), (64*k+32)(a), s0, s1)
+	M((64*k)(a), (64*k+32)(a), s0, s1)
 
 // K4ROW adds the Q4_K super-block at R9 times the activations at (a) to
 // Y13, zeroed first, its scales spread in the frame.
-#define K4ROW(a) \
+#define K4ROW(M, a) \
 	VPXOR   Y13, Y13, Y13 \
-	K4PAIR(a, 0, 0(SP), 32(SP)) \
-	K4PAIR(a, 1, 64(SP), 96(SP)) \
-	K4PAIR(a, 2, 128(SP), 160(SP)) \
-	K4PAIR(a, 3, 192(SP), 224(SP))
+	K4PAIR(M, a, 0, 0(SP), 32(SP)) \
+	K4PAIR(M, a, 1, 64(SP), 96(SP)) \
+	K4PAIR(M, a, 2, 128(SP), 160(SP)) \
+	K4PAIR(M, a, 3, 192(SP), 224(SP))
 
 // K5ROW is K4ROW for Q5_K.
-#define K5ROW(a) \
+#define K5ROW(M, a) \
 	VPXOR   Y13, Y13, Y13 \
-	K5PAIR(a, 0, VPSLLW, 4, VPSLLW, 3, 0(SP), 32(SP)) \
-	K5PAIR(a, 1, VPSLLW, 2, VPSLLW, 1, 64(SP), 96(SP)) \
-	K5PAIR(a, 2, VPSRLW, 0, VPSRLW, 1, 128(SP), 160(SP)) \
-	K5PAIR(a, 3, VPSRLW, 2, VPSRLW, 3, 192(SP), 224(SP))
+	K5PAIR(M, a, 0, VPSLLW, 4, VPSLLW, 3, 0(SP), 32(SP)) \
+	K5PAIR(M, a, 1, VPSLLW, 2, VPSLLW, 1, 64(SP), 96(SP)) \
+	K5PAIR(M, a, 2, VPSRLW, 0, VPSRLW, 1, 128(SP), 160(SP)) \
+	K5PAIR(M, a, 3, VPSRLW, 2, VPSRLW, 3, 192(SP), 224(SP))
 
 // KFINISH adds the super-block's lanes in Y13 times d·dx to acc, and its
 // mins (Y9) times the activation block sums at sa times dmin·dx to mins,
@@ -339,41 +347,51 @@
 // multiplies it by the activations in act (the sign moved onto them, as
 // VPMADDUBSW needs) and by its int16 scales s, and adds it to iacc.
 #define Q6MADD(act, s, iacc) \
+	Q6SIGNED(act) \
+	VPMADDWD     s, Y11, Y11 \
+	VPADDD       Y11, iacc, iacc
+
+// Q6MADDV is Q6MADD with AVX512_VNNI's VPDPWSSD.
+#define Q6MADDV(act, s, iacc) \
+	Q6SIGNED(act) \
+	VPDPWSSD     s, Y11, iacc
+
+// Q6SIGNED offsets the 6-bit block in Y11 to signed and leaves in Y11
+// its int16 pair products with the activations in act.
+#define Q6SIGNED(act) \
 	VPSUBB       Y10, Y11, Y11 \
 	VPSIGNB      Y11, act, Y13 \
 	VPABSB       Y11, Y11 \
-	VPMADDUBSW   Y13, Y11, Y11 \
-	VPMADDWD     s, Y11, Y11 \
-	VPADDD       Y11, iacc, iacc
+	VPMADDUBSW   Y13, Y11, Y11
 
 // Q6HALF adds four 32-value blocks of the Q6_K super-block at (R) to
 // iacc: low bits from the 64 bytes at ql(R), high bits from the 32 at
 // qh(R) (Y8 holds 0x0f, Y9 0x30), activations in Y4-Y7, scales s0-s3.
-#define Q6HALF(R, ql, qh, s0, s1, s2, s3, iacc) \
+#define Q6HALF(M, R, ql, qh, s0, s1, s2, s3, iacc) \
 	VMOVDQU      qh(R), Y12 \
 	VPAND        ql(R), Y8, Y11 \
 	VPSLLW       $4, Y12, Y13 \
 	VPAND        Y9, Y13, Y13 \
 	VPOR         Y13, Y11, Y11 \
-	Q6MADD(Y4, s0, iacc) \
+	M(Y4, s0, iacc) \
 	VPAND        (ql+32)(R), Y8, Y11 \
 	VPSLLW       $2, Y12, Y13 \
 	VPAND        Y9, Y13, Y13 \
 	VPOR         Y13, Y11, Y11 \
-	Q6MADD(Y5, s1, iacc) \
+	M(Y5, s1, iacc) \
 	VMOVDQU      ql(R), Y11 \
 	VPSRLW       $4, Y11, Y11 \
 	VPAND        Y8, Y11, Y11 \
 	VPAND        Y9, Y12, Y13 \
 	VPOR         Y13, Y11, Y11 \
-	Q6MADD(Y6, s2, iacc) \
+	M(Y6, s2, iacc) \
 	VMOVDQU      (ql+32)(R), Y11 \
 	VPSRLW       $4, Y11, Y11 \
 	VPAND        Y8, Y11, Y11 \
 	VPSRLW       $2, Y12, Y13 \
 	VPAND        Y9, Y13, Y13 \
 	VPOR         Y13, Y11, Y11 \
-	Q6MADD(Y7, s3, iacc)
+	M(Y7, s3, iacc)
 
 // Q6ACTS loads four activation blocks from a0-a3 to Y4-Y7.
 #define Q6ACTS(a0, a1, a2, a3) \
@@ -415,12 +433,12 @@
 
 // Q6ROW adds the Q6_K super-block at R9 times the activations at (a),
 // the scale at da, to acc.
-#define Q6ROW(a, da, acc) \
+#define Q6ROW(M, a, da, acc) \
 	VPXOR  Y14, Y14, Y14 \
 	Q6ACTS(0(a), 32(a), 64(a), 96(a)) \
-	Q6HALF(R9, 0, 128, 0(SP), 32(SP), 64(SP), 96(SP), Y14) \
+	Q6HALF(M, R9, 0, 128, 0(SP), 32(SP), 64(SP), 96(SP), Y14) \
 	Q6ACTS(128(a), 160(a), 192(a), 224(a)) \
-	Q6HALF(R9, 64, 160, 128(SP), 160(SP), 192(SP), 224(SP), Y14) \
+	Q6HALF(M, R9, 64, 160, 128(SP), 160(SP), 192(SP), 224(SP), Y14) \
 	Q6FINISH(da, Y14, acc)
 
 // Q8WV loads the Q8_0 block at (R): its values' magnitudes to Y10, the
@@ -445,6 +463,208 @@
 	VMULPS.BCST  da, Y14, Y9 \
 	VMULPS       Y9, Y12, Y12 \
 	VADDPS       Y12, acc, acc
+
+// Q4KROWS is the body of int8Q4KRows and its VNNI twin, M the madd macro.
+#define Q4KROWS(M) \
+	MOVQ out+0(FP), R10 \
+	MOVQ w+8(FP), R9 \
+	MOVQ rows+16(FP), R11 \
+	KSETUP \
+q4krows: \
+	ROWSARGS \
+	VXORPS Y0, Y0, Y0 \
+	VXORPS Y4, Y4, Y4 \
+q4kblocks: \
+	PREFETCH3(R9) \
+	KUNPACK(R9) \
+	VPXOR   Y13, Y13, Y13 \
+	KBCAST(0) \
+	K4PAIR(M, SI, 0, Y1, Y2) \
+	KBCAST(1) \
+	K4PAIR(M, SI, 1, Y1, Y2) \
+	KBCAST(2) \
+	K4PAIR(M, SI, 2, Y1, Y2) \
+	KBCAST(3) \
+	K4PAIR(M, SI, 3, Y1, Y2) \
+	KFINISH((DX), (BX), Y0, Y4) \
+	ADDQ $256, SI \
+	ADDQ $4, DX \
+	ADDQ $32, BX \
+	ADDQ $144, R9 \
+	DECQ CX \
+	JNZ  q4kblocks \
+	KROWSEND(q4krows) \
+	VZEROUPPER \
+	RET
+
+// Q4KROW4 is the body of int8Q4KRow4 and its VNNI twin, M the madd macro.
+#define Q4KROW4(M) \
+	KROW4ARGS \
+	KSETUP \
+q4kr4: \
+	PREFETCH3(R9) \
+	KUNPACK(R9) \
+	KSPREAD \
+	MOVQ SI, AX \
+	MOVQ DX, DI \
+	MOVQ R12, R8 \
+	K4ROW(M, AX) \
+	KFINISH((DI), (R8), Y0, Y4) \
+	KROW4 \
+	K4ROW(M, AX) \
+	KFINISH((DI), (R8), Y1, Y5) \
+	KROW4 \
+	K4ROW(M, AX) \
+	KFINISH((DI), (R8), Y2, Y6) \
+	KROW4 \
+	K4ROW(M, AX) \
+	KFINISH((DI), (R8), Y3, Y7) \
+	ADDQ $256, SI \
+	ADDQ $4, DX \
+	ADDQ $32, R12 \
+	ADDQ $144, R9 \
+	DECQ CX \
+	JNZ  q4kr4 \
+	KSTORE \
+	VZEROUPPER \
+	RET
+
+// Q5KROWS is the body of int8Q5KRows and its VNNI twin, M the madd macro.
+#define Q5KROWS(M) \
+	MOVQ out+0(FP), R10 \
+	MOVQ w+8(FP), R9 \
+	MOVQ rows+16(FP), R11 \
+	KSETUP \
+q5krows: \
+	ROWSARGS \
+	VXORPS Y0, Y0, Y0 \
+	VXORPS Y4, Y4, Y4 \
+q5kblocks: \
+	PREFETCH3(R9) \
+	KUNPACK(R9) \
+	VPXOR   Y13, Y13, Y13 \
+	KBCAST(0) \
+	K5PAIR(M, SI, 0, VPSLLW, 4, VPSLLW, 3, Y1, Y2) \
+	KBCAST(1) \
+	K5PAIR(M, SI, 1, VPSLLW, 2, VPSLLW, 1, Y1, Y2) \
+	KBCAST(2) \
+	K5PAIR(M, SI, 2, VPSRLW, 0, VPSRLW, 1, Y1, Y2) \
+	KBCAST(3) \
+	K5PAIR(M, SI, 3, VPSRLW, 2, VPSRLW, 3, Y1, Y2) \
+	KFINISH((DX), (BX), Y0, Y4) \
+	ADDQ $256, SI \
+	ADDQ $4, DX \
+	ADDQ $32, BX \
+	ADDQ $176, R9 \
+	DECQ CX \
+	JNZ  q5kblocks \
+	KROWSEND(q5krows) \
+	VZEROUPPER \
+	RET
+
+// Q5KROW4 is the body of int8Q5KRow4 and its VNNI twin, M the madd macro.
+#define Q5KROW4(M) \
+	KROW4ARGS \
+	KSETUP \
+q5kr4: \
+	PREFETCH3(R9) \
+	KUNPACK(R9) \
+	KSPREAD \
+	MOVQ SI, AX \
+	MOVQ DX, DI \
+	MOVQ R12, R8 \
+	K5ROW(M, AX) \
+	KFINISH((DI), (R8), Y0, Y4) \
+	KROW4 \
+	K5ROW(M, AX) \
+	KFINISH((DI), (R8), Y1, Y5) \
+	KROW4 \
+	K5ROW(M, AX) \
+	KFINISH((DI), (R8), Y2, Y6) \
+	KROW4 \
+	K5ROW(M, AX) \
+	KFINISH((DI), (R8), Y3, Y7) \
+	ADDQ $256, SI \
+	ADDQ $4, DX \
+	ADDQ $32, R12 \
+	ADDQ $176, R9 \
+	DECQ CX \
+	JNZ  q5kr4 \
+	KSTORE \
+	VZEROUPPER \
+	RET
+
+// Q6KROWS is the body of int8Q6KRows and its VNNI twin, M the madd macro.
+#define Q6KROWS(M) \
+	MOVQ out+0(FP), R10 \
+	MOVQ w+8(FP), R9 \
+	MOVQ rows+16(FP), R11 \
+	Q6SETUP \
+q6krows: \
+	MOVQ q+24(FP), SI \
+	MOVQ d+32(FP), DX \
+	MOVQ nb+48(FP), CX \
+	VXORPS Y0, Y0, Y0 \
+q6kblocks: \
+	PREFETCH4(R9) \
+	Q6D(R9) \
+	VPXOR   Y1, Y1, Y1 \
+	VMOVDQU 192(R9), X15 \
+	Q6SC(0, X2, Y2) \
+	Q6SC(16, X3, Y3) \
+	Q6SC(32, X14, Y14) \
+	Q6SC(48, X15, Y15) \
+	Q6ACTS(0(SI), 32(SI), 64(SI), 96(SI)) \
+	Q6HALF(M, R9, 0, 128, Y2, Y3, Y14, Y15, Y1) \
+	VMOVDQU 192(R9), X15 \
+	Q6SC(64, X2, Y2) \
+	Q6SC(80, X3, Y3) \
+	Q6SC(96, X14, Y14) \
+	Q6SC(112, X15, Y15) \
+	Q6ACTS(128(SI), 160(SI), 192(SI), 224(SI)) \
+	Q6HALF(M, R9, 64, 160, Y2, Y3, Y14, Y15, Y1) \
+	Q6FINISH((DX), Y1, Y0) \
+	ADDQ $256, SI \
+	ADDQ $4, DX \
+	ADDQ $210, R9 \
+	DECQ CX \
+	JNZ  q6kblocks \
+	REDUCE8(Y0, X0, X1) \
+	VMOVSS X0, (R10) \
+	ADDQ   $4, R10 \
+	DECQ   R11 \
+	JNZ    q6krows \
+	VZEROUPPER \
+	RET
+
+// Q6KROW4 is the body of int8Q6KRow4 and its VNNI twin, M the madd macro.
+#define Q6KROW4(M) \
+	ROW4ARGS \
+	Q6SETUP \
+q6kr4: \
+	PREFETCH4(R9) \
+	Q6D(R9) \
+	Q6SPREAD(R9) \
+	MOVQ SI, AX \
+	MOVQ DX, DI \
+	Q6ROW(M, AX, (DI), Y0) \
+	ADDQ R10, AX \
+	ADDQ R11, DI \
+	Q6ROW(M, AX, (DI), Y1) \
+	ADDQ R10, AX \
+	ADDQ R11, DI \
+	Q6ROW(M, AX, (DI), Y2) \
+	ADDQ R10, AX \
+	ADDQ R11, DI \
+	Q6ROW(M, AX, (DI), Y3) \
+	ADDQ $256, SI \
+	ADDQ $4, DX \
+	ADDQ $210, R9 \
+	DECQ CX \
+	JNZ  q6kr4 \
+	STORE4 \
+	VZEROUPPER \
+	RET
 
 TEXT ·int8Q8_0Rows(SB), NOSPLIT, $0-56
 	MOVQ out+0(FP), R10
@@ -512,146 +732,38 @@ q80r4:
 // KUNPACK's scales (304-319) and d and dmin (288-295); Row4 spreads the
 // scales to 0-255.
 TEXT ·int8Q4KRows(SB), NOSPLIT, $320-56
-	MOVQ out+0(FP), R10
-	MOVQ w+8(FP), R9
-	MOVQ rows+16(FP), R11
-	KSETUP
+	Q4KROWS(KMADD)
 
-q4krows:
-	ROWSARGS
-	VXORPS Y0, Y0, Y0
-	VXORPS Y4, Y4, Y4
-
-q4kblocks:
-	PREFETCH3(R9)
-	KUNPACK(R9)
-	VPXOR   Y13, Y13, Y13
-	KBCAST(0)
-	K4PAIR(SI, 0, Y1, Y2)
-	KBCAST(1)
-	K4PAIR(SI, 1, Y1, Y2)
-	KBCAST(2)
-	K4PAIR(SI, 2, Y1, Y2)
-	KBCAST(3)
-	K4PAIR(SI, 3, Y1, Y2)
-	KFINISH((DX), (BX), Y0, Y4)
-	ADDQ $256, SI
-	ADDQ $4, DX
-	ADDQ $32, BX
-	ADDQ $144, R9
-	DECQ CX
-	JNZ  q4kblocks
-
-	KROWSEND(q4krows)
-	VZEROUPPER
-	RET
+// int8Q4KRowsVNNI is int8Q4KRows with VPDPWSSD.
+TEXT ·int8Q4KRowsVNNI(SB), NOSPLIT, $320-56
+	Q4KROWS(KMADDV)
 
 // func int8Q4KRow4(out *[4]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds, ss int)
 // out[t] = the product with activation row t.
 TEXT ·int8Q4KRow4(SB), NOSPLIT, $320-72
-	KROW4ARGS
-	KSETUP
+	Q4KROW4(KMADD)
 
-q4kr4:
-	PREFETCH3(R9)
-	KUNPACK(R9)
-	KSPREAD
-	MOVQ SI, AX
-	MOVQ DX, DI
-	MOVQ R12, R8
-	K4ROW(AX)
-	KFINISH((DI), (R8), Y0, Y4)
-	KROW4
-	K4ROW(AX)
-	KFINISH((DI), (R8), Y1, Y5)
-	KROW4
-	K4ROW(AX)
-	KFINISH((DI), (R8), Y2, Y6)
-	KROW4
-	K4ROW(AX)
-	KFINISH((DI), (R8), Y3, Y7)
-	ADDQ $256, SI
-	ADDQ $4, DX
-	ADDQ $32, R12
-	ADDQ $144, R9
-	DECQ CX
-	JNZ  q4kr4
-
-	KSTORE
-	VZEROUPPER
-	RET
+// int8Q4KRow4VNNI is int8Q4KRow4 with VPDPWSSD.
+TEXT ·int8Q4KRow4VNNI(SB), NOSPLIT, $320-72
+	Q4KROW4(KMADDV)
 
 // func int8Q5KRows(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
 // As int8Q4KRows, for Q5_K: the fifth bit of block j's values is bit j
 // of the 32 bytes at 16.
 TEXT ·int8Q5KRows(SB), NOSPLIT, $320-56
-	MOVQ out+0(FP), R10
-	MOVQ w+8(FP), R9
-	MOVQ rows+16(FP), R11
-	KSETUP
+	Q5KROWS(KMADD)
 
-q5krows:
-	ROWSARGS
-	VXORPS Y0, Y0, Y0
-	VXORPS Y4, Y4, Y4
-
-q5kblocks:
-	PREFETCH3(R9)
-	KUNPACK(R9)
-	VPXOR   Y13, Y13, Y13
-	KBCAST(0)
-	K5PAIR(SI, 0, VPSLLW, 4, VPSLLW, 3, Y1, Y2)
-	KBCAST(1)
-	K5PAIR(SI, 1, VPSLLW, 2, VPSLLW, 1, Y1, Y2)
-	KBCAST(2)
-	K5PAIR(SI, 2, VPSRLW, 0, VPSRLW, 1, Y1, Y2)
-	KBCAST(3)
-	K5PAIR(SI, 3, VPSRLW, 2, VPSRLW, 3, Y1, Y2)
-	KFINISH((DX), (BX), Y0, Y4)
-	ADDQ $256, SI
-	ADDQ $4, DX
-	ADDQ $32, BX
-	ADDQ $176, R9
-	DECQ CX
-	JNZ  q5kblocks
-
-	KROWSEND(q5krows)
-	VZEROUPPER
-	RET
+// int8Q5KRowsVNNI is int8Q5KRows with VPDPWSSD.
+TEXT ·int8Q5KRowsVNNI(SB), NOSPLIT, $320-56
+	Q5KROWS(KMADDV)
 
 // func int8Q5KRow4(out *[4]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds, ss int)
 TEXT ·int8Q5KRow4(SB), NOSPLIT, $320-72
-	KROW4ARGS
-	KSETUP
+	Q5KROW4(KMADD)
 
-q5kr4:
-	PREFETCH3(R9)
-	KUNPACK(R9)
-	KSPREAD
-	MOVQ SI, AX
-	MOVQ DX, DI
-	MOVQ R12, R8
-	K5ROW(AX)
-	KFINISH((DI), (R8), Y0, Y4)
-	KROW4
-	K5ROW(AX)
-	KFINISH((DI), (R8), Y1, Y5)
-	KROW4
-	K5ROW(AX)
-	KFINISH((DI), (R8), Y2, Y6)
-	KROW4
-	K5ROW(AX)
-	KFINISH((DI), (R8), Y3, Y7)
-	ADDQ $256, SI
-	ADDQ $4, DX
-	ADDQ $32, R12
-	ADDQ $176, R9
-	DECQ CX
-	JNZ  q5kr4
-
-	KSTORE
-	VZEROUPPER
-	RET
+// int8Q5KRow4VNNI is int8Q5KRow4 with VPDPWSSD.
+TEXT ·int8Q5KRow4VNNI(SB), NOSPLIT, $320-72
+	Q5KROW4(KMADDV)
 
 // q6kScales holds, for 32-value block b of a Q6_K super-block, the
 // VPSHUFB control that spreads its sub-block scales 2b and 2b+1 over
@@ -679,80 +791,19 @@ GLOBL q6kScales<>(SB), RODATA|NOPTR, $128
 // each nb super-blocks, the lanes summed in Y1; each half's scales spread
 // to Y2, Y3, Y14 and Y15. The frame holds the super-block's d.
 TEXT ·int8Q6KRows(SB), NOSPLIT, $264-56
-	MOVQ out+0(FP), R10
-	MOVQ w+8(FP), R9
-	MOVQ rows+16(FP), R11
-	Q6SETUP
+	Q6KROWS(Q6MADD)
 
-q6krows:
-	MOVQ q+24(FP), SI
-	MOVQ d+32(FP), DX
-	MOVQ nb+48(FP), CX
-	VXORPS Y0, Y0, Y0
-
-q6kblocks:
-	PREFETCH4(R9)
-	Q6D(R9)
-	VPXOR   Y1, Y1, Y1
-	VMOVDQU 192(R9), X15
-	Q6SC(0, X2, Y2)
-	Q6SC(16, X3, Y3)
-	Q6SC(32, X14, Y14)
-	Q6SC(48, X15, Y15)
-	Q6ACTS(0(SI), 32(SI), 64(SI), 96(SI))
-	Q6HALF(R9, 0, 128, Y2, Y3, Y14, Y15, Y1)
-	VMOVDQU 192(R9), X15
-	Q6SC(64, X2, Y2)
-	Q6SC(80, X3, Y3)
-	Q6SC(96, X14, Y14)
-	Q6SC(112, X15, Y15)
-	Q6ACTS(128(SI), 160(SI), 192(SI), 224(SI))
-	Q6HALF(R9, 64, 160, Y2, Y3, Y14, Y15, Y1)
-	Q6FINISH((DX), Y1, Y0)
-	ADDQ $256, SI
-	ADDQ $4, DX
-	ADDQ $210, R9
-	DECQ CX
-	JNZ  q6kblocks
-
-	REDUCE8(Y0, X0, X1)
-	VMOVSS X0, (R10)
-	ADDQ   $4, R10
-	DECQ   R11
-	JNZ    q6krows
-	VZEROUPPER
-	RET
+// int8Q6KRowsVNNI is int8Q6KRows with VPDPWSSD.
+TEXT ·int8Q6KRowsVNNI(SB), NOSPLIT, $264-56
+	Q6KROWS(Q6MADDV)
 
 // func int8Q6KRow4(out *[4]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds, ss int)
 TEXT ·int8Q6KRow4(SB), NOSPLIT, $264-72
-	ROW4ARGS
-	Q6SETUP
+	Q6KROW4(Q6MADD)
 
-q6kr4:
-	PREFETCH4(R9)
-	Q6D(R9)
-	Q6SPREAD(R9)
-	MOVQ SI, AX
-	MOVQ DX, DI
-	Q6ROW(AX, (DI), Y0)
-	ADDQ R10, AX
-	ADDQ R11, DI
-	Q6ROW(AX, (DI), Y1)
-	ADDQ R10, AX
-	ADDQ R11, DI
-	Q6ROW(AX, (DI), Y2)
-	ADDQ R10, AX
-	ADDQ R11, DI
-	Q6ROW(AX, (DI), Y3)
-	ADDQ $256, SI
-	ADDQ $4, DX
-	ADDQ $210, R9
-	DECQ CX
-	JNZ  q6kr4
-
-	STORE4
-	VZEROUPPER
-	RET
+// int8Q6KRow4VNNI is int8Q6KRow4 with VPDPWSSD.
+TEXT ·int8Q6KRow4VNNI(SB), NOSPLIT, $264-72
+	Q6KROW4(Q6MADDV)
 
 // The AVX-512 VNNI Q8_0 kernels (where the CPU has AVX512_VNNI and VL):
 // VPDPBUSD sums the four unsigned-by-signed byte products of each lane

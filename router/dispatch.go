@@ -84,6 +84,11 @@ type DispatchConfig struct {
 	// their certificates must chain to; the node's certificate must name
 	// the host of its address. Nil dials in plaintext.
 	TLS *mtls.Source
+	// Reachable, if set, is told when the connection to the node at addr
+	// is lost (up false: a killed node's at once, one that vanished without
+	// a FIN once keepalive gives up) and when it is ready again. It must
+	// not block.
+	Reachable func(addr string, up bool)
 }
 
 // DefaultDispatchConfig returns the defaults, every field filled in.
@@ -225,6 +230,10 @@ func (d *Dispatcher) conn(ep Endpoint) (*hopConn, error) {
 		var err error
 		if c, err = dialHop(ep.Addr, d.cfg.TLS); err != nil {
 			return nil, err
+		}
+		if report := d.cfg.Reachable; report != nil {
+			addr := ep.Addr
+			c.spawn(func() { c.watch(func(up bool) { report(addr, up) }) })
 		}
 		d.conns[ep.Addr] = c
 	}

@@ -49,7 +49,13 @@ var _ moegridv1.ExpertServer = (*expertNode)(nil)
 // its TLS).
 func startExpertNode(t *testing.T, id string, opts ...grpc.ServerOption) *expertNode {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	return startExpertNodeAt(t, id, "127.0.0.1:0", opts...)
+}
+
+// startExpertNodeAt is startExpertNode listening on addr.
+func startExpertNodeAt(t *testing.T, id, addr string, opts ...grpc.ServerOption) *expertNode {
+	t.Helper()
+	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

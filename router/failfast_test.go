@@ -392,3 +392,43 @@ func TestNoHolderEtcdUnreachableWaits(t *testing.T) {
 		t.Errorf("failed after %v, before the %v wait bound", elapsed, wait)
 	}
 }
+
+// When the connection to the sole holder of the experts breaks (its
+// process killed: gossip, here absent, would take seconds to tell),
+// /readyz turns false within a second, and true again once the node is
+// back at its address, with no call to redial it.
+func TestLostHolderUnready(t *testing.T) {
+	fc := startFailCluster(t)
+	a := startExpertNode(t, "a")
+	ctx := testContext(t)
+	if err := fc.election.Campaign(ctx, "coordinator-test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := fc.place(ctx, 1, "a"); err != nil {
+		t.Fatal(err)
+	}
+	fc.register(t, a, 1<<20, fc.everyShard()...)
+	fc.waitReady(t, true)
+	d := newTestDispatcher(t, DispatchConfig{Reachable: fc.topo.setReachable}, fc.topo)
+	if err := d.Forward(ctx, 0, expertBatches(1, []int{2, 5}, []int{2, 1})); err != nil {
+		t.Fatalf("before the fault: %v", err)
+	}
+
+	a.stop()
+	start := time.Now()
+	fc.waitReady(t, false)
+	if elapsed := time.Since(start); elapsed > time.Second {
+		t.Errorf("/readyz false %v after the holder's connection broke, want within 1 s", elapsed)
+	} else {
+		t.Logf("/readyz false %v after the holder's connection broke", elapsed)
+	}
+	if h := fc.topo.Holders(2, 0); len(h) != 1 {
+		t.Errorf("holders %v, want a still placed and registered", h)
+	}
+
+	startExpertNodeAt(t, "a", a.addr)
+	fc.waitReady(t, true)
+	if err := d.Forward(ctx, 0, expertBatches(2, []int{2, 5}, []int{2, 1})); err != nil {
+		t.Errorf("after the holder came back: %v", err)
+	}
+}

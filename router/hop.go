@@ -7,7 +7,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
@@ -25,6 +27,14 @@ const (
 	keepaliveTime    = 10 * time.Second
 	keepaliveTimeout = 5 * time.Second
 )
+
+// The reconnection backoff of router → node channels: gRPC's default grows
+// to 120 s, so a node back at its address after a minute's outage would
+// wait up to two more before this router dials it again.
+var hopBackoff = grpc.ConnectParams{
+	Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+	MinConnectTimeout: 20 * time.Second,
+}
 
 // hopConn is the dispatcher's connection to one expert node: a gRPC
 // channel and, on it, one ForwardStream that carries every call to the
@@ -136,12 +146,40 @@ func dialHop(addr string, src *mtls.Source) (*hopConn, error) {
 		grpc.WithTransportCredentials(mtls.DialCreds(src, addr)),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: keepaliveTimeout, PermitWithoutStream: true}),
+		grpc.WithConnectParams(hopBackoff),
+		// The channel lives as long as the node is placed: never idle,
+		// so that watch reads a lost connection as lost.
+		grpc.WithIdleTimeout(0),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("router: dial %s: %w", addr, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &hopConn{addr: addr, cc: cc, ctx: ctx, cancel: cancel}, nil
+}
+
+// watch follows the channel's connectivity until the connection closes,
+// reporting an established connection lost (up false) at once and ready
+// again (up true). An idle channel is asked to connect, so that a lost
+// node is redialled without waiting for a call.
+func (hc *hopConn) watch(report func(up bool)) {
+	up := false
+	for {
+		s := hc.cc.GetState()
+		if s == connectivity.Shutdown {
+			return
+		}
+		if ready := s == connectivity.Ready; ready != up {
+			up = ready
+			report(up)
+		}
+		if s == connectivity.Idle {
+			hc.cc.Connect()
+		}
+		if !hc.cc.WaitForStateChange(hc.ctx, s) {
+			return
+		}
+	}
 }
 
 // close ends the stream, fails its calls with UNAVAILABLE, closes the

@@ -296,6 +296,7 @@ func (r *Router) Run(ctx context.Context) error {
 	r.gossipTopo = newClusterTopology(r.fingerprint, member.Gossip)
 	dcfg := r.cfg.Dispatch
 	dcfg.TLS = src
+	dcfg.Reachable = r.gossipTopo.setReachable
 	r.dispatcher = NewDispatcher(dcfg, r.gossipTopo, r.model.Config.HiddenSize, r.log, r.reg)
 	defer r.dispatcher.Close()
 	r.gossipTopo.onChange = r.dispatcher.Retain

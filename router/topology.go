@@ -35,6 +35,14 @@ type clusterTopology struct {
 	// etcdUp reports whether the etcd client is connected now; nil until
 	// run starts.
 	etcdUp func() bool // protected by mu
+	// unreachable are the addresses of nodes whose connection from the
+	// dispatcher was lost and is not back, protected by mu. A killed node's
+	// connection breaks at once, where gossip takes seconds to declare it
+	// dead: until it is back the node holds nothing for readiness and for
+	// whether a request may wait for a holder. It stays a holder to route
+	// to (its calls fail at once and go to a replica, and count toward its
+	// ejection), as gossip has the last word on death.
+	unreachable map[string]bool
 
 	// onChange, if set before run, is called after every rebuild with the
 	// addresses of all nodes of the model; it must not block.
@@ -50,6 +58,7 @@ func newClusterTopology(fingerprint string, gossip *cluster.Gossip) *clusterTopo
 		nodes:       map[string]cluster.NodeRecord{},
 		holders:     map[[2]int][]Endpoint{},
 		changed:     make(chan struct{}),
+		unreachable: map[string]bool{},
 	}
 }
 
@@ -74,18 +83,37 @@ func (t *clusterTopology) Version() int64 {
 	return t.placement.Version
 }
 
-// Complete reports whether every (expert, layer) of the model has a holder.
+// Complete reports whether every (expert, layer) of the model has a holder
+// whose connection is not known to be lost.
 func (t *clusterTopology) Complete(experts, layers int) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	reachable := func(ep Endpoint) bool { return !t.unreachable[ep.Addr] }
 	for e := range experts {
 		for l := range layers {
-			if len(t.holders[[2]int{e, l}]) == 0 {
+			if !slices.ContainsFunc(t.holders[[2]int{e, l}], reachable) {
 				return false
 			}
 		}
 	}
 	return true
+}
+
+// setReachable records that the dispatcher's connection to the node at
+// addr was lost (up false) or is ready (up true), and signals a change
+// when that changes what was known.
+func (t *clusterTopology) setReachable(addr string, up bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if up != t.unreachable[addr] {
+		return
+	}
+	if up {
+		delete(t.unreachable, addr)
+	} else {
+		t.unreachable[addr] = true
+	}
+	t.notifyLocked()
 }
 
 // errNoLeader and errNoCapacity say why a missing holder cannot come back.
@@ -166,11 +194,11 @@ func (t *clusterTopology) leaderLocked() bool {
 	return slices.ContainsFunc(t.candidates, func(id string) bool { return !t.gossip.Dead(id) })
 }
 
-// liveLocked reports whether node id is registered, not draining and not
-// declared dead by gossip.
+// liveLocked reports whether node id is registered, not draining, not
+// declared dead by gossip and not cut off from the dispatcher.
 func (t *clusterTopology) liveLocked(id string) bool {
 	rec, ok := t.nodes[id]
-	return ok && rec.State != cluster.StateDraining && !t.gossip.Dead(id)
+	return ok && rec.State != cluster.StateDraining && !t.gossip.Dead(id) && !t.unreachable[rec.GRPCAddr]
 }
 
 // run follows etcd and gossip until ctx is done.
@@ -210,6 +238,13 @@ func (t *clusterTopology) run(ctx context.Context, st *cluster.Store) {
 				if r.Model.Fingerprint == t.fingerprint {
 					t.nodes[r.ID] = r
 					addrs[r.GRPCAddr] = true
+				}
+			}
+			// The dispatcher closes its connections to addresses no node
+			// has any more, and their losses with them.
+			for a := range t.unreachable {
+				if !addrs[a] {
+					delete(t.unreachable, a)
 				}
 			}
 			t.rebuildLocked()
@@ -252,6 +287,11 @@ func (t *clusterTopology) rebuildLocked() {
 		}
 	}
 	t.holders = holders
+	t.notifyLocked()
+}
+
+// notifyLocked wakes everything waiting on Changed.
+func (t *clusterTopology) notifyLocked() {
 	close(t.changed)
 	t.changed = make(chan struct{})
 }
@@ -263,10 +303,11 @@ type replaceable interface {
 }
 
 // unreplaceable returns ErrNoLiveReplica naming the orphans of layer that
-// have no holder at all and cannot get one, and why; nil when every orphan
-// may still get a holder, or the topology cannot tell. Orphans whose holders
-// only failed this layer's calls are left to the wait: gossip or a new
-// placement settles them.
+// have no live holder (one the dispatcher can still reach) and cannot get
+// one, and why; nil when every orphan may still get a holder, or the
+// topology cannot tell. Orphans whose live holders only failed this
+// layer's calls are left to the wait: gossip or a new placement settles
+// them.
 func unreplaceable(topo Topology, layer int, batches []model.ExpertBatch, orphans []int) error {
 	r, ok := topo.(replaceable)
 	if !ok {
@@ -276,9 +317,6 @@ func unreplaceable(topo Topology, layer int, batches []model.ExpertBatch, orphan
 	var why []string
 	for _, bi := range orphans {
 		e := batches[bi].Expert
-		if len(topo.Holders(e, layer)) > 0 {
-			continue
-		}
 		if err := r.Replaceable(e, layer); err != nil {
 			experts = append(experts, e)
 			if !slices.Contains(why, err.Error()) {

@@ -14,9 +14,10 @@ import (
 
 // TestNoHolderPossibleFailsFast kills the only expert node while the
 // coordinator runs: with no live node to re-place its experts on, /readyz
-// turns false and gRPC health NOT_SERVING as soon as gossip declares it
-// dead, and a request arriving then fails UNAVAILABLE at once, naming the
-// experts and why, instead of waiting out --wait-for-holder.
+// turns false and gRPC health NOT_SERVING as soon as the router's
+// connection to it breaks (well before gossip declares it dead), and a
+// request arriving then fails UNAVAILABLE at once, naming the experts and
+// why, instead of waiting out --wait-for-holder.
 func TestNoHolderPossibleFailsFast(t *testing.T) {
 	const wait = 20 * time.Second
 	tc := startCluster(t, clusterOptions{nodes: 1, minReplicas: 1, childNodes: true, waitForHolder: wait})

@@ -169,17 +169,27 @@ func NewDispatcher(cfg DispatchConfig, topo Topology, hidden int, log *slog.Logg
 }
 
 // Close closes every connection, failing the calls in flight, and waits
-// for those Retain is still closing.
+// for those Retain is still closing. The connections close concurrently:
+// gRPC's Close waits up to 5 s for a GOAWAY to a node whose writes are
+// stuck, and one after another that would be 5 s for each such node.
 func (d *Dispatcher) Close() error {
 	d.mu.Lock()
 	conns := d.conns
 	d.conns = map[string]*hopConn{}
 	d.closed = true
 	d.mu.Unlock()
-	var errs []error
+	errs := make([]error, 0, len(conns))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
 	for _, c := range conns {
-		errs = append(errs, c.close())
+		wg.Go(func() {
+			err := c.close()
+			mu.Lock()
+			errs = append(errs, err)
+			mu.Unlock()
+		})
 	}
+	wg.Wait()
 	d.closing.Wait()
 	return errors.Join(errs...)
 }

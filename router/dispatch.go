@@ -241,14 +241,32 @@ func (d *Dispatcher) conn(ep Endpoint) (*hopConn, error) {
 		if c, err = dialHop(ep.Addr, d.cfg.TLS); err != nil {
 			return nil, err
 		}
-		if report := d.cfg.Reachable; report != nil {
-			addr := ep.Addr
-			c.spawn(func() { c.watch(func(up bool) { report(addr, up) }) })
-		}
+		c.spawn(func() { c.watch(d.connectivity(c)) })
 		d.conns[ep.Addr] = c
 	}
 	c.node = ep.NodeID
 	return c, nil
+}
+
+// connectivity returns what a connection's watch reports to: a log line
+// when its connection is lost and when it is back, and cfg.Reachable.
+func (d *Dispatcher) connectivity(c *hopConn) func(up bool) {
+	lost := false // owned by the watch goroutine
+	return func(up bool) {
+		d.mu.Lock()
+		node := c.node
+		d.mu.Unlock()
+		switch {
+		case !up:
+			lost = true
+			d.log.Warn("connection to expert node lost", "node", node, "addr", c.addr)
+		case lost:
+			d.log.Info("connection to expert node ready again", "node", node, "addr", c.addr)
+		}
+		if d.cfg.Reachable != nil {
+			d.cfg.Reachable(c.addr, up)
+		}
+	}
 }
 
 // roundCall is the part of a layer's work sent to one node in one round:

@@ -160,10 +160,11 @@ func dialHop(addr string, src *mtls.Source) (*hopConn, error) {
 
 // watch follows the channel's connectivity until the connection closes,
 // reporting an established connection lost (up false) at once and ready
-// again (up true). An idle channel is asked to connect, so that a lost
-// node is redialled without waiting for a call.
+// again (up true). A channel gone idle after a loss is asked to connect,
+// so that a lost node is redialled without waiting for a call; one never
+// connected is left to its first call.
 func (hc *hopConn) watch(report func(up bool)) {
-	up := false
+	up, connected := false, false
 	for {
 		s := hc.cc.GetState()
 		if s == connectivity.Shutdown {
@@ -171,9 +172,10 @@ func (hc *hopConn) watch(report func(up bool)) {
 		}
 		if ready := s == connectivity.Ready; ready != up {
 			up = ready
+			connected = connected || up
 			report(up)
 		}
-		if s == connectivity.Idle {
+		if s == connectivity.Idle && connected {
 			hc.cc.Connect()
 		}
 		if !hc.cc.WaitForStateChange(hc.ctx, s) {

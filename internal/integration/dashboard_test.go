@@ -40,9 +40,30 @@ func chromium(t *testing.T) string {
 // runChromium loads url in headless Chromium, lets the page run for a few
 // seconds of virtual time (its polls included), and returns the DOM it
 // serialised.
+//
+// Headless chromium now and then never finishes a page it renders in
+// seconds otherwise (a CI run saw a screenshot hang for its whole 90 s
+// after the same page's DOM had been dumped), so a run that times out is
+// tried once more, in a fresh profile.
 func runChromium(ctx context.Context, t *testing.T, browser, url string, extra ...string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	const attempts = 2
+	for attempt := 1; ; attempt++ {
+		out, timedOut, err := chromiumOnce(ctx, t, browser, url, extra)
+		if err == nil {
+			return out
+		}
+		if !timedOut || attempt == attempts {
+			t.Fatalf("chromium: %v", err)
+		}
+		t.Logf("chromium timed out (attempt %d of %d), trying again: %v", attempt, attempts, err)
+	}
+}
+
+// chromiumOnce runs chromium once, for at most 45 s, and returns what it
+// printed, or whether it ran out of time and its error.
+func chromiumOnce(ctx context.Context, t *testing.T, browser, url string, extra []string) (string, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, 45*time.Second)
 	defer cancel()
 	args := append([]string{
 		"--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -54,9 +75,9 @@ func runChromium(ctx context.Context, t *testing.T, browser, url string, extra .
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		t.Fatalf("chromium %v: %v\n%s", args, err, stderr.String())
+		return "", ctx.Err() != nil, fmt.Errorf("%v: %w\n%s", args, err, stderr.String())
 	}
-	return stdout.String()
+	return stdout.String(), false, nil
 }
 
 var (

@@ -464,19 +464,10 @@
 	VMULPS       Y9, Y12, Y12 \
 	VADDPS       Y12, acc, acc
 
-// Q4KROWS is the body of int8Q4KRows and its VNNI twin, M the madd macro.
-#define Q4KROWS(M) \
-	MOVQ out+0(FP), R10 \
-	MOVQ w+8(FP), R9 \
-	MOVQ rows+16(FP), R11 \
-	KSETUP \
-q4krows: \
-	ROWSARGS \
-	VXORPS Y0, Y0, Y0 \
-	VXORPS Y4, Y4, Y4 \
-q4kblocks: \
-	PREFETCH3(R9) \
-	KUNPACK(R9) \
+// K4SB and K5SB add a Q4_K or Q5_K super-block at R9 times the
+// activations at (SI) to Y13, zeroed first, broadcasting its scales as
+// they go: the inner step of KRUNS.
+#define K4SB(M) \
 	VPXOR   Y13, Y13, Y13 \
 	KBCAST(0) \
 	K4PAIR(M, SI, 0, Y1, Y2) \
@@ -485,63 +476,9 @@ q4kblocks: \
 	KBCAST(2) \
 	K4PAIR(M, SI, 2, Y1, Y2) \
 	KBCAST(3) \
-	K4PAIR(M, SI, 3, Y1, Y2) \
-	KFINISH((DX), (BX), Y0, Y4) \
-	ADDQ $256, SI \
-	ADDQ $4, DX \
-	ADDQ $32, BX \
-	ADDQ $144, R9 \
-	DECQ CX \
-	JNZ  q4kblocks \
-	KROWSEND(q4krows) \
-	VZEROUPPER \
-	RET
+	K4PAIR(M, SI, 3, Y1, Y2)
 
-// Q4KROW4 is the body of int8Q4KRow4 and its VNNI twin, M the madd macro.
-#define Q4KROW4(M) \
-	KROW4ARGS \
-	KSETUP \
-q4kr4: \
-	PREFETCH3(R9) \
-	KUNPACK(R9) \
-	KSPREAD \
-	MOVQ SI, AX \
-	MOVQ DX, DI \
-	MOVQ R12, R8 \
-	K4ROW(M, AX) \
-	KFINISH((DI), (R8), Y0, Y4) \
-	KROW4 \
-	K4ROW(M, AX) \
-	KFINISH((DI), (R8), Y1, Y5) \
-	KROW4 \
-	K4ROW(M, AX) \
-	KFINISH((DI), (R8), Y2, Y6) \
-	KROW4 \
-	K4ROW(M, AX) \
-	KFINISH((DI), (R8), Y3, Y7) \
-	ADDQ $256, SI \
-	ADDQ $4, DX \
-	ADDQ $32, R12 \
-	ADDQ $144, R9 \
-	DECQ CX \
-	JNZ  q4kr4 \
-	KSTORE \
-	VZEROUPPER \
-	RET
-
-// Q5KROWS is the body of int8Q5KRows and its VNNI twin, M the madd macro.
-#define Q5KROWS(M) \
-	MOVQ out+0(FP), R10 \
-	MOVQ w+8(FP), R9 \
-	MOVQ rows+16(FP), R11 \
-	KSETUP \
-q5krows: \
-	ROWSARGS \
-	VXORPS Y0, Y0, Y0 \
-	VXORPS Y4, Y4, Y4 \
-q5kblocks: \
-	PREFETCH3(R9) \
-	KUNPACK(R9) \
+#define K5SB(M) \
 	VPXOR   Y13, Y13, Y13 \
 	KBCAST(0) \
 	K5PAIR(M, SI, 0, VPSLLW, 4, VPSLLW, 3, Y1, Y2) \
@@ -550,46 +487,65 @@ q5kblocks: \
 	KBCAST(2) \
 	K5PAIR(M, SI, 2, VPSRLW, 0, VPSRLW, 1, Y1, Y2) \
 	KBCAST(3) \
-	K5PAIR(M, SI, 3, VPSRLW, 2, VPSRLW, 3, Y1, Y2) \
+	K5PAIR(M, SI, 3, VPSRLW, 2, VPSRLW, 3, Y1, Y2)
+
+// KRUNS is the body of the Q4_K and Q5_K Rows kernels and their VNNI
+// twins: M the madd macro, SB the super-block step (K4SB or K5SB), bytes
+// the super-block's size.
+#define KRUNS(M, SB, bytes) \
+	MOVQ out+0(FP), R10 \
+	MOVQ w+8(FP), R9 \
+	MOVQ rows+16(FP), R11 \
+	KSETUP \
+krows: \
+	ROWSARGS \
+	VXORPS Y0, Y0, Y0 \
+	VXORPS Y4, Y4, Y4 \
+kblocks: \
+	PREFETCH3(R9) \
+	KUNPACK(R9) \
+	SB(M) \
 	KFINISH((DX), (BX), Y0, Y4) \
 	ADDQ $256, SI \
 	ADDQ $4, DX \
 	ADDQ $32, BX \
-	ADDQ $176, R9 \
+	ADDQ $bytes, R9 \
 	DECQ CX \
-	JNZ  q5kblocks \
-	KROWSEND(q5krows) \
+	JNZ  kblocks \
+	KROWSEND(krows) \
 	VZEROUPPER \
 	RET
 
-// Q5KROW4 is the body of int8Q5KRow4 and its VNNI twin, M the madd macro.
-#define Q5KROW4(M) \
+// KFOURS is the body of the Q4_K and Q5_K Row4 kernels and their VNNI
+// twins: M the madd macro, ROW the super-block of one activation row
+// (K4ROW or K5ROW), bytes the super-block's size.
+#define KFOURS(M, ROW, bytes) \
 	KROW4ARGS \
 	KSETUP \
-q5kr4: \
+kr4: \
 	PREFETCH3(R9) \
 	KUNPACK(R9) \
 	KSPREAD \
 	MOVQ SI, AX \
 	MOVQ DX, DI \
 	MOVQ R12, R8 \
-	K5ROW(M, AX) \
+	ROW(M, AX) \
 	KFINISH((DI), (R8), Y0, Y4) \
 	KROW4 \
-	K5ROW(M, AX) \
+	ROW(M, AX) \
 	KFINISH((DI), (R8), Y1, Y5) \
 	KROW4 \
-	K5ROW(M, AX) \
+	ROW(M, AX) \
 	KFINISH((DI), (R8), Y2, Y6) \
 	KROW4 \
-	K5ROW(M, AX) \
+	ROW(M, AX) \
 	KFINISH((DI), (R8), Y3, Y7) \
 	ADDQ $256, SI \
 	ADDQ $4, DX \
 	ADDQ $32, R12 \
-	ADDQ $176, R9 \
+	ADDQ $bytes, R9 \
 	DECQ CX \
-	JNZ  q5kr4 \
+	JNZ  kr4 \
 	KSTORE \
 	VZEROUPPER \
 	RET
@@ -732,38 +688,38 @@ q80r4:
 // KUNPACK's scales (304-319) and d and dmin (288-295); Row4 spreads the
 // scales to 0-255.
 TEXT ·int8Q4KRows(SB), NOSPLIT, $320-56
-	Q4KROWS(KMADD)
+	KRUNS(KMADD, K4SB, 144)
 
 // int8Q4KRowsVNNI is int8Q4KRows with VPDPWSSD.
 TEXT ·int8Q4KRowsVNNI(SB), NOSPLIT, $320-56
-	Q4KROWS(KMADDV)
+	KRUNS(KMADDV, K4SB, 144)
 
 // func int8Q4KRow4(out *[4]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds, ss int)
 // out[t] = the product with activation row t.
 TEXT ·int8Q4KRow4(SB), NOSPLIT, $320-72
-	Q4KROW4(KMADD)
+	KFOURS(KMADD, K4ROW, 144)
 
 // int8Q4KRow4VNNI is int8Q4KRow4 with VPDPWSSD.
 TEXT ·int8Q4KRow4VNNI(SB), NOSPLIT, $320-72
-	Q4KROW4(KMADDV)
+	KFOURS(KMADDV, K4ROW, 144)
 
 // func int8Q5KRows(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
 // As int8Q4KRows, for Q5_K: the fifth bit of block j's values is bit j
 // of the 32 bytes at 16.
 TEXT ·int8Q5KRows(SB), NOSPLIT, $320-56
-	Q5KROWS(KMADD)
+	KRUNS(KMADD, K5SB, 176)
 
 // int8Q5KRowsVNNI is int8Q5KRows with VPDPWSSD.
 TEXT ·int8Q5KRowsVNNI(SB), NOSPLIT, $320-56
-	Q5KROWS(KMADDV)
+	KRUNS(KMADDV, K5SB, 176)
 
 // func int8Q5KRow4(out *[4]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds, ss int)
 TEXT ·int8Q5KRow4(SB), NOSPLIT, $320-72
-	Q5KROW4(KMADD)
+	KFOURS(KMADD, K5ROW, 176)
 
 // int8Q5KRow4VNNI is int8Q5KRow4 with VPDPWSSD.
 TEXT ·int8Q5KRow4VNNI(SB), NOSPLIT, $320-72
-	Q5KROW4(KMADDV)
+	KFOURS(KMADDV, K5ROW, 176)
 
 // q6kScales holds, for 32-value block b of a Q6_K super-block, the
 // VPSHUFB control that spreads its sub-block scales 2b and 2b+1 over

@@ -83,29 +83,38 @@ func MatMuls(x []float32, rows int, ps ...Product) {
 			}
 		}
 	}
-	// In the int8 mode they are quantized once likewise, for each
-	// activation block the products take.
-	var xa [2]*int8Act
+	// In the int8 mode they are quantized once likewise, once for each
+	// activation block the products take: xa[i] is product i's, nil where
+	// it takes float32 inputs.
+	var xa []*int8Act
 	if compute == ComputeInt8 && cols%int8Block == 0 {
-		for _, p := range ps {
-			if iw, ok := p.W.(int8Input); ok {
-				i := int8ActIndex(iw)
-				if xa[i] == nil && cols%iw.int8ActBlock() == 0 {
-					xa[i] = quantizeInt8(x[:rows*cols], iw.int8ActBlock())
-					defer putInt8(xa[i])
+		xa = make([]*int8Act, len(ps))
+		for i, p := range ps {
+			iw, ok := p.W.(int8Input)
+			if !ok || cols%iw.int8ActBlock() != 0 {
+				continue
+			}
+			for _, a := range xa[:i] {
+				if a != nil && a.block == iw.int8ActBlock() {
+					xa[i] = a
+					break
 				}
+			}
+			if xa[i] == nil {
+				xa[i] = quantizeInt8(x[:rows*cols], iw.int8ActBlock())
+				defer putInt8(xa[i])
 			}
 		}
 	}
 	For(total, grain, func(lo, hi int) {
 		base := 0
-		for _, p := range ps {
+		for i, p := range ps {
 			m := p.W.Rows()
 			if a, b := max(lo-base, 0), min(hi-base, m); a < b {
 				if bw, ok := p.W.(bf16Input); ok && xb != nil {
 					bw.mulRowsBF16(p.Out, xb, rows, a, b)
-				} else if iw, ok := p.W.(int8Input); ok && xa[int8ActIndex(iw)] != nil {
-					iw.mulRowsInt8(p.Out, xa[int8ActIndex(iw)], cols, rows, a, b)
+				} else if xa != nil && xa[i] != nil {
+					p.W.(int8Input).mulRowsInt8(p.Out, xa[i], cols, rows, a, b)
 				} else {
 					p.W.MulRows(p.Out, x, rows, a, b)
 				}

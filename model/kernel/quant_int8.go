@@ -68,11 +68,11 @@ func quantizeInt8(x []float32, block int) *int8Act {
 		xs := x[b*block : (b+1)*block]
 		q := a.q[b*block : (b+1)*block]
 		sum := a.sum[b*block/int8Block : (b+1)*block/int8Block]
+		clear(sum)
 		_, amax := maxAbs(xs)
 		// maxAbs passes over a NaN, so it is looked for on its own.
 		if math.IsInf(float64(amax), 0) || hasNaN(xs) {
 			clear(q)
-			clear(sum)
 			a.d[b] = float32(math.NaN())
 			continue
 		}
@@ -80,12 +80,10 @@ func quantizeInt8(x []float32, block int) *int8Act {
 		// A scale too small to invert (or zero) leaves the block zero.
 		if d < 0x1p-120 {
 			clear(q)
-			clear(sum)
 			a.d[b] = 0
 			continue
 		}
 		id := 1 / d
-		clear(sum)
 		for i, v := range xs {
 			n := int32(max(-127, min(127, nearestInt(float32(v*id)))))
 			q[i] = int8(n)
@@ -283,12 +281,4 @@ func dotQ6KInt8(row []byte, q []int8, d []float32, _ []int32) float32 {
 		addLanes(&acc, &p, halfAt(blk[208:])*d[sb])
 	}
 	return reduce8(&acc)
-}
-
-// int8ActIndex numbers the two activation blocks for MatMuls.
-func int8ActIndex(w int8Input) int {
-	if w.int8ActBlock() == int8Block {
-		return 0
-	}
-	return 1
 }

@@ -127,6 +127,20 @@ func (fc *failCluster) register(t *testing.T, n *expertNode, capacity int64, loa
 	return reg
 }
 
+// leadAndPlace campaigns as the coordinator, places every expert on n
+// and registers n with 1 MiB of capacity and every shard loaded: n is the
+// sole holder of everything.
+func (fc *failCluster) leadAndPlace(ctx context.Context, t *testing.T, n *expertNode) *cluster.Registration {
+	t.Helper()
+	if err := fc.election.Campaign(ctx, "coordinator-test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := fc.place(ctx, 1, n.id); err != nil {
+		t.Fatal(err)
+	}
+	return fc.register(t, n, 1<<20, fc.everyShard()...)
+}
+
 // place writes a placement of every expert, all layers, on node, as the
 // leader the test campaigned for.
 func (fc *failCluster) place(ctx context.Context, version int64, node string) error {
@@ -208,13 +222,7 @@ func TestNoHolderPossibleFailsFast(t *testing.T) {
 			fc := startFailCluster(t)
 			a, b := startExpertNode(t, "a"), startExpertNode(t, "b")
 			ctx := testContext(t)
-			if err := fc.election.Campaign(ctx, "coordinator-test"); err != nil {
-				t.Fatal(err)
-			}
-			if err := fc.place(ctx, 1, "a"); err != nil {
-				t.Fatal(err)
-			}
-			regA := fc.register(t, a, 1<<20, fc.everyShard()...)
+			regA := fc.leadAndPlace(ctx, t, a)
 			fc.register(t, b, tc.spare)
 			if !tc.leader {
 				if err := fc.election.Resign(ctx); err != nil {
@@ -279,13 +287,7 @@ func TestNoHolderWaitsForReplacement(t *testing.T) {
 			fc := startFailCluster(t)
 			a, b := startExpertNode(t, "a"), startExpertNode(t, "b")
 			ctx := testContext(t)
-			if err := fc.election.Campaign(ctx, "coordinator-test"); err != nil {
-				t.Fatal(err)
-			}
-			if err := fc.place(ctx, 1, "a"); err != nil {
-				t.Fatal(err)
-			}
-			regA := fc.register(t, a, 1<<20, fc.everyShard()...)
+			regA := fc.leadAndPlace(ctx, t, a)
 			regB := fc.register(t, b, 1<<20)
 			fc.waitLeader(t, true)
 			fc.waitReady(t, true)
@@ -347,13 +349,7 @@ func TestNoHolderEtcdUnreachableWaits(t *testing.T) {
 	fc := startFailCluster(t)
 	a := startExpertNode(t, "a")
 	ctx := testContext(t)
-	if err := fc.election.Campaign(ctx, "coordinator-test"); err != nil {
-		t.Fatal(err)
-	}
-	if err := fc.place(ctx, 1, "a"); err != nil {
-		t.Fatal(err)
-	}
-	regA := fc.register(t, a, 1<<20, fc.everyShard()...)
+	regA := fc.leadAndPlace(ctx, t, a)
 	if err := fc.election.Resign(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -401,13 +397,7 @@ func TestLostHolderUnready(t *testing.T) {
 	fc := startFailCluster(t)
 	a := startExpertNode(t, "a")
 	ctx := testContext(t)
-	if err := fc.election.Campaign(ctx, "coordinator-test"); err != nil {
-		t.Fatal(err)
-	}
-	if err := fc.place(ctx, 1, "a"); err != nil {
-		t.Fatal(err)
-	}
-	fc.register(t, a, 1<<20, fc.everyShard()...)
+	fc.leadAndPlace(ctx, t, a)
 	fc.waitReady(t, true)
 	d := newTestDispatcher(t, DispatchConfig{Reachable: fc.topo.setReachable}, fc.topo)
 	if err := d.Forward(ctx, 0, expertBatches(1, []int{2, 5}, []int{2, 1})); err != nil {

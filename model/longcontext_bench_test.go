@@ -11,8 +11,8 @@ import (
 
 // BenchmarkLongContextStep times the steps a long prompt's prefill adds to
 // decoding streams (issue 10): decoders alone, and decoders beside one
-// prompt token after 29 000 cached positions, on MOEGRID_BENCH_MODEL or
-// the tiny preset. cpu-ms is the process's CPU time per step, which a
+// prompt token after 29 000 cached positions, through all layers or one,
+// on MOEGRID_BENCH_MODEL or the tiny preset. cpu-ms is the process's CPU time per step, which a
 // shared machine's other load moves less than the wall time.
 func BenchmarkLongContextStep(b *testing.B) {
 	m, ex := benchModel(b)
@@ -29,21 +29,33 @@ func BenchmarkLongContextStep(b *testing.B) {
 			}
 			inputs[i].Tokens = []int{415 + i}
 		}
-		for _, withLong := range []bool{false, true} {
+		// The long token through every layer, and through one, as the
+		// scheduler splits it where one whole token outweighs its share.
+		for _, longLayers := range []int{-1, 0, 1} {
 			name := fmt.Sprintf("decoders=%d", decoders)
 			step := inputs
-			if withLong {
+			switch longLayers {
+			case 0:
 				name += "+long"
-				step = append(inputs[:decoders:decoders], model.Input{Cache: long, Tokens: []int{700}})
+			case 1:
+				name += "+long-1-layer"
+			}
+			if longLayers >= 0 {
+				step = append(inputs[:decoders:decoders], model.Input{Cache: long, Tokens: []int{700}, Layers: longLayers})
 			}
 			b.Run(name, func(b *testing.B) {
 				start := cpuTime(b)
 				for b.Loop() {
-					if _, err := m.Forward(ctx, ex, step); err != nil {
+					res, err := m.Forward(ctx, ex, step)
+					if err != nil {
 						b.Fatal(err)
 					}
-					for _, in := range step {
-						in.Cache.Truncate(in.Cache.Len() - len(in.Tokens))
+					for i, in := range step {
+						n := len(in.Tokens)
+						if res.Partials[i] != nil {
+							n = 0
+						}
+						in.Cache.Truncate(in.Cache.Len() - n)
 					}
 				}
 				b.ReportMetric((cpuTime(b)-start).Seconds()*1e3/float64(b.N), "cpu-ms")

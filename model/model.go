@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 
 	"github.com/moegrid/moegrid/model/kernel"
 	"github.com/moegrid/moegrid/model/safetensors"
@@ -96,6 +97,10 @@ type Cache struct {
 	keys, values [][]float32 // [layer][pos·kvDim]
 	n            int
 	kvDim        int
+	// pending is the Partial a step left this sequence's tokens in: their
+	// keys and values are in the layers before pending.layer, and only a
+	// step that resumes it may use the cache.
+	pending *Partial
 }
 
 // NewCache returns an empty cache for a sequence.
@@ -108,14 +113,15 @@ func (m *Model) NewCache() *Cache {
 }
 
 // Len is the number of tokens cached, which is also the position of the next
-// token.
+// token. Tokens a Partial holds are not counted until they leave the last
+// layer.
 func (c *Cache) Len() int { return c.n }
 
 // Bytes is the memory the cache holds.
 func (c *Cache) Bytes() int64 { return int64(len(c.keys)) * 2 * int64(c.n*c.kvDim) * 4 }
 
 // Truncate drops every token from position n on, and whatever a failed
-// step left past it.
+// step or a pending Partial left past it.
 func (c *Cache) Truncate(n int) {
 	n = min(n, c.n)
 	for l := range c.keys {
@@ -123,16 +129,67 @@ func (c *Cache) Truncate(n int) {
 		c.values[l] = c.values[l][:n*c.kvDim]
 	}
 	c.n = n
+	c.pending = nil
 }
 
+// cacheMark is what a cache held before a step, for undoing a failed one.
+type cacheMark struct {
+	lens    []int // len(keys[l]) = len(values[l])
+	pending *Partial
+}
+
+func (c *Cache) mark() cacheMark {
+	lens := make([]int, len(c.keys))
+	for l, k := range c.keys {
+		lens[l] = len(k)
+	}
+	return cacheMark{lens: lens, pending: c.pending}
+}
+
+func (c *Cache) restore(m cacheMark) {
+	for l, n := range m.lens {
+		c.keys[l] = c.keys[l][:n]
+		c.values[l] = c.values[l][:n]
+	}
+	c.pending = m.pending
+}
+
+// Partial is the state of tokens a step ran through only some of the
+// layers (Input.Layers): their hidden states before the next layer. A later
+// step continues them (Input.Resume) where they stopped.
+type Partial struct {
+	cache     *Cache
+	tokens    []int
+	allLogits bool
+	layer     int       // the next layer to run
+	x         []float32 // hidden states [len(tokens), H]; never written once made
+}
+
+// Layer is the first layer the tokens have still to go through.
+func (p *Partial) Layer() int { return p.layer }
+
+// Tokens is the number of tokens the partial holds.
+func (p *Partial) Tokens() int { return len(p.tokens) }
+
 // Input is one sequence's part of a Forward step: new tokens that continue
-// the sequence whose cache is given.
+// the sequence whose cache is given, or the tokens of a Partial.
 type Input struct {
 	Cache  *Cache
 	Tokens []int
 	// AllLogits asks for the logits after every token instead of only after
 	// the last.
 	AllLogits bool
+	// Layers, if positive, runs the tokens through at most that many layers
+	// in this step. Where they stop before the last, the Result holds a
+	// Partial for the input instead of logits, and the cache takes no
+	// other tokens until a step resumes it. One prompt token's attention
+	// over a long context can outweigh a whole step of decoding; a
+	// scheduler spreads it over steps this way.
+	Layers int
+	// Resume, if not nil, continues the tokens of the Partial the cache's
+	// last step left, from the layer they stopped at; Tokens and AllLogits
+	// must then be empty, the partial's own apply.
+	Resume *Partial
 }
 
 // Route is the gate's choice for one token in one layer: the experts in
@@ -145,10 +202,15 @@ type Route struct {
 // Result is the outcome of a Forward step.
 type Result struct {
 	// Logits[i] is [n, vocab] for Inputs[i]: n = len(Tokens) with
-	// AllLogits, else 1 (the last token).
+	// AllLogits, else 1 (the last token); nil where the tokens stopped
+	// before the last layer.
 	Logits [][]float32
+	// Partials[i] holds the tokens of Inputs[i] where they stopped before
+	// the last layer; nil where they went through all of them.
+	Partials []*Partial
 	// Routes[layer][row] is the route of every token of the step, rows
-	// numbered through the inputs in order.
+	// numbered through the inputs in order; a zero Route where the token
+	// did not run that layer in this step.
 	Routes [][]Route
 }
 
@@ -158,24 +220,31 @@ type rowInfo struct {
 	pos   int
 }
 
+// span is the layers [from, to) one input's tokens run in a step.
+type span struct{ from, to int }
+
 // Forward runs one step of the decoder over the new tokens of every input,
 // appending their keys and values to the inputs' caches, calling experts
-// once per layer with every expert the step's tokens chose. If it fails, every
-// cache is left as it was.
+// once per layer with every expert the step's tokens chose there. If it
+// fails, every cache is left as it was.
 func (m *Model) Forward(ctx context.Context, experts Experts, inputs []Input) (*Result, error) {
 	cfg := &m.Config
+	L := cfg.NumHiddenLayers
 	var rows []rowInfo
+	spans := make([]span, len(inputs))
 	for i, in := range inputs {
-		if len(in.Tokens) == 0 {
-			return nil, fmt.Errorf("%w: input %d has no tokens", ErrInput, i)
+		if err := m.checkInput(i, in); err != nil {
+			return nil, err
 		}
-		if end := in.Cache.Len() + len(in.Tokens); end > cfg.MaxPositionEmbeddings {
-			return nil, fmt.Errorf("%w: input %d reaches position %d, past max_position_embeddings %d", ErrInput, i, end, cfg.MaxPositionEmbeddings)
+		tokens, from := in.Tokens, 0
+		if in.Resume != nil {
+			tokens, from = in.Resume.tokens, in.Resume.layer
 		}
-		for j, id := range in.Tokens {
-			if id < 0 || id >= cfg.VocabSize {
-				return nil, fmt.Errorf("%w: input %d: token id %d outside the vocabulary [0, %d)", ErrInput, i, id, cfg.VocabSize)
-			}
+		spans[i] = span{from, L}
+		if in.Layers > 0 {
+			spans[i].to = min(L, from+in.Layers)
+		}
+		for j := range tokens {
 			rows = append(rows, rowInfo{cache: in.Cache, pos: in.Cache.Len() + j})
 		}
 	}
@@ -186,33 +255,74 @@ func (m *Model) Forward(ctx context.Context, experts Experts, inputs []Input) (*
 			}
 		}
 	}
-	saved := make([]int, len(inputs))
+	marks := make([]cacheMark, len(inputs))
 	for i, in := range inputs {
-		saved[i] = in.Cache.Len()
+		marks[i] = in.Cache.mark()
 	}
-	res, err := m.forward(ctx, experts, inputs, rows)
+	res, err := m.forward(ctx, experts, inputs, spans, rows)
 	if err != nil {
 		for i, in := range inputs {
-			in.Cache.Truncate(saved[i])
+			in.Cache.restore(marks[i])
 		}
 		return nil, err
 	}
 	return res, nil
 }
 
-func (m *Model) forward(ctx context.Context, experts Experts, inputs []Input, rows []rowInfo) (*Result, error) {
+// checkInput reports what is wrong with inputs[i], if anything.
+func (m *Model) checkInput(i int, in Input) error {
+	cfg := &m.Config
+	if in.Layers < 0 {
+		return fmt.Errorf("%w: input %d asks for %d layers", ErrInput, i, in.Layers)
+	}
+	if in.Resume != nil {
+		switch {
+		case len(in.Tokens) > 0 || in.AllLogits:
+			return fmt.Errorf("%w: input %d resumes a partial and brings tokens or AllLogits of its own", ErrInput, i)
+		case in.Resume.cache != in.Cache || in.Cache.pending != in.Resume:
+			return fmt.Errorf("%w: input %d resumes a partial its cache's last step did not leave", ErrInput, i)
+		}
+		return nil
+	}
+	if in.Cache.pending != nil {
+		return fmt.Errorf("%w: input %d brings tokens to a cache whose partial (%d tokens, from layer %d) was not resumed", ErrInput, i, len(in.Cache.pending.tokens), in.Cache.pending.layer)
+	}
+	if len(in.Tokens) == 0 {
+		return fmt.Errorf("%w: input %d has no tokens", ErrInput, i)
+	}
+	if end := in.Cache.Len() + len(in.Tokens); end > cfg.MaxPositionEmbeddings {
+		return fmt.Errorf("%w: input %d reaches position %d, past max_position_embeddings %d", ErrInput, i, end, cfg.MaxPositionEmbeddings)
+	}
+	for _, id := range in.Tokens {
+		if id < 0 || id >= cfg.VocabSize {
+			return fmt.Errorf("%w: input %d: token id %d outside the vocabulary [0, %d)", ErrInput, i, id, cfg.VocabSize)
+		}
+	}
+	return nil
+}
+
+func (m *Model) forward(ctx context.Context, experts Experts, inputs []Input, spans []span, rows []rowInfo) (*Result, error) {
 	cfg := &m.Config
 	H, R := cfg.HiddenSize, len(rows)
 	d := cfg.HeadDim()
 
+	// first[i] is the first row of inputs[i]; first[len(inputs)] = R.
+	first := make([]int, len(inputs)+1)
 	x := make([]float32, R*H)
 	r := 0
-	for _, in := range inputs {
+	for i, in := range inputs {
+		first[i] = r
+		if p := in.Resume; p != nil {
+			copy(x[r*H:], p.x)
+			r += len(p.tokens)
+			continue
+		}
 		for _, id := range in.Tokens {
 			m.Embed.Row(x[r*H:(r+1)*H], id)
 			r++
 		}
 	}
+	first[len(inputs)] = R
 	cos := make([]float32, R*d/2)
 	sin := make([]float32, R*d/2)
 	for r, ri := range rows {
@@ -225,34 +335,88 @@ func (m *Model) forward(ctx context.Context, experts Experts, inputs []Input, ro
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		m.attention(l, x, rows, cos, sin, s)
-		routes, err := m.moe(ctx, experts, l, x, s)
+		var active []int // the rows that run layer l, where not all do
+		for i, sp := range spans {
+			if sp.from <= l && l < sp.to {
+				for r := first[i]; r < first[i+1]; r++ {
+					active = append(active, r)
+				}
+			}
+		}
+		if len(active) == 0 {
+			res.Routes[l] = make([]Route, R)
+			continue
+		}
+		if len(active) == R {
+			m.attention(l, x, rows, cos, sin, s)
+			routes, err := m.moe(ctx, experts, l, x, s)
+			if err != nil {
+				return nil, err
+			}
+			res.Routes[l] = routes
+			continue
+		}
+		sub := gatherRows(active, x, rows, cos, sin, H, d/2)
+		m.attention(l, sub.x, sub.rows, sub.cos, sub.sin, s.view(cfg, len(active)))
+		routes, err := m.moe(ctx, experts, l, sub.x, s.view(cfg, len(active)))
 		if err != nil {
 			return nil, err
 		}
-		res.Routes[l] = routes
-	}
-	for _, ri := range rows {
-		if ri.pos+1 > ri.cache.n {
-			ri.cache.n = ri.pos + 1
+		res.Routes[l] = make([]Route, R)
+		for j, r := range active {
+			copy(x[r*H:(r+1)*H], sub.x[j*H:(j+1)*H])
+			res.Routes[l][r] = routes[j]
 		}
 	}
 
-	// Logits only for the rows that asked for them.
-	r = 0
-	for _, in := range inputs {
-		first, n := r, len(in.Tokens)
-		if !in.AllLogits {
-			first, n = r+len(in.Tokens)-1, 1
+	// Logits only for the rows that asked for them, of the inputs that went
+	// through every layer; the others are left pending.
+	res.Logits = make([][]float32, len(inputs))
+	res.Partials = make([]*Partial, len(inputs))
+	for i, in := range inputs {
+		r0, n := first[i], first[i+1]-first[i]
+		tokens, allLogits := in.Tokens, in.AllLogits
+		if p := in.Resume; p != nil {
+			tokens, allLogits = p.tokens, p.allLogits
+		}
+		if spans[i].to < cfg.NumHiddenLayers {
+			p := &Partial{cache: in.Cache, tokens: tokens, allLogits: allLogits, layer: spans[i].to, x: slices.Clone(x[r0*H : (r0+n)*H])}
+			in.Cache.pending = p
+			res.Partials[i] = p
+			continue
+		}
+		in.Cache.pending = nil
+		in.Cache.n = rows[r0].pos + n
+		if !allLogits {
+			r0, n = r0+n-1, 1
 		}
 		h := make([]float32, n*H)
-		kernel.RMSNorm(h, x[first*H:(first+n)*H], m.Norm, cfg.RMSNormEps)
+		kernel.RMSNorm(h, x[r0*H:(r0+n)*H], m.Norm, cfg.RMSNormEps)
 		logits := make([]float32, n*cfg.VocabSize)
 		kernel.MatMul(logits, h, n, m.LMHead)
-		res.Logits = append(res.Logits, logits)
-		r += len(in.Tokens)
+		res.Logits[i] = logits
 	}
 	return res, nil
+}
+
+// subBatch is the rows of a step that run one layer, gathered.
+type subBatch struct {
+	x, cos, sin []float32
+	rows        []rowInfo
+}
+
+// gatherRows copies the hidden states, rotary angles (half of them, in
+// each of cos and sin) and places of the rows given.
+func gatherRows(rowsOf []int, x []float32, rows []rowInfo, cos, sin []float32, H, half int) subBatch {
+	n := len(rowsOf)
+	sub := subBatch{x: make([]float32, n*H), cos: make([]float32, n*half), sin: make([]float32, n*half), rows: make([]rowInfo, n)}
+	for j, r := range rowsOf {
+		copy(sub.x[j*H:(j+1)*H], x[r*H:(r+1)*H])
+		copy(sub.cos[j*half:(j+1)*half], cos[r*half:(r+1)*half])
+		copy(sub.sin[j*half:(j+1)*half], sin[r*half:(r+1)*half])
+		sub.rows[j] = rows[r]
+	}
+	return sub
 }
 
 // scratch holds a step's temporary activations.
@@ -270,6 +434,12 @@ func newScratch(cfg *Config, R int) *scratch {
 		attn: make([]float32, R*cfg.QDim()),
 		o:    make([]float32, R*H),
 	}
+}
+
+// view is the scratch of the first R rows.
+func (s *scratch) view(cfg *Config, R int) *scratch {
+	H, q, kv := cfg.HiddenSize, cfg.QDim(), cfg.KVDim()
+	return &scratch{h: s.h[:R*H], q: s.q[:R*q], k: s.k[:R*kv], v: s.v[:R*kv], attn: s.attn[:R*q], o: s.o[:R*H]}
 }
 
 // attention: x += o_proj(Attn(input_layernorm(x))) for layer l, appending

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/moegrid/moegrid/model"
 )
 
@@ -202,12 +204,13 @@ func TestSchedulerLongPromptFair(t *testing.T) {
 	t.Logf("%d-token prompt over %d steps, chunks %d → %d tokens, worst step %.2f× the decode-only work", long, len(chunks), chunks[0], chunks[len(chunks)-2], worst)
 }
 
-// Where one prompt token costs more than a step's share (here a share of
-// 0.01, which every token of the tiny model passes two- to threefold),
-// the prompt advances by none on most steps, banking the share, and by one
-// token on the step its bank covers the token: it still completes, no step
-// carries more than that one token beyond the budget, and over the prefill
-// the prompt takes its share of the work within one token's excess.
+// Where one layer of one prompt token costs more than a step's share (here
+// a share of 0.01, which every token-layer of the tiny model passes), the
+// prompt advances by none on most steps, banking the share, and by one
+// layer of one token on the step its bank covers it: it still completes,
+// no step carries more than that one token-layer beyond the budget, and
+// over the prefill the prompt takes its share of the work within one
+// token-layer's excess.
 func TestSchedulerLongPromptBanks(t *testing.T) {
 	cfg := DefaultSchedulerConfig()
 	cfg.PrefillShare = 0.01
@@ -220,23 +223,23 @@ func TestSchedulerLongPromptBanks(t *testing.T) {
 		credit += w.banked - w.spent
 		worstSpent = max(worstSpent, w.spent)
 		switch {
-		case w.banked > 0 && (w.prefillTokens != 0 || w.spent != 0):
-			t.Errorf("step %d banked %v but carried %d prompt tokens (spent %v)", i, w.banked, w.prefillTokens, w.spent)
-		case w.spent > 0 && w.prefillTokens != 1:
-			t.Errorf("step %d spent the bank on %d prompt tokens, want 1", i, w.prefillTokens)
+		case w.banked > 0 && (w.prefillTokens != 0 || w.pieceLayers != 0 || w.spent != 0):
+			t.Errorf("step %d banked %v but carried %d prompt tokens, %d token-layers (spent %v)", i, w.banked, w.prefillTokens, w.pieceLayers, w.spent)
+		case w.spent > 0 && w.pieceLayers != 1:
+			t.Errorf("step %d spent the bank on %d token-layers, want one token through one layer", i, w.pieceLayers)
 		case w.prefillWork > w.prefillBudget+w.spent:
 			t.Errorf("step %d: prompt work %v over the budget %v and what it spent %v", i, w.prefillWork, w.prefillBudget, w.spent)
 		case w.spent > 0:
 			over++
-		case w.prefillTokens == 0:
+		case w.pieceLayers == 0 && w.prefillTokens == 0:
 			empty++
 		}
 		if credit < -1e-6*budget {
 			t.Fatalf("step %d: the prompt spent %v more than it banked", i, -credit)
 		}
 	}
-	if over == 0 || empty < over {
-		t.Errorf("%d steps over the budget and %d without prompt tokens: want the bank used, on fewer steps than it was filled", over, empty)
+	if over == 0 || empty == 0 {
+		t.Errorf("%d steps over the budget and %d without prompt tokens: want the bank filled and used", over, empty)
 	}
 	if work > budget+worstSpent {
 		t.Errorf("the prompt took %v of work over its prefill, more than its share %v and one token's excess %v", work, budget, worstSpent)
@@ -252,5 +255,51 @@ func TestWorkModelPrompts(t *testing.T) {
 	short, long := w.work(0, 16, 0), w.work(20000, 16, 0)
 	if long <= 10*short {
 		t.Errorf("16 tokens after 20000 cost %v, after none %v: attention should dominate", long, short)
+	}
+}
+
+// A prompt whose tokens a small share splits between layers, beside a
+// decoding stream, gives the events it gives alone: its tokens, their
+// log-probabilities, the prompt's and the tokens' routes.
+func TestSchedulerLayerSplitMatchesAlone(t *testing.T) {
+	ctx := testContext(t)
+	req := Request{Prompt: prompts(3)[2], MaxTokens: 4, IgnoreEOS: true, Logprobs: 2, PromptLogprobs: true, Explain: true}
+	events := func(s *Scheduler) []Event {
+		t.Helper()
+		r := req
+		r.Sampler = greedy()
+		ch, err := s.Submit(ctx, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var evs []Event
+		for ev := range ch {
+			evs = append(evs, ev)
+		}
+		return evs
+	}
+	alone, _ := newScheduler(DefaultSchedulerConfig(), fx.model, fx.experts)
+	runScheduler(t, alone)
+	want := events(alone)
+
+	cfg := DefaultSchedulerConfig()
+	cfg.PrefillShare = 0.01
+	split, _ := newScheduler(cfg, fx.model, fx.experts)
+	var pieceLayers atomic.Int64
+	split.onStep = func(w stepWork) { pieceLayers.Add(int64(w.pieceLayers)) }
+	runScheduler(t, split)
+	streamCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := split.Submit(streamCtx, Request{Prompt: prompts(1)[0], MaxTokens: 20000, IgnoreEOS: true, Sampler: greedy()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nextToken(t, ctx, stream)
+	got := events(split)
+	if pieceLayers.Load() == 0 {
+		t.Fatal("no prompt token was split between layers")
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("events (-alone +split between layers):\n%s", d)
 	}
 }

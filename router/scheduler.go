@@ -174,6 +174,12 @@ type sequence struct {
 	// prompt, on steps where one of its tokens cost more than the step had
 	// left (see Scheduler).
 	credit float64
+	// partial holds the prompt chunk a step stopped between layers; the
+	// next steps continue it before anything else of the prompt.
+	partial *model.Partial
+	// pieceRoutes gathers the routes of the chunk being prefilled, [token]
+	// [layer], over the steps it takes.
+	pieceRoutes [][]model.Route
 }
 
 // Scheduler runs continuous batching: every step computes one token of each
@@ -195,15 +201,18 @@ type sequence struct {
 //     any sequence decodes, work of at most PrefillShare times that of the
 //     decoding part of the step (its rows plus StepBaseRows rows for
 //     reading the weights); a long-context chunk shrinks until it fits;
-//   - where one token of the oldest prompt costs more than the step has
-//     left (a long context beside few streams: on the tiny preset at 29k
-//     positions one token's attention outweighs four streams' step), the
-//     prompt advances by none and banks what was left, and takes the
-//     token on the step where its bank covers what the token costs beyond
-//     that step's share. So every prompt progresses, and at its share on
-//     average: a step that carries such a token costs more than its
-//     bound, but only about one step in (token cost / share) does, and
-//     the others carry none of it;
+//   - where one whole token costs more than the step has left (a long
+//     context beside few streams: on the tiny preset at 29k positions one
+//     token's attention outweighs four streams' step), the step carries
+//     one token through as many layers as fit (model.Input.Layers), and
+//     the next steps continue it from there (a layer's work is the
+//     token's over the number of layers);
+//   - where not one layer of it fits, the oldest prompt advances by none
+//     and banks what was left, and takes the layer on the step where its
+//     bank covers what the layer costs beyond that step's share. So every
+//     prompt progresses, and at its share on average: a step that carries
+//     such a layer costs more than its bound, but only about one step in
+//     (layer cost / share) does, and the others carry none of it;
 //   - with nothing decoding no one waits on the step, and prompts take the
 //     token limits alone.
 //
@@ -251,7 +260,8 @@ type stepWork struct {
 	prefillWork   float64 // of the prompt chunks
 	prefillBudget float64 // the bound on prefillWork; +Inf with nothing decoding
 	banked        float64 // what the oldest prompt added to its credit, given no token
-	spent         float64 // what it took from its credit for one token past prefillBudget
+	spent         float64 // what it took from its credit for one layer of a token past prefillBudget
+	pieceLayers   int     // layers run by prompt tokens of chunks that stop or resume between layers, summed over tokens
 	attention     int64   // attended positions per layer, every row
 	reserved      int64   // KV cache bytes reserved by the running sequences
 }
@@ -486,42 +496,14 @@ func (s *Scheduler) step(ctx context.Context, running []*sequence) []*sequence {
 		if rest <= 0 || rows <= 0 {
 			continue
 		}
-		c := q.cache.Len()
-		chunkWork := func(n int) float64 {
-			logitRows := 0
-			switch {
-			case q.req.PromptLogprobs:
-				logitRows = n
-			case n == rest:
-				logitRows = 1
-			}
-			return s.cost.work(c, n, logitRows)
-		}
-		left := w.prefillBudget - w.prefillWork
-		n := fit(min(rest, s.cfg.PrefillChunk, rows), left, chunkWork)
-		switch {
-		case n > 0 || !oldest:
-			if oldest {
-				q.credit = 0
-			}
-		case q.credit+left >= chunkWork(1):
-			n = 1
-			w.spent = chunkWork(1) - left
-			q.credit -= w.spent
-		default:
-			q.credit += left
-			w.banked = left
-		}
+		in, n := s.promptPiece(q, rest, rows, oldest, &w)
 		oldest = false
 		if n == 0 {
 			continue
 		}
-		inputs = append(inputs, model.Input{Cache: q.cache, Tokens: q.req.Prompt[q.prefilled : q.prefilled+n], AllLogits: q.req.PromptLogprobs})
+		inputs = append(inputs, in)
 		members = append(members, q)
 		rows -= n
-		w.prefillTokens += n
-		w.prefillWork += chunkWork(n)
-		w.attention += s.cost.attended(c, n)
 	}
 	res, err := s.model.Forward(ctx, s.experts, inputs)
 	if err != nil {
@@ -560,15 +542,22 @@ func (s *Scheduler) step(ctx context.Context, running []*sequence) []*sequence {
 	for i, q := range members {
 		logits := res.Logits[i]
 		n := len(inputs[i].Tokens)
+		if p := inputs[i].Resume; p != nil {
+			n = p.Tokens()
+		}
 		row += n
 		if q.prefilled < len(q.req.Prompt) {
+			if q.req.Explain {
+				q.gatherPromptRoutes(res.Routes, row-n, n)
+			}
+			if q.partial = res.Partials[i]; q.partial != nil {
+				continue
+			}
 			if q.req.PromptLogprobs {
 				q.gatherPromptLogprobs(logits, n, s.model.Config.VocabSize)
 			}
 			if q.req.Explain {
-				for r := row - n; r < row; r++ {
-					q.promptRoutes = append(q.promptRoutes, routesOfRow(res.Routes, r))
-				}
+				q.promptRoutes, q.pieceRoutes = append(q.promptRoutes, q.pieceRoutes...), nil
 			}
 			q.prefilled += n
 			if q.prefilled < len(q.req.Prompt) {
@@ -591,9 +580,13 @@ func (s *Scheduler) step(ctx context.Context, running []*sequence) []*sequence {
 			ev.PromptLogprobs, q.promptLogprobs = q.promptLogprobs, nil
 		}
 		if q.req.Explain {
-			ev.Routes = routesOfRow(res.Routes, row-1)
 			if q.generated == 1 {
+				// The last prompt token's, which may have run its layers
+				// over several steps.
+				ev.Routes = q.promptRoutes[len(q.promptRoutes)-1]
 				ev.PromptRoutes, q.promptRoutes = q.promptRoutes, nil
+			} else {
+				ev.Routes = routesOfRow(res.Routes, row-1)
 			}
 		}
 		if q.generated == 1 {
@@ -622,6 +615,98 @@ func (s *Scheduler) step(ctx context.Context, running []*sequence) []*sequence {
 		}
 	}
 	return kept
+}
+
+// promptPiece chooses what of q's prompt (rest tokens to go) a step
+// carries in the rows and prefill work it has left, adding it to w: the
+// rest of a chunk an earlier step stopped between layers, else a chunk of
+// the most tokens that fit, else, where not one whole token fits, one
+// token through the layers that do. n is the rows the piece takes, 0 for
+// none. Where not one layer fits, the oldest prompt banks or spends its
+// credit (see Scheduler).
+func (s *Scheduler) promptPiece(q *sequence, rest, rows int, oldest bool, w *stepWork) (in model.Input, n int) {
+	c, L := q.cache.Len(), s.cost.layers
+	left := w.prefillBudget - w.prefillWork
+	logitRows := func(n int) int {
+		switch {
+		case q.req.PromptLogprobs:
+			return n
+		case n == rest:
+			return 1
+		}
+		return 0
+	}
+	from := 0
+	if p := q.partial; p != nil {
+		n, from = p.Tokens(), p.Layer()
+		if n > rows {
+			return in, 0
+		}
+		in = model.Input{Cache: q.cache, Resume: p}
+	} else {
+		chunk := func(n int) float64 { return s.cost.work(c, n, logitRows(n)) }
+		if n = fit(min(rest, s.cfg.PrefillChunk, rows), left, chunk); n > 0 {
+			if oldest {
+				q.credit = 0
+			}
+			w.prefillTokens += n
+			w.prefillWork += chunk(n)
+			w.attention += s.cost.attended(c, n)
+			return model.Input{Cache: q.cache, Tokens: q.req.Prompt[q.prefilled : q.prefilled+n], AllLogits: q.req.PromptLogprobs}, n
+		}
+		n = 1
+		in = model.Input{Cache: q.cache, Tokens: q.req.Prompt[q.prefilled : q.prefilled+1], AllLogits: q.req.PromptLogprobs}
+	}
+	cost := func(k int) float64 { // of k more layers
+		lr := 0
+		if from+k == L {
+			lr = logitRows(n)
+		}
+		return s.cost.partWork(c, n, k, lr)
+	}
+	k := fit(L-from, left, cost)
+	switch {
+	case k > 0 || !oldest:
+		if oldest {
+			q.credit = 0
+		}
+	case q.credit+left >= cost(1):
+		k = 1
+		w.spent = cost(1) - left
+		q.credit -= w.spent
+	default:
+		q.credit += left
+		w.banked = left
+	}
+	if k == 0 {
+		return in, 0
+	}
+	in.Layers = k
+	if from+k == L {
+		w.prefillTokens += n
+	}
+	w.pieceLayers += n * k
+	w.prefillWork += cost(k)
+	w.attention += s.cost.attended(c, n) * int64(k) / int64(L)
+	return in, n
+}
+
+// gatherPromptRoutes keeps the routes of the n tokens of a prompt piece,
+// rows row on, layer by layer, until they have gone through every layer.
+func (q *sequence) gatherPromptRoutes(routes [][]model.Route, row, n int) {
+	if q.pieceRoutes == nil {
+		q.pieceRoutes = make([][]model.Route, n)
+		for i := range q.pieceRoutes {
+			q.pieceRoutes[i] = make([]model.Route, len(routes))
+		}
+	}
+	for l, rs := range routes {
+		for i := range n {
+			if rt := rs[row+i]; rt.Experts != nil {
+				q.pieceRoutes[i][l] = rt
+			}
+		}
+	}
 }
 
 // gatherPromptLogprobs adds the log-probabilities that a prefill chunk's
@@ -656,6 +741,7 @@ func routesOfRow(routes [][]model.Route, row int) []model.Route {
 // for rows with logits) plus AttentionPrice times those of attention (q·k
 // and the weighted v of every head at every attended position).
 type workModel struct {
+	layers int
 	row    float64 // every row, all layers
 	logits float64 // a row with logits
 	pair   float64 // one attended position, all layers, priced
@@ -666,6 +752,7 @@ func newWorkModel(c *model.Config, attentionPrice float64) workModel {
 	H, q, kv := float64(c.HiddenSize), float64(c.QDim()), float64(c.KVDim())
 	layer := H*(q+2*kv) + q*H + H*float64(c.NumLocalExperts) + float64(c.NumExpertsPerTok)*3*H*float64(c.IntermediateSize)
 	w := workModel{
+		layers: c.NumHiddenLayers,
 		row:    float64(c.NumHiddenLayers) * layer,
 		logits: H * float64(c.VocabSize),
 		pair:   attentionPrice * float64(c.NumHiddenLayers) * 2 * q,
@@ -695,7 +782,14 @@ func (w workModel) attended(c, n int) int64 {
 
 // work prices n tokens after c cached ones, logitRows of them with logits.
 func (w workModel) work(c, n, logitRows int) float64 {
-	return float64(n)*w.row + float64(logitRows)*w.logits + float64(w.attended(c, n))*w.pair
+	return w.partWork(c, n, w.layers, logitRows)
+}
+
+// partWork prices n tokens after c cached ones through k of the layers,
+// logitRows of them with logits.
+func (w workModel) partWork(c, n, k, logitRows int) float64 {
+	share := float64(k) / float64(w.layers)
+	return share*(float64(n)*w.row+float64(w.attended(c, n))*w.pair) + float64(logitRows)*w.logits
 }
 
 // fit returns the largest n in [0, most] whose cost(n), increasing in n, is

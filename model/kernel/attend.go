@@ -39,10 +39,14 @@ func attend(simd bool, out, q []float32, g, d int, keys, values []float32, strid
 	}
 	scores = scores[:g*n+g]
 	sums := scores[g*n:]
-	for j := range n {
-		k := keys[j*stride : j*stride+d]
-		for h := range g {
-			scores[h*n+j] = Dot(q[h*d:(h+1)*d], k) * scale
+	if simd && d%32 == 0 {
+		scoresAVX2(&scores[0], &q[0], g, d, &keys[0], stride, n, scale)
+	} else {
+		for j := range n {
+			k := keys[j*stride : j*stride+d]
+			for h := range g {
+				scores[h*n+j] = dot(simd, q[h*d:(h+1)*d], k) * scale
+			}
 		}
 	}
 	for h := range g {

@@ -12,3 +12,10 @@ func accumulate32AVX2(acc, w, values *float32, stride, n int)
 //
 //go:noescape
 func expSubAVX2(x *float32, n int, mx float32) float32
+
+// scoresAVX2 writes the scaled scores of Attend: scores[h·n+j] =
+// Dot(q_h, key_j)·scale for h < heads, j < n, d a positive multiple of 32 and
+// n positive, with the bits of dotAVX2.
+//
+//go:noescape
+func scoresAVX2(scores, q *float32, heads, d int, keys *float32, stride, n int, scale float32)

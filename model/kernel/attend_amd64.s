@@ -1,4 +1,76 @@
 #include "textflag.h"
+#include "dot_amd64.h"
+
+// Attention reads one KV head's slice of every cached position: a few
+// cache lines a row stride apart, which with several heads are a page or
+// more apart, too far for the hardware's prefetchers. Its kernels prefetch
+// the row attendAhead positions ahead.
+#define attendAhead 16
+
+// func scoresAVX2(scores, q *float32, heads, d int, keys *float32, stride, n int, scale float32)
+// scores[h·n+j] = dot(q[h·d:(h+1)·d], keys[j·stride:j·stride+d]) · scale
+// for h < heads, j < n, each dot product as dotAVX2 computes it (four 8-lane
+// accumulators, REDUCE); d is a positive multiple of 32, n positive.
+TEXT ·scoresAVX2(SB), NOSPLIT, $0-60
+	MOVQ         scores+0(FP), R9
+	MOVQ         q+8(FP), SI
+	MOVQ         heads+16(FP), DX
+	MOVQ         d+24(FP), BX
+	MOVQ         keys+32(FP), DI
+	MOVQ         stride+40(FP), R8
+	MOVQ         n+48(FP), CX
+	MOVSS        scale+56(FP), X8
+	SHLQ         $2, BX  // d in bytes
+	SHLQ         $2, R8  // stride in bytes
+	MOVQ         CX, R13
+	SHLQ         $2, R13 // a head's scores in bytes
+	MOVQ         R8, R10
+	IMULQ        $attendAhead, R10
+
+position:
+	XORQ AX, AX
+
+prefetch:
+	LEAQ       (DI)(R10*1), R14
+	PREFETCHT0 (R14)(AX*1)
+	ADDQ       $64, AX
+	CMPQ       AX, BX
+	JB         prefetch
+
+	MOVQ SI, R11 // q of head h
+	MOVQ R9, R12 // scores[h·n+j]
+	MOVQ DX, R14 // heads left
+
+head:
+	ZERO_ACCUMULATORS
+	XORQ AX, AX
+
+dot:
+	VMOVUPS     0(R11)(AX*1), Y4
+	VMOVUPS     32(R11)(AX*1), Y5
+	VMOVUPS     64(R11)(AX*1), Y6
+	VMOVUPS     96(R11)(AX*1), Y7
+	VFMADD231PS 0(DI)(AX*1), Y4, Y0
+	VFMADD231PS 32(DI)(AX*1), Y5, Y1
+	VFMADD231PS 64(DI)(AX*1), Y6, Y2
+	VFMADD231PS 96(DI)(AX*1), Y7, Y3
+	ADDQ        $128, AX
+	CMPQ        AX, BX
+	JB          dot
+
+	REDUCE
+	MULSS X8, X0
+	MOVSS X0, (R12)
+	ADDQ  R13, R12
+	ADDQ  BX, R11
+	DECQ  R14
+	JNZ   head
+
+	ADDQ $4, R9
+	ADDQ R8, DI
+	DECQ CX
+	JNZ  position
+	RET
 
 // func accumulate32AVX2(acc, w, values *float32, stride, n int)
 // For each position j < n in order: acc[i] = fma(w[j], values[j·stride+i],
@@ -10,12 +82,16 @@ TEXT ·accumulate32AVX2(SB), NOSPLIT, $0-40
 	MOVQ    stride+24(FP), R11
 	MOVQ    n+32(FP), CX
 	SHLQ    $2, R11 // stride in bytes
+	MOVQ    R11, R12
+	IMULQ   $attendAhead, R12
 	VMOVUPS 0(DI), Y0
 	VMOVUPS 32(DI), Y1
 	VMOVUPS 64(DI), Y2
 	VMOVUPS 96(DI), Y3
 
 loop:
+	PREFETCHT0   0(DX)(R12*1)
+	PREFETCHT0   64(DX)(R12*1)
 	VBROADCASTSS (SI), Y4
 	VFMADD231PS  0(DX), Y4, Y0
 	VFMADD231PS  32(DX), Y4, Y1

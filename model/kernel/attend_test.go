@@ -129,3 +129,33 @@ func TestExpSub(t *testing.T) {
 		}
 	}
 }
+
+// TestScoresBits checks that the fused SIMD scores give the bits of Dot
+// times the scale, one (head, position) at a time, which Attend computed
+// before them: the cluster's agreement with earlier runs rests on it.
+func TestScoresBits(t *testing.T) {
+	if !useSIMD {
+		t.Skip("no AVX2")
+	}
+	rng := rand.New(rand.NewPCG(7, 8))
+	for _, g := range []int{1, 2, 4} {
+		for _, d := range []int{32, 64, 128} {
+			for _, n := range []int{1, 7, 100} {
+				stride := d*2 + 16
+				q := randomVector(rng, g*d)
+				keys := randomVector(rng, n*stride)
+				scale := float32(1 / math.Sqrt(float64(d)))
+				got := make([]float32, g*n)
+				scoresAVX2(&got[0], &q[0], g, d, &keys[0], stride, n, scale)
+				for h := range g {
+					for j := range n {
+						want := dotSIMD(q[h*d:(h+1)*d], keys[j*stride:j*stride+d]) * scale
+						if math.Float32bits(got[h*n+j]) != math.Float32bits(want) {
+							t.Fatalf("g=%d d=%d n=%d: score of head %d at %d = %v, want %v", g, d, n, h, j, got[h*n+j], want)
+						}
+					}
+				}
+			}
+		}
+	}
+}

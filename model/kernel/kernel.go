@@ -6,7 +6,12 @@ import "math"
 // operations for a given length: on AVX2 machines with fused multiply-adds
 // over 8-lane accumulators, elsewhere over eight interleaved scalar sums.
 func Dot(a, b []float32) float32 {
-	if useSIMD {
+	return dot(useSIMD, a, b)
+}
+
+// dot is Dot on the SIMD kernel or the portable one.
+func dot(simd bool, a, b []float32) float32 {
+	if simd {
 		return dotSIMD(a, b)
 	}
 	return dotGo(a, b)

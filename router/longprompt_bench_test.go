@@ -58,9 +58,17 @@ func BenchmarkLongPromptGaps(b *testing.B) {
 	}
 }
 
+// streamTokens is the length of each request of longPromptGaps's streams:
+// they start over after it, so that their own contexts stay as short
+// during the long prompt's prefill as before it, and the comparison is of
+// like with like.
+const streamTokens = 300
+
 // longPromptGaps runs streams decoding, then a prompt of long tokens beside
 // them, and returns the streams' gaps between tokens in seconds before the
 // prompt arrived and while it was prefilled, and its time to first token.
+// Each stream is a run of requests of streamTokens tokens; a request's
+// first token, which waits for its own prompt, is not a gap.
 func longPromptGaps(b *testing.B, m *model.Model, experts model.Experts, streams, long int) (before, during []float64, prefill time.Duration) {
 	ctx, cancel := context.WithCancel(b.Context())
 	defer cancel()
@@ -69,33 +77,45 @@ func longPromptGaps(b *testing.B, m *model.Model, experts model.Experts, streams
 	go func() { done <- s.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 
+	type gap struct {
+		at time.Time
+		d  time.Duration
+	}
 	var mu sync.Mutex
-	times := make([][]time.Time, streams)
+	var gaps []gap
 	var wg sync.WaitGroup
-	for i, p := range prompts(streams) {
-		events, err := s.Submit(ctx, Request{Prompt: p, MaxTokens: m.Config.MaxPositionEmbeddings - len(p) - 1, IgnoreEOS: true, Sampler: greedy()})
-		if err != nil {
-			b.Fatal(err)
-		}
+	for _, p := range prompts(streams) {
 		wg.Go(func() {
-			for ev := range events {
-				if ev.Err != nil || ev.Finish != 0 {
-					continue
+			for ctx.Err() == nil {
+				events, err := s.Submit(ctx, Request{Prompt: p, MaxTokens: streamTokens, IgnoreEOS: true, Sampler: greedy()})
+				if err != nil {
+					return
 				}
-				mu.Lock()
-				times[i] = append(times[i], time.Now())
-				mu.Unlock()
+				var last time.Time
+				for ev := range events {
+					if ev.Err != nil || ev.Finish != 0 {
+						continue
+					}
+					now := time.Now()
+					if !last.IsZero() {
+						mu.Lock()
+						gaps = append(gaps, gap{now, now.Sub(last)})
+						mu.Unlock()
+					}
+					last = now
+				}
 			}
 		})
 	}
 	defer wg.Wait()
-	tokens := func() int {
+	const warm, baseGaps = 20, 200
+	for {
 		mu.Lock()
-		defer mu.Unlock()
-		return len(times[0])
-	}
-	const warm, baseTokens = 20, 200
-	for tokens() < warm+baseTokens {
+		n := len(gaps)
+		mu.Unlock()
+		if n >= streams*(warm+baseGaps) {
+			break
+		}
 		time.Sleep(time.Millisecond)
 	}
 	prompt := make([]int, long)
@@ -115,15 +135,12 @@ func longPromptGaps(b *testing.B, m *model.Model, experts model.Experts, streams
 
 	mu.Lock()
 	defer mu.Unlock()
-	for _, ts := range times {
-		for k := warm + 1; k < len(ts); k++ {
-			d := ts[k].Sub(ts[k-1]).Seconds()
-			switch {
-			case ts[k].Before(start):
-				before = append(before, d)
-			case !ts[k].After(end):
-				during = append(during, d)
-			}
+	for _, g := range gaps[streams*warm:] {
+		switch {
+		case g.at.Before(start):
+			before = append(before, g.d.Seconds())
+		case !g.at.After(end):
+			during = append(during, g.d.Seconds())
 		}
 	}
 	return before, during, end.Sub(start)

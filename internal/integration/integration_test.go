@@ -403,6 +403,42 @@ func TestDistributedEqualsLocal(t *testing.T) {
 		}
 	})
 
+	// A prompt run one layer a step beside a decoding sequence, as the
+	// scheduler runs a long prompt's tail: each layer's rows over the
+	// network are a subset of the step's.
+	t.Run("split between layers", func(t *testing.T) {
+		remote := tc.router.Experts()
+		forward := func(experts model.Experts, inputs ...model.Input) *model.Result {
+			t.Helper()
+			res, err := lm.Forward(t.Context(), experts, inputs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return res
+		}
+		prompt, other := prompts[0], prompts[1]
+		want := forward(lm.experts, model.Input{Cache: lm.NewCache(), Tokens: prompt, AllLogits: true})
+		decLocal, decRemote := lm.NewCache(), lm.NewCache()
+		forward(lm.experts, model.Input{Cache: decLocal, Tokens: other})
+		forward(remote, model.Input{Cache: decRemote, Tokens: other})
+		split := lm.NewCache()
+		in := model.Input{Cache: split, Tokens: prompt, AllLogits: true, Layers: 1}
+		for step := 0; ; step++ {
+			res := forward(remote, model.Input{Cache: decRemote, Tokens: []int{500 + step}}, in)
+			ref := forward(lm.experts, model.Input{Cache: decLocal, Tokens: []int{500 + step}})
+			if !slices.Equal(res.Logits[0], ref.Logits[0]) {
+				t.Fatalf("step %d: the decoding sequence's cluster logits differ from in-process", step)
+			}
+			if res.Partials[1] == nil {
+				if !slices.Equal(res.Logits[1], want.Logits[0]) {
+					t.Errorf("prompt split between layers over the cluster: logits differ from in-process in one step")
+				}
+				return
+			}
+			in = model.Input{Cache: split, Resume: res.Partials[1], Layers: 1}
+		}
+	})
+
 	t.Run("greedy", func(t *testing.T) {
 		for i, p := range prompts {
 			want := lm.greedy(t, p, 12)

@@ -250,6 +250,60 @@
 	K5PAIR(M, a, 2, VPSRLW, 0, VPSRLW, 1, 128(SP), 160(SP)) \
 	K5PAIR(M, a, 3, VPSRLW, 2, VPSRLW, 3, 192(SP), 224(SP))
 
+// KNONE is KFOURS's UNPACK for kernels that unpack per activation row.
+#define KNONE(R)
+
+// K4UNPACK splits the nibbles of the Q4_K super-block at R into its eight
+// 32-value blocks, once for Row4's four activation rows, to Y16-Y23:
+// registers only the EVEX encoding reaches, so for the VNNI twin alone.
+#define K4UNPACK(R) \
+	K4SPLIT(R, 16, Y16, Y17) \
+	K4SPLIT(R, 48, Y18, Y19) \
+	K4SPLIT(R, 80, Y20, Y21) \
+	K4SPLIT(R, 112, Y22, Y23)
+
+// K4SPLIT is K4NIBBLES into lo and hi.
+#define K4SPLIT(R, off, lo, hi) \
+	VMOVDQU32 off(R), lo \
+	VPSRLW  $4, lo, hi \
+	VPANDD  Y10, lo, lo \
+	VPANDD  Y10, hi, hi
+
+// K5UNPACK is K4UNPACK for Q5_K, the fifth bits in place as K5PAIR puts
+// them.
+#define K5UNPACK(R) \
+	K5SPLIT(R, 48, VPSLLW, 4, VPSLLW, 3, Y16, Y17) \
+	K5SPLIT(R, 80, VPSLLW, 2, VPSLLW, 1, Y18, Y19) \
+	K5SPLIT(R, 112, VPSRLW, 0, VPSRLW, 1, Y20, Y21) \
+	K5SPLIT(R, 144, VPSRLW, 2, VPSRLW, 3, Y22, Y23)
+
+// K5SPLIT is K4SPLIT and K5HIGH into lo and hi. Y8 and Y15 are scratch.
+#define K5SPLIT(R, off, op0, n0, op1, n1, lo, hi) \
+	K4SPLIT(R, off, lo, hi) \
+	VMOVDQU 16(R), Y8 \
+	op0     $n0, Y8, Y15 \
+	VPAND   Y14, Y15, Y15 \
+	VPORD   Y15, lo, lo \
+	op1     $n1, Y8, Y15 \
+	VPAND   Y14, Y15, Y15 \
+	VPORD   Y15, hi, hi
+
+// K4ROWU is K4ROW and K5ROW with VPDPWSSD over the blocks K4UNPACK or
+// K5UNPACK left: the same integers, without unpacking the weights again
+// for every activation row.
+#define K4ROWU(M, a) \
+	VPXOR Y13, Y13, Y13 \
+	K4PAIRU(a, 0, Y16, Y17) \
+	K4PAIRU(a, 1, Y18, Y19) \
+	K4PAIRU(a, 2, Y20, Y21) \
+	K4PAIRU(a, 3, Y22, Y23)
+
+#define K4PAIRU(a, k, b0, b1) \
+	VPMADDUBSW (64*k)(a), b0, Y11 \
+	VPMADDUBSW (64*k+32)(a), b1, Y12 \
+	VPDPWSSD   (64*k)(SP), Y11, Y13 \
+	VPDPWSSD   (64*k+32)(SP), Y12, Y13
+
 // KFINISH adds the super-block's lanes in Y13 times d·dx to acc, and its
 // mins (Y9) times the activation block sums at sa times dmin·dx to mins,
 // dx the float at da. Y8 and Y15 are scratch.
@@ -517,15 +571,18 @@ kblocks: \
 	RET
 
 // KFOURS is the body of the Q4_K and Q5_K Row4 kernels and their VNNI
-// twins: M the madd macro, ROW the super-block of one activation row
-// (K4ROW or K5ROW), bytes the super-block's size.
-#define KFOURS(M, ROW, bytes) \
+// twins: M the madd macro, UNPACK what is done once a super-block before
+// its four activation rows (KNONE, K4UNPACK or K5UNPACK), ROW the
+// super-block of one activation row (K4ROW, K5ROW or K4ROWU), bytes the
+// super-block's size.
+#define KFOURS(M, UNPACK, ROW, bytes) \
 	KROW4ARGS \
 	KSETUP \
 kr4: \
 	PREFETCH3(R9) \
 	KUNPACK(R9) \
 	KSPREAD \
+	UNPACK(R9) \
 	MOVQ SI, AX \
 	MOVQ DX, DI \
 	MOVQ R12, R8 \
@@ -697,11 +754,11 @@ TEXT ·int8Q4KRowsVNNI(SB), NOSPLIT, $320-56
 // func int8Q4KRow4(out *[4]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds, ss int)
 // out[t] = the product with activation row t.
 TEXT ·int8Q4KRow4(SB), NOSPLIT, $320-72
-	KFOURS(KMADD, K4ROW, 144)
+	KFOURS(KMADD, KNONE, K4ROW, 144)
 
 // int8Q4KRow4VNNI is int8Q4KRow4 with VPDPWSSD.
 TEXT ·int8Q4KRow4VNNI(SB), NOSPLIT, $320-72
-	KFOURS(KMADDV, K4ROW, 144)
+	KFOURS(KMADDV, K4UNPACK, K4ROWU, 144)
 
 // func int8Q5KRows(out *float32, w *byte, rows int, q *int8, d *float32, sum *int32, nb int)
 // As int8Q4KRows, for Q5_K: the fifth bit of block j's values is bit j
@@ -715,11 +772,11 @@ TEXT ·int8Q5KRowsVNNI(SB), NOSPLIT, $320-56
 
 // func int8Q5KRow4(out *[4]float32, w *byte, q *int8, d *float32, sum *int32, nb, qs, ds, ss int)
 TEXT ·int8Q5KRow4(SB), NOSPLIT, $320-72
-	KFOURS(KMADD, K5ROW, 176)
+	KFOURS(KMADD, KNONE, K5ROW, 176)
 
 // int8Q5KRow4VNNI is int8Q5KRow4 with VPDPWSSD.
 TEXT ·int8Q5KRow4VNNI(SB), NOSPLIT, $320-72
-	KFOURS(KMADDV, K5ROW, 176)
+	KFOURS(KMADDV, K5UNPACK, K4ROWU, 176)
 
 // q6kScales holds, for 32-value block b of a Q6_K super-block, the
 // VPSHUFB control that spreads its sub-block scales 2b and 2b+1 over

@@ -137,4 +137,3 @@ func TestPartialErrors(t *testing.T) {
 	got = mustForward(t, lm, lm.experts, model.Input{Cache: d, Tokens: ids[3:]})
 	requireSameBits(t, "logits after truncating a partial", want.Logits[0], got.Logits[0])
 }
-

@@ -171,8 +171,8 @@ type sequence struct {
 	// promptRoutes gathers the prompt's routes likewise.
 	promptRoutes [][]model.Route
 	// credit is the prefill work the sequence banked, as the oldest
-	// prompt, on steps where one of its tokens cost more than the step had
-	// left (see Scheduler).
+	// prompt, on steps where one layer of its next token cost more than
+	// the step had left (see Scheduler).
 	credit float64
 	// partial holds the prompt chunk a step stopped between layers; the
 	// next steps continue it before anything else of the prompt.

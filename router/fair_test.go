@@ -303,3 +303,92 @@ func TestSchedulerLayerSplitMatchesAlone(t *testing.T) {
 		t.Errorf("events (-alone +split between layers):\n%s", d)
 	}
 }
+
+// The oldest prompt banks what a step leaves of the share, not what it
+// saw before a younger prompt took its part: a long prompt whose next
+// layer does not fit, beside a short one whose tokens do, gains no credit
+// for work the short one did.
+func TestSchedulerBankCountsWhatIsLeft(t *testing.T) {
+	ctx := testContext(t)
+	w := newWorkModel(&fx.model.Config, DefaultAttentionPrice)
+	const decoders, bankFrom = 1, 300
+	// A share between a fresh prompt's token (no logits) and one layer of
+	// a token at bankFrom cached positions.
+	decodeWork := float64(decoders)*w.work(40, 1, 1) + DefaultStepBaseRows*w.row
+	cfg := DefaultSchedulerConfig()
+	cfg.PrefillShare = (w.work(0, 1, 0) + w.partWork(bankFrom, 1, 1, 0)) / 2 / decodeWork
+
+	s, met := newScheduler(cfg, fx.model, fx.experts)
+	banking := make(chan struct{})
+	var once sync.Once
+	var mu sync.Mutex
+	var steps []stepWork
+	var phase atomic.Bool // set once the long prompt is in
+	s.onStep = func(sw stepWork) {
+		if !phase.Load() {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		steps = append(steps, sw)
+		if sw.banked > 0 {
+			once.Do(func() { close(banking) })
+		}
+	}
+	runScheduler(t, s)
+	streamCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var streams []<-chan Event
+	for i, p := range prompts(decoders) {
+		events, err := s.Submit(streamCtx, Request{Prompt: p, MaxTokens: 20000, IgnoreEOS: true, Sampler: greedy()})
+		if err != nil {
+			t.Fatalf("Submit %d: %v", i, err)
+		}
+		nextToken(t, ctx, events)
+		streams = append(streams, events)
+	}
+	long := make([]int, bankFrom+40)
+	for i := range long {
+		long[i] = 1 + (i*7919)%(fx.model.Config.VocabSize-1)
+	}
+	phase.Store(true)
+	longEvents, err := s.Submit(streamCtx, Request{Prompt: long, MaxTokens: 1, Sampler: greedy()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-banking:
+	case <-ctx.Done():
+		t.Fatal("the long prompt never banked")
+	}
+	short, err := s.Submit(ctx, Request{Prompt: prompts(decoders + 1)[decoders], MaxTokens: 1, Sampler: greedy()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	collect(t, ctx, short)
+	cancel()
+	collect(t, ctx, longEvents)
+	for _, events := range streams {
+		collect(t, ctx, events)
+	}
+	idle(t, met)
+
+	mu.Lock()
+	defer mu.Unlock()
+	shared := 0
+	for i, sw := range steps {
+		if sw.banked <= 0 {
+			continue
+		}
+		if sw.prefillWork > 0 {
+			shared++
+		}
+		if sw.banked+sw.prefillWork > sw.prefillBudget*(1+1e-9) {
+			t.Errorf("step %d banked %v beside %v of younger prompts' work, over the budget %v", i, sw.banked, sw.prefillWork, sw.prefillBudget)
+		}
+	}
+	if shared == 0 {
+		t.Error("no step banked beside a younger prompt's work")
+	}
+	t.Logf("%d steps, %d of them banking beside the short prompt", len(steps), shared)
+}

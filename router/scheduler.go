@@ -208,11 +208,13 @@ type sequence struct {
 //     the next steps continue it from there (a layer's work is the
 //     token's over the number of layers);
 //   - where not one layer of it fits, the oldest prompt advances by none
-//     and banks what was left, and takes the layer on the step where its
-//     bank covers what the layer costs beyond that step's share. So every
-//     prompt progresses, and at its share on average: a step that carries
-//     such a layer costs more than its bound, but only about one step in
-//     (layer cost / share) does, and the others carry none of it;
+//     and banks what the step leaves of its share (after the younger
+//     prompts, which may take what it cannot), and takes the layer on the
+//     step where its bank covers what the layer costs beyond that step's
+//     share. So every prompt progresses, and at its share on average: a
+//     step that carries such a layer costs more than its bound, but only
+//     about one step in (layer cost / share) does, and the others carry
+//     none of it;
 //   - with nothing decoding no one waits on the step, and prompts take the
 //     token limits alone.
 //
@@ -259,7 +261,7 @@ type stepWork struct {
 	prefillTokens int
 	prefillWork   float64 // of the prompt chunks
 	prefillBudget float64 // the bound on prefillWork; +Inf with nothing decoding
-	banked        float64 // what the oldest prompt added to its credit, given no token
+	banked        float64 // what the oldest prompt added to its credit, given nothing: what the step left
 	spent         float64 // what it took from its credit for one layer of a token past prefillBudget
 	pieceLayers   int     // layers run by prompt tokens of chunks that stop or resume between layers, summed over tokens
 	attention     int64   // attended positions per layer, every row
@@ -491,19 +493,29 @@ func (s *Scheduler) step(ctx context.Context, running []*sequence) []*sequence {
 		w.prefillBudget = s.cfg.PrefillShare * w.decodeWork
 	}
 	oldest := true
+	var banker *sequence // the oldest prompt, where it takes nothing and banks
 	for _, q := range running {
 		rest := len(q.req.Prompt) - q.prefilled
 		if rest <= 0 || rows <= 0 {
 			continue
 		}
-		in, n := s.promptPiece(q, rest, rows, oldest, &w)
+		in, n, bank := s.promptPiece(q, rest, rows, oldest, &w)
 		oldest = false
+		if bank {
+			banker = q
+		}
 		if n == 0 {
 			continue
 		}
 		inputs = append(inputs, in)
 		members = append(members, q)
 		rows -= n
+	}
+	// It banks what the younger prompts left of the share, not what it
+	// saw, which they may have taken.
+	if banker != nil {
+		w.banked = w.prefillBudget - w.prefillWork
+		banker.credit += w.banked
 	}
 	res, err := s.model.Forward(ctx, s.experts, inputs)
 	if err != nil {
@@ -622,9 +634,10 @@ func (s *Scheduler) step(ctx context.Context, running []*sequence) []*sequence {
 // rest of a chunk an earlier step stopped between layers, else a chunk of
 // the most tokens that fit, else, where not one whole token fits, one
 // token through the layers that do. n is the rows the piece takes, 0 for
-// none. Where not one layer fits, the oldest prompt banks or spends its
-// credit (see Scheduler).
-func (s *Scheduler) promptPiece(q *sequence, rest, rows int, oldest bool, w *stepWork) (in model.Input, n int) {
+// none. Where not one layer fits, the oldest prompt spends its credit, or
+// takes nothing and reports that it banks (bank), which the caller does
+// once the younger prompts have had the rest of the step.
+func (s *Scheduler) promptPiece(q *sequence, rest, rows int, oldest bool, w *stepWork) (in model.Input, n int, bank bool) {
 	c, L := q.cache.Len(), s.cost.layers
 	left := w.prefillBudget - w.prefillWork
 	logitRows := func(n int) int {
@@ -640,7 +653,7 @@ func (s *Scheduler) promptPiece(q *sequence, rest, rows int, oldest bool, w *ste
 	if p := q.partial; p != nil {
 		n, from = p.Tokens(), p.Layer()
 		if n > rows {
-			return in, 0
+			return in, 0, false
 		}
 		in = model.Input{Cache: q.cache, Resume: p}
 	} else {
@@ -652,7 +665,7 @@ func (s *Scheduler) promptPiece(q *sequence, rest, rows int, oldest bool, w *ste
 			w.prefillTokens += n
 			w.prefillWork += chunk(n)
 			w.attention += s.cost.attended(c, n)
-			return model.Input{Cache: q.cache, Tokens: q.req.Prompt[q.prefilled : q.prefilled+n], AllLogits: q.req.PromptLogprobs}, n
+			return model.Input{Cache: q.cache, Tokens: q.req.Prompt[q.prefilled : q.prefilled+n], AllLogits: q.req.PromptLogprobs}, n, false
 		}
 		n = 1
 		in = model.Input{Cache: q.cache, Tokens: q.req.Prompt[q.prefilled : q.prefilled+1], AllLogits: q.req.PromptLogprobs}
@@ -675,11 +688,10 @@ func (s *Scheduler) promptPiece(q *sequence, rest, rows int, oldest bool, w *ste
 		w.spent = cost(1) - left
 		q.credit -= w.spent
 	default:
-		q.credit += left
-		w.banked = left
+		bank = true
 	}
 	if k == 0 {
-		return in, 0
+		return in, 0, bank
 	}
 	in.Layers = k
 	if from+k == L {
@@ -688,7 +700,7 @@ func (s *Scheduler) promptPiece(q *sequence, rest, rows int, oldest bool, w *ste
 	w.pieceLayers += n * k
 	w.prefillWork += cost(k)
 	w.attention += s.cost.attended(c, n) * int64(k) / int64(L)
-	return in, n
+	return in, n, false
 }
 
 // gatherPromptRoutes keeps the routes of the n tokens of a prompt piece,

@@ -64,34 +64,52 @@ func quantizeInt8(x []float32, block int) *int8Act {
 		a.sum = make([]int32, ns)
 	}
 	a.block, a.q, a.d, a.sum = block, a.q[:len(x)], a.d[:nb], a.sum[:ns]
-	for b := range nb {
-		xs := x[b*block : (b+1)*block]
-		q := a.q[b*block : (b+1)*block]
-		sum := a.sum[b*block/int8Block : (b+1)*block/int8Block]
-		clear(sum)
-		_, amax := maxAbs(xs)
-		// maxAbs passes over a NaN, so it is looked for on its own.
-		if math.IsInf(float64(amax), 0) || hasNaN(xs) {
-			clear(q)
-			a.d[b] = float32(math.NaN())
-			continue
-		}
-		d := amax / 127
-		// A scale too small to invert (or zero) leaves the block zero.
-		if d < 0x1p-120 {
-			clear(q)
-			a.d[b] = 0
-			continue
-		}
-		id := 1 / d
-		for i, v := range xs {
-			n := int32(max(-127, min(127, nearestInt(float32(v*id)))))
-			q[i] = int8(n)
-			sum[i/int8Block] += n
-		}
-		a.d[b] = d
+	// A batch's rows (a prefill's, say) quantize on every worker: on one,
+	// they kept the others waiting before each product.
+	grain := max(nb, 1)
+	if len(x) >= parallelQuantize {
+		grain = max(1, parallelQuantize/block)
 	}
+	For(nb, grain, func(lo, hi int) {
+		for b := lo; b < hi; b++ {
+			a.quantizeBlock(x, b)
+		}
+	})
 	return a
+}
+
+// parallelQuantize is the number of activations from which quantizeInt8
+// splits over the workers.
+const parallelQuantize = 16 << 10
+
+// quantizeBlock quantizes block b of x into a.
+func (a *int8Act) quantizeBlock(x []float32, b int) {
+	block := a.block
+	xs := x[b*block : (b+1)*block]
+	q := a.q[b*block : (b+1)*block]
+	sum := a.sum[b*block/int8Block : (b+1)*block/int8Block]
+	clear(sum)
+	_, amax := maxAbs(xs)
+	// maxAbs passes over a NaN, so it is looked for on its own.
+	if math.IsInf(float64(amax), 0) || hasNaN(xs) {
+		clear(q)
+		a.d[b] = float32(math.NaN())
+		return
+	}
+	d := amax / 127
+	// A scale too small to invert (or zero) leaves the block zero.
+	if d < 0x1p-120 {
+		clear(q)
+		a.d[b] = 0
+		return
+	}
+	id := 1 / d
+	for i, v := range xs {
+		n := int32(max(-127, min(127, nearestInt(float32(v*id)))))
+		q[i] = int8(n)
+		sum[i/int8Block] += n
+	}
+	a.d[b] = d
 }
 
 func putInt8(a *int8Act) { int8Pool.Put(a) }

@@ -39,7 +39,9 @@ func attend(simd bool, out, q []float32, g, d int, keys, values []float32, strid
 	}
 	scores = scores[:g*n+g]
 	sums := scores[g*n:]
-	if simd && d%32 == 0 {
+	// The SIMD scores and weighted sums take heads of whole 32-value groups.
+	simdHeads := simd && d%32 == 0
+	if simdHeads {
 		scoresAVX2(&scores[0], &q[0], g, d, &keys[0], stride, n, scale)
 	} else {
 		for j := range n {
@@ -57,7 +59,7 @@ func attend(simd bool, out, q []float32, g, d int, keys, values []float32, strid
 		}
 		sums[h] = expSub(simd, sc, mx)
 	}
-	if simd && d%32 == 0 {
+	if simdHeads {
 		weightedSumsSIMD(out, scores, n, g, d, values, stride)
 	} else {
 		weightedSumsGo(out, scores, n, g, d, values, stride)

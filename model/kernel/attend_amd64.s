@@ -29,9 +29,9 @@ TEXT ·scoresAVX2(SB), NOSPLIT, $0-60
 
 position:
 	XORQ AX, AX
+	LEAQ (DI)(R10*1), R14 // the row attendAhead positions on
 
 prefetch:
-	LEAQ       (DI)(R10*1), R14
 	PREFETCHT0 (R14)(AX*1)
 	ADDQ       $64, AX
 	CMPQ       AX, BX

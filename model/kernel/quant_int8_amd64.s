@@ -181,25 +181,28 @@
 	VPBROADCASTW (304+4*k)(SP), Y1 \
 	VPBROADCASTW (306+4*k)(SP), Y2
 
-// K4NIBBLES splits the 32 bytes at off(R) into their low nibbles (Y11:
-// one 32-value block) and high nibbles (Y12: the next). Y10 holds 0x0f.
-#define K4NIBBLES(R, off) \
-	VMOVDQU      off(R), Y11 \
-	VPSRLW       $4, Y11, Y12 \
-	VPAND        Y10, Y11, Y11 \
-	VPAND        Y10, Y12, Y12
+// K4NIBBLES splits the 32 bytes at off(R) into their low nibbles (lo:
+// one 32-value block) and high nibbles (hi: the next), loading with MOV
+// and masking with AND (VMOVDQU and VPAND, or their EVEX forms VMOVDQU32
+// and VPANDD for Y16-Y31). Y10 holds 0x0f.
+#define K4NIBBLES(R, off, MOV, AND, lo, hi) \
+	MOV          off(R), lo \
+	VPSRLW       $4, lo, hi \
+	AND          Y10, lo, lo \
+	AND          Y10, hi, hi
 
 // K5HIGH adds the fifth bits of a Q5_K block pair from the 32 bytes at
-// off(R): moved to bit 4 (Y14 holds 0x10) by op0 $n0 for Y11 and by
-// op1 $n1 for Y12. Y8 and Y15 are scratch.
-#define K5HIGH(R, off, op0, n0, op1, n1) \
+// off(R): moved to bit 4 (Y14 holds 0x10) by op0 $n0 for lo and by op1
+// $n1 for hi, joined by OR (VPOR, or VPORD for Y16-Y31). Y8 and Y15 are
+// scratch.
+#define K5HIGH(R, off, op0, n0, op1, n1, OR, lo, hi) \
 	VMOVDQU      off(R), Y8 \
 	op0          $n0, Y8, Y15 \
 	VPAND        Y14, Y15, Y15 \
-	VPOR         Y15, Y11, Y11 \
+	OR           Y15, lo, lo \
 	op1          $n1, Y8, Y15 \
 	VPAND        Y14, Y15, Y15 \
-	VPOR         Y15, Y12, Y12
+	OR           Y15, hi, hi
 
 // KMADD multiplies the unsigned blocks in Y11 and Y12 by the activation
 // blocks at a0 and a1 and by the int16 scale vectors s0 and s1, and adds
@@ -223,14 +226,14 @@
 // K4PAIR adds Q4_K block pair k of the super-block at R9, times the
 // activations of the super-block at (a) and the scales s0 and s1, to Y13.
 #define K4PAIR(M, a, k, s0, s1) \
-	K4NIBBLES(R9, (16+32*k)) \
+	K4NIBBLES(R9, (16+32*k), VMOVDQU, VPAND, Y11, Y12) \
 	M((64*k)(a), (64*k+32)(a), s0, s1)
 
 // K5PAIR is K4PAIR for Q5_K, the fifth bits shifted into place by op0
 // $n0 and op1 $n1.
 #define K5PAIR(M, a, k, op0, n0, op1, n1, s0, s1) \
-	K4NIBBLES(R9, (48+32*k)) \
-	K5HIGH(R9, 16, op0, n0, op1, n1) \
+	K4NIBBLES(R9, (48+32*k), VMOVDQU, VPAND, Y11, Y12) \
+	K5HIGH(R9, 16, op0, n0, op1, n1, VPOR, Y11, Y12) \
 	M((64*k)(a), (64*k+32)(a), s0, s1)
 
 // K4ROW adds the Q4_K super-block at R9 times the activations at (a) to
@@ -262,12 +265,9 @@
 	K4SPLIT(R, 80, Y20, Y21) \
 	K4SPLIT(R, 112, Y22, Y23)
 
-// K4SPLIT is K4NIBBLES into lo and hi.
+// K4SPLIT is K4NIBBLES into the EVEX registers lo and hi.
 #define K4SPLIT(R, off, lo, hi) \
-	VMOVDQU32 off(R), lo \
-	VPSRLW  $4, lo, hi \
-	VPANDD  Y10, lo, lo \
-	VPANDD  Y10, hi, hi
+	K4NIBBLES(R, off, VMOVDQU32, VPANDD, lo, hi)
 
 // K5UNPACK is K4UNPACK for Q5_K, the fifth bits in place as K5PAIR puts
 // them.
@@ -277,16 +277,10 @@
 	K5SPLIT(R, 112, VPSRLW, 0, VPSRLW, 1, Y20, Y21) \
 	K5SPLIT(R, 144, VPSRLW, 2, VPSRLW, 3, Y22, Y23)
 
-// K5SPLIT is K4SPLIT and K5HIGH into lo and hi. Y8 and Y15 are scratch.
+// K5SPLIT is K4SPLIT and K5HIGH into the EVEX registers lo and hi.
 #define K5SPLIT(R, off, op0, n0, op1, n1, lo, hi) \
 	K4SPLIT(R, off, lo, hi) \
-	VMOVDQU 16(R), Y8 \
-	op0     $n0, Y8, Y15 \
-	VPAND   Y14, Y15, Y15 \
-	VPORD   Y15, lo, lo \
-	op1     $n1, Y8, Y15 \
-	VPAND   Y14, Y15, Y15 \
-	VPORD   Y15, hi, hi
+	K5HIGH(R, 16, op0, n0, op1, n1, VPORD, lo, hi)
 
 // K4ROWU is K4ROW and K5ROW with VPDPWSSD over the blocks K4UNPACK or
 // K5UNPACK left: the same integers, without unpacking the weights again

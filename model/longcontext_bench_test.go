@@ -12,8 +12,9 @@ import (
 // BenchmarkLongContextStep times the steps a long prompt's prefill adds to
 // decoding streams (issue 10): decoders alone, and decoders beside one
 // prompt token after 29 000 cached positions, through all layers or one,
-// on MOEGRID_BENCH_MODEL or the tiny preset. cpu-ms is the process's CPU time per step, which a
-// shared machine's other load moves less than the wall time.
+// on MOEGRID_BENCH_MODEL or the tiny preset. cpu-ms is the process's CPU
+// time per step, which a shared machine's other load moves less than the
+// wall time.
 func BenchmarkLongContextStep(b *testing.B) {
 	m, ex := benchModel(b)
 	ctx := b.Context()

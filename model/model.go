@@ -158,18 +158,17 @@ func (c *Cache) restore(m cacheMark) {
 // layers (Input.Layers): their hidden states before the next layer. A later
 // step continues them (Input.Resume) where they stopped.
 type Partial struct {
-	cache     *Cache
-	tokens    []int
+	tokens    int
 	allLogits bool
 	layer     int       // the next layer to run
-	x         []float32 // hidden states [len(tokens), H]; never written once made
+	x         []float32 // hidden states [tokens, H]; never written once made
 }
 
 // Layer is the first layer the tokens have still to go through.
 func (p *Partial) Layer() int { return p.layer }
 
 // Tokens is the number of tokens the partial holds.
-func (p *Partial) Tokens() int { return len(p.tokens) }
+func (p *Partial) Tokens() int { return p.tokens }
 
 // Input is one sequence's part of a Forward step: new tokens that continue
 // the sequence whose cache is given, or the tokens of a Partial.
@@ -236,7 +235,7 @@ func (m *Model) Forward(ctx context.Context, experts Experts, inputs []Input) (*
 		if err := m.checkInput(i, in); err != nil {
 			return nil, err
 		}
-		tokens, from := in.Tokens, 0
+		tokens, from := len(in.Tokens), 0
 		if in.Resume != nil {
 			tokens, from = in.Resume.tokens, in.Resume.layer
 		}
@@ -279,13 +278,13 @@ func (m *Model) checkInput(i int, in Input) error {
 		switch {
 		case len(in.Tokens) > 0 || in.AllLogits:
 			return fmt.Errorf("%w: input %d resumes a partial and brings tokens or AllLogits of its own", ErrInput, i)
-		case in.Resume.cache != in.Cache || in.Cache.pending != in.Resume:
+		case in.Cache.pending != in.Resume:
 			return fmt.Errorf("%w: input %d resumes a partial its cache's last step did not leave", ErrInput, i)
 		}
 		return nil
 	}
 	if in.Cache.pending != nil {
-		return fmt.Errorf("%w: input %d brings tokens to a cache whose partial (%d tokens, from layer %d) was not resumed", ErrInput, i, len(in.Cache.pending.tokens), in.Cache.pending.layer)
+		return fmt.Errorf("%w: input %d brings tokens to a cache whose partial (%d tokens, from layer %d) was not resumed", ErrInput, i, in.Cache.pending.tokens, in.Cache.pending.layer)
 	}
 	if len(in.Tokens) == 0 {
 		return fmt.Errorf("%w: input %d has no tokens", ErrInput, i)
@@ -314,7 +313,7 @@ func (m *Model) forward(ctx context.Context, experts Experts, inputs []Input, sp
 		first[i] = r
 		if p := in.Resume; p != nil {
 			copy(x[r*H:], p.x)
-			r += len(p.tokens)
+			r += p.tokens
 			continue
 		}
 		for _, id := range in.Tokens {
@@ -335,32 +334,25 @@ func (m *Model) forward(ctx context.Context, experts Experts, inputs []Input, sp
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		var active []int // the rows that run layer l, where not all do
-		for i, sp := range spans {
-			if sp.from <= l && l < sp.to {
-				for r := first[i]; r < first[i+1]; r++ {
-					active = append(active, r)
-				}
-			}
-		}
-		if len(active) == 0 {
+		// Where only some rows run layer l, they run it gathered and
+		// are put back after.
+		active, all := activeRows(l, spans, first)
+		if !all && len(active) == 0 {
 			res.Routes[l] = make([]Route, R)
 			continue
 		}
-		if len(active) == R {
-			m.attention(l, x, rows, cos, sin, s)
-			routes, err := m.moe(ctx, experts, l, x, s)
-			if err != nil {
-				return nil, err
-			}
-			res.Routes[l] = routes
-			continue
+		sub, sc := subBatch{x: x, cos: cos, sin: sin, rows: rows}, s
+		if !all {
+			sub, sc = gatherRows(active, x, rows, cos, sin, H, d/2), s.view(cfg, len(active))
 		}
-		sub := gatherRows(active, x, rows, cos, sin, H, d/2)
-		m.attention(l, sub.x, sub.rows, sub.cos, sub.sin, s.view(cfg, len(active)))
-		routes, err := m.moe(ctx, experts, l, sub.x, s.view(cfg, len(active)))
+		m.attention(l, sub.x, sub.rows, sub.cos, sub.sin, sc)
+		routes, err := m.moe(ctx, experts, l, sub.x, sc)
 		if err != nil {
 			return nil, err
+		}
+		if all {
+			res.Routes[l] = routes
+			continue
 		}
 		res.Routes[l] = make([]Route, R)
 		for j, r := range active {
@@ -375,12 +367,12 @@ func (m *Model) forward(ctx context.Context, experts Experts, inputs []Input, sp
 	res.Partials = make([]*Partial, len(inputs))
 	for i, in := range inputs {
 		r0, n := first[i], first[i+1]-first[i]
-		tokens, allLogits := in.Tokens, in.AllLogits
+		allLogits := in.AllLogits
 		if p := in.Resume; p != nil {
-			tokens, allLogits = p.tokens, p.allLogits
+			allLogits = p.allLogits
 		}
 		if spans[i].to < cfg.NumHiddenLayers {
-			p := &Partial{cache: in.Cache, tokens: tokens, allLogits: allLogits, layer: spans[i].to, x: slices.Clone(x[r0*H : (r0+n)*H])}
+			p := &Partial{tokens: n, allLogits: allLogits, layer: spans[i].to, x: slices.Clone(x[r0*H : (r0+n)*H])}
 			in.Cache.pending = p
 			res.Partials[i] = p
 			continue
@@ -397,6 +389,27 @@ func (m *Model) forward(ctx context.Context, experts Experts, inputs []Input, sp
 		res.Logits[i] = logits
 	}
 	return res, nil
+}
+
+// activeRows returns the rows that run layer l, inputs[i]'s being rows
+// first[i] to first[i+1] and running the layers of spans[i], or all where
+// every row does.
+func activeRows(l int, spans []span, first []int) (active []int, all bool) {
+	all = true
+	for _, sp := range spans {
+		all = all && sp.from <= l && l < sp.to
+	}
+	if all {
+		return nil, true
+	}
+	for i, sp := range spans {
+		if sp.from <= l && l < sp.to {
+			for r := first[i]; r < first[i+1]; r++ {
+				active = append(active, r)
+			}
+		}
+	}
+	return active, false
 }
 
 // subBatch is the rows of a step that run one layer, gathered.

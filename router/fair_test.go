@@ -132,15 +132,7 @@ func longPromptSteps(t *testing.T, cfg SchedulerConfig, decoders, long int) []st
 
 	streamCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var streams []<-chan Event
-	for i, p := range prompts(decoders) {
-		events, err := s.Submit(streamCtx, Request{Prompt: p, MaxTokens: 20000, IgnoreEOS: true, Sampler: greedy()})
-		if err != nil {
-			t.Fatalf("Submit %d: %v", i, err)
-		}
-		nextToken(t, ctx, events) // decoding
-		streams = append(streams, events)
-	}
+	streams := decodingStreams(t, ctx, streamCtx, s, decoders)
 	phase.Store(true)
 	events, err := s.Submit(ctx, Request{Prompt: prompt, MaxTokens: 1, Sampler: greedy()})
 	if err != nil {
@@ -173,6 +165,22 @@ func longPromptSteps(t *testing.T, cfg SchedulerConfig, decoders, long int) []st
 		t.Errorf("prefilled %d prompt tokens in the recorded steps, want %d", prefilled, long)
 	}
 	return steps
+}
+
+// decodingStreams submits n long requests to s under streamCtx and waits
+// (under ctx) for each one's first token, so that all of them decode.
+func decodingStreams(t *testing.T, ctx, streamCtx context.Context, s *Scheduler, n int) []<-chan Event {
+	t.Helper()
+	var streams []<-chan Event
+	for i, p := range prompts(n) {
+		events, err := s.Submit(streamCtx, Request{Prompt: p, MaxTokens: 20000, IgnoreEOS: true, Sampler: greedy()})
+		if err != nil {
+			t.Fatalf("Submit %d: %v", i, err)
+		}
+		nextToken(t, ctx, events)
+		streams = append(streams, events)
+	}
+	return streams
 }
 
 // A long prompt arriving beside decoding streams is prefilled over many
@@ -290,11 +298,7 @@ func TestSchedulerLayerSplitMatchesAlone(t *testing.T) {
 	runScheduler(t, split)
 	streamCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := split.Submit(streamCtx, Request{Prompt: prompts(1)[0], MaxTokens: 20000, IgnoreEOS: true, Sampler: greedy()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	nextToken(t, ctx, stream)
+	decodingStreams(t, ctx, streamCtx, split, 1)
 	got := events(split)
 	if pieceLayers.Load() == 0 {
 		t.Fatal("no prompt token was split between layers")
@@ -338,15 +342,7 @@ func TestSchedulerBankCountsWhatIsLeft(t *testing.T) {
 	runScheduler(t, s)
 	streamCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var streams []<-chan Event
-	for i, p := range prompts(decoders) {
-		events, err := s.Submit(streamCtx, Request{Prompt: p, MaxTokens: 20000, IgnoreEOS: true, Sampler: greedy()})
-		if err != nil {
-			t.Fatalf("Submit %d: %v", i, err)
-		}
-		nextToken(t, ctx, events)
-		streams = append(streams, events)
-	}
+	streams := decodingStreams(t, ctx, streamCtx, s, decoders)
 	long := make([]int, bankFrom+40)
 	for i := range long {
 		long[i] = 1 + (i*7919)%(fx.model.Config.VocabSize-1)

@@ -417,9 +417,10 @@ func TestAddAndAddScaled(t *testing.T) {
 	}
 }
 
-// TestPathsAgree checks that the SIMD paths compute every element in the
-// same order (bit for bit), and that the portable path is within float32
-// rounding of them, on shapes around the tile and lane sizes.
+// TestPathsAgree checks that the SIMD paths, with and without software
+// prefetch, compute every element in the same order (bit for bit), and
+// that the portable path is within float32 rounding of them, on shapes
+// around the tile and lane sizes.
 func TestPathsAgree(t *testing.T) {
 	rng := rand.New(rand.NewPCG(11, 12))
 	for _, dtype := range formats {
@@ -429,28 +430,39 @@ func TestPathsAgree(t *testing.T) {
 		} {
 			w := newTestMatrix(t, rng, s.wRows, s.wCols, dtype)
 			x := randFloats(rng, s.rows*s.wCols)
-			results := map[kernel.Path][]float32{}
-			for _, p := range paths() {
-				restore, err := kernel.UsePath(p)
-				if err != nil {
-					t.Fatal(err)
-				}
-				out := make([]float32, s.rows*s.wRows)
-				kernel.MatMul(out, x, s.rows, w.m)
-				restore()
-				results[p] = out
-			}
 			name := fmt.Sprintf("%v/%dx[%d,%d]", dtype, s.rows, s.wRows, s.wCols)
-			if a, b := results[kernel.PathAVX512], results[kernel.PathAVX2]; a != nil && b != nil {
-				if d := cmp.Diff(bits(a), bits(b)); d != "" {
-					t.Errorf("%s: avx512 and avx2 differ:\n%s", name, d)
+			var ref []float32
+			simd := map[string][]float32{}
+			for _, p := range paths() {
+				for _, prefetch := range []bool{false, true} {
+					restore, err := kernel.UsePath(p)
+					if err != nil {
+						t.Fatal(err)
+					}
+					restorePrefetch := kernel.UsePrefetch(prefetch)
+					out := make([]float32, s.rows*s.wRows)
+					kernel.MatMul(out, x, s.rows, w.m)
+					restorePrefetch()
+					restore()
+					if p == kernel.PathPortable {
+						ref = out
+						break
+					}
+					simd[fmt.Sprintf("%v prefetch=%v", p, prefetch)] = out
 				}
 			}
-			ref := results[kernel.PathPortable]
-			for p, got := range results {
+			// Every SIMD kernel gives the same bits, and all are within
+			// float32 rounding of the portable path.
+			var first string
+			for k, got := range simd {
+				if first == "" {
+					first = k
+				} else if d := cmp.Diff(bits(simd[first]), bits(got)); d != "" {
+					t.Errorf("%s: %s and %s differ:\n%s", name, first, k, d)
+				}
 				for i := range got {
 					if d := math.Abs(float64(got[i] - ref[i])); d > 1e-5*(1+math.Abs(float64(ref[i]))) {
-						t.Errorf("%s: %v out[%d] = %v, portable %v", name, p, i, got[i], ref[i])
+						t.Errorf("%s: %s out[%d] = %v, portable %v", name, k, i, got[i], ref[i])
 					}
 				}
 			}

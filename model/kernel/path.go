@@ -44,6 +44,24 @@ var portableKernels = kernelSet{
 // benchmarks of each path).
 var kernels = chooseKernels()
 
+// softwarePrefetch is whether the SIMD tiles prefetch their weights in
+// software: the CPU's vendor decides (prefetchByDefault), unless
+// MOEGRID_PREFETCH is on or off (for benchmarks of both).
+var softwarePrefetch = choosePrefetch()
+
+func choosePrefetch() bool {
+	switch v := os.Getenv("MOEGRID_PREFETCH"); v {
+	case "":
+		return prefetchByDefault()
+	case "on":
+		return true
+	case "off":
+		return false
+	default:
+		panic(fmt.Sprintf("MOEGRID_PREFETCH: %q is neither on nor off", v))
+	}
+}
+
 func chooseKernels() kernelSet {
 	if p := os.Getenv("MOEGRID_KERNEL"); p != "" {
 		k, err := kernelsFor(Path(p))
@@ -73,7 +91,7 @@ func kernelsFor(p Path) (kernelSet, error) {
 	case PathPortable:
 		return portableKernels, nil
 	case PathAVX512, PathAVX2:
-		if k, ok := simdKernels(p); ok {
+		if k, ok := simdKernels(p, softwarePrefetch); ok {
 			return k, nil
 		}
 		return kernelSet{}, fmt.Errorf("kernel: this CPU does not run the %s kernels", p)
@@ -95,6 +113,20 @@ func UsePath(p Path) (restore func(), err error) {
 	old := kernels
 	kernels = k
 	return func() { kernels = old }, nil
+}
+
+// UsePrefetch switches the SIMD tiles of the path in use to the variant
+// that prefetches its weights in software (on) or the one that leaves it
+// to the hardware, and returns a function that switches back. Both give
+// the same bits. It is for tests and benchmarks, and must not be called
+// while kernels run.
+func UsePrefetch(on bool) (restore func()) {
+	oldKernels, oldPrefetch := kernels, softwarePrefetch
+	softwarePrefetch = on
+	if k, err := kernelsFor(kernels.path); err == nil {
+		kernels = k
+	}
+	return func() { kernels, softwarePrefetch = oldKernels, oldPrefetch }
 }
 
 // hasAVX512 is what the AVX-512 kernels need: foundation, and the byte/word

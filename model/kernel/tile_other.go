@@ -3,7 +3,10 @@
 package kernel
 
 // simdKernels reports that no SIMD kernels exist off amd64.
-func simdKernels(Path) (kernelSet, bool) { return kernelSet{}, false }
+func simdKernels(Path, bool) (kernelSet, bool) { return kernelSet{}, false }
+
+// prefetchByDefault is false where the kernels have no assembly.
+func prefetchByDefault() bool { return false }
 
 // hasBF16Dot is false off amd64: the BF16 compute mode needs AVX-512.
 const hasBF16Dot = false

@@ -362,9 +362,13 @@ func (m *Model) forward(ctx context.Context, experts Experts, inputs []Input, sp
 	}
 
 	// Logits only for the rows that asked for them, of the inputs that went
-	// through every layer; the others are left pending.
+	// through every layer; the others are left pending. The rows of all
+	// inputs go through the LM head in one product, which reads its
+	// weights once a step rather than once an input.
 	res.Logits = make([][]float32, len(inputs))
 	res.Partials = make([]*Partial, len(inputs))
+	var h []float32
+	want := make([]int, len(inputs)) // logit rows of inputs[i]
 	for i, in := range inputs {
 		r0, n := first[i], first[i+1]-first[i]
 		allLogits := in.AllLogits
@@ -382,11 +386,18 @@ func (m *Model) forward(ctx context.Context, experts Experts, inputs []Input, sp
 		if !allLogits {
 			r0, n = r0+n-1, 1
 		}
-		h := make([]float32, n*H)
-		kernel.RMSNorm(h, x[r0*H:(r0+n)*H], m.Norm, cfg.RMSNormEps)
-		logits := make([]float32, n*cfg.VocabSize)
-		kernel.MatMul(logits, h, n, m.LMHead)
-		res.Logits[i] = logits
+		h = slices.Grow(h, n*H)
+		h = h[:len(h)+n*H]
+		kernel.RMSNorm(h[len(h)-n*H:], x[r0*H:(r0+n)*H], m.Norm, cfg.RMSNormEps)
+		want[i] = n
+	}
+	n := len(h) / H
+	logits := make([]float32, n*cfg.VocabSize)
+	kernel.MatMul(logits, h, n, m.LMHead)
+	for i, k := range want {
+		if k > 0 {
+			res.Logits[i], logits = logits[:k*cfg.VocabSize:k*cfg.VocabSize], logits[k*cfg.VocabSize:]
+		}
 	}
 	return res, nil
 }

@@ -67,9 +67,11 @@ func MatMuls(x []float32, rows int, ps ...Product) {
 	for _, p := range ps {
 		total += p.W.Rows()
 	}
-	// About four chunks per worker, so that a worker slowed by something
-	// else takes fewer, but none too small to be worth handing over.
-	chunks := 4 * workers()
+	// About sixteen chunks per worker, so that the workers finish within a
+	// small chunk of each other (For hands out large shares of them first)
+	// and a worker slowed by something else takes fewer, but none too
+	// small to be worth handing over.
+	chunks := 16 * workers()
 	grain := max(
 		(total+chunks-1)/chunks,
 		minChunkWork/max(rows*cols, 1),

@@ -68,12 +68,15 @@ func worker() {
 
 // parallelLoop is one call of For: chunks of [0, n) handed out in order to
 // whichever goroutine asks next, so a core slowed by other work takes
-// fewer of them.
+// fewer of them. Each takes a share of what is left, large at first and
+// one chunk at the end (guided scheduling), so that a loop of many chunks
+// meets few times and still ends with every goroutine finishing within a
+// chunk of the others.
 type parallelLoop struct {
 	n, grain int
 	chunks   int64
 	fn       func(lo, hi int)
-	next     atomic.Int64
+	next     atomic.Int64 // chunks handed out
 	// done counts the chunks finished, and finished is closed with the
 	// last: the caller waits for the work, not for the workers, so a loop
 	// never waits on a busy pool.
@@ -83,20 +86,25 @@ type parallelLoop struct {
 
 func (l *parallelLoop) run() {
 	for {
-		lo := int(l.next.Add(int64(l.grain))) - l.grain
-		if lo >= l.n {
+		c := l.next.Load()
+		if c >= l.chunks {
 			return
 		}
-		l.fn(lo, min(lo+l.grain, l.n))
-		if l.done.Add(1) == l.chunks {
+		take := max(1, (l.chunks-c)/int64(2*poolSize))
+		if !l.next.CompareAndSwap(c, c+take) {
+			continue
+		}
+		l.fn(int(c)*l.grain, min(int(c+take)*l.grain, l.n))
+		if l.done.Add(take) == l.chunks {
 			close(l.finished)
 		}
 	}
 }
 
-// For calls fn(lo, hi) over disjoint ranges that cover [0, n), each at
-// most grain long and starting at a multiple of grain, on the pool's
-// goroutines and the caller's, and returns when all calls have returned.
+// For calls fn(lo, hi) over disjoint ranges that cover [0, n), each
+// starting at a multiple of grain and a multiple of grain long (or ending
+// at n), on the pool's goroutines and the caller's, and returns when all
+// calls have returned.
 // Which goroutine runs which range is not fixed, so fn must compute each
 // element the same way whatever range holds it.
 func For(n, grain int, fn func(lo, hi int)) {

@@ -31,6 +31,10 @@ const (
 // pointers to the first element of each of the tileCols weight rows.
 type tileFunc[X, W any] func(acc *[tileRows * tileCols]float32, x []X, xStride, nx int, w *[tileCols]*W, k int)
 
+// widenTileFunc is a tileFunc over 16-bit float weights that also stores
+// each weight row j's first k values, widened, at d[j].
+type widenTileFunc func(acc *[tileRows * tileCols]float32, x []float32, xStride, nx int, w *[tileCols]*uint16, k int, d *[tileCols]*float32)
+
 // tiling is one way to multiply: a tile kernel, the number of columns its
 // vector part takes at a time, and the product of one input and one weight
 // element for the columns after that.
@@ -68,20 +72,28 @@ func mulTiled[X, W any](data []W, cols int, tl tiling[X, W], out []float32, oStr
 			} else {
 				clear(acc[:])
 			}
-			for i := range nx {
-				xr := x[(t+i)*cols : (t+i+1)*cols]
-				o := out[(t+i)*oStride+oBase-lo:]
-				for j, r := range rows[:nw] {
-					s := acc[i*tileCols+j]
-					if k < cols {
-						wr := data[r*cols : (r+1)*cols]
-						for c := k; c < cols; c++ {
-							s += tl.mul(xr[c], wr[c])
-						}
-					}
-					o[r] = s
+			finishTile(&acc, tl.mul, data, cols, k, rows[:nw], rows[:nw], out[t*oStride+oBase-lo:], oStride, x[t*cols:], nx)
+		}
+	}
+}
+
+// finishTile writes the outputs of a tile of nx input rows of x and weight
+// rows wRows of data: the tile kernel's sums acc over the first k columns,
+// plus the products of the columns after them one by one. The output of
+// input row i and weight row wRows[j] goes to out[i·oStride + oRows[j]].
+func finishTile[X, W any](acc *[tileRows * tileCols]float32, mul func(X, W) float32, data []W, cols, k int, wRows, oRows []int, out []float32, oStride int, x []X, nx int) {
+	for i := range nx {
+		xr := x[i*cols : (i+1)*cols]
+		o := out[i*oStride:]
+		for j, r := range wRows {
+			s := acc[i*tileCols+j]
+			if k < cols {
+				wr := data[r*cols : (r+1)*cols]
+				for c := k; c < cols; c++ {
+					s += mul(xr[c], wr[c])
 				}
 			}
+			o[oRows[j]] = s
 		}
 	}
 }
@@ -110,13 +122,17 @@ func quarterTile(lo, hi, quarter, q int) (rows [tileCols]int, nw int) {
 // tile of weight rows once into scratch and multiplies it as F32, so the
 // widening is not repeated for every tile of input rows. Widening is exact,
 // so both give the same bits.
-func mulHalf(data []uint16, rows, cols int, fused tiling[float32, uint16], widenRow func(dst []float32, src []uint16), out, x []float32, n, lo, hi int) {
+func mulHalf(data []uint16, rows, cols int, fused tiling[float32, uint16], widenTile widenTileFunc, widenRow func(dst []float32, src []uint16), out, x []float32, n, lo, hi int) {
 	if n <= tileRows {
 		mulTiled(data, cols, fused, out, rows, lo, x, n, lo, hi)
 		return
 	}
 	buf := getScratch(tileCols * cols)
 	defer putScratch(buf)
+	if widenTile != nil && cols >= lanes {
+		mulWidening(data, rows, cols, widenTile, widenRow, *buf, out, x, n, lo, hi)
+		return
+	}
 	for r := lo; r < hi; r += tileCols {
 		nw := min(tileCols, hi-r)
 		for j := range nw {
@@ -126,6 +142,43 @@ func mulHalf(data []uint16, rows, cols int, fused tiling[float32, uint16], widen
 		// multiplied: the widening pass would otherwise wait for them.
 		prefetchRows(data, cols, r+tileCols, min(r+2*tileCols, hi))
 		mulTiled(*buf, cols, kernels.f32, out, rows, r, x, n, 0, nw)
+	}
+}
+
+// mulWidening is mulHalf with a tile kernel that stores what it widens:
+// each tile of weight rows (one from each quarter of [lo, hi), as
+// mulTiled's) is widened into buf while it multiplies the first tile of
+// input rows, in one pass over the weights, and the other input rows
+// multiply the widened rows as F32. The bits are those of mulHalf's other
+// ways.
+func mulWidening(data []uint16, rows, cols int, widenTile widenTileFunc, widenRow func(dst []float32, src []uint16), buf, out, x []float32, n, lo, hi int) {
+	k := cols &^ (lanes - 1)
+	f32 := kernels.f32
+	var acc [tileRows * tileCols]float32
+	var w [tileCols]*uint16
+	var widened [tileCols]*float32
+	bufRows := [tileCols]int{0, 1, 2, 3}
+	quarter := quarters(lo, hi)
+	for q := range quarter {
+		wRows, nw := quarterTile(lo, hi, quarter, q)
+		for j, r := range wRows {
+			// A short tile's extra rows repeat its first, here too.
+			b := j
+			if j >= nw {
+				b = 0
+			}
+			w[j], widened[j] = &data[r*cols], &buf[b*cols]
+		}
+		widenTile(&acc, x, cols, tileRows, &w, k, &widened)
+		for j, r := range wRows[:nw] {
+			widenRow(buf[j*cols+k:(j+1)*cols], data[r*cols+k:(r+1)*cols])
+		}
+		finishTile(&acc, f32.mul, buf, cols, k, bufRows[:nw], wRows[:nw], out, rows, x, tileRows)
+		for t := tileRows; t < n; t += tileRows {
+			nx := min(tileRows, n-t)
+			f32.tile(&acc, x[t*cols:], cols, nx, &widened, k)
+			finishTile(&acc, f32.mul, buf, cols, k, bufRows[:nw], wRows[:nw], out[t*rows:], rows, x[t*cols:], nx)
+		}
 	}
 }
 
@@ -247,11 +300,11 @@ func (m *f32Matrix) MulRows(out, x []float32, n, lo, hi int) {
 }
 
 func (m *bf16Matrix) MulRows(out, x []float32, n, lo, hi int) {
-	mulHalf(m.data, m.rows, m.cols, kernels.bf16, kernels.widenBF16, out, x, n, lo, hi)
+	mulHalf(m.data, m.rows, m.cols, kernels.bf16, kernels.bf16Widen, kernels.widenBF16, out, x, n, lo, hi)
 }
 
 func (m *f16Matrix) MulRows(out, x []float32, n, lo, hi int) {
-	mulHalf(m.data, m.rows, m.cols, kernels.f16, kernels.widenF16, out, x, n, lo, hi)
+	mulHalf(m.data, m.rows, m.cols, kernels.f16, nil, kernels.widenF16, out, x, n, lo, hi)
 }
 
 // widenRowsGo widens src into dst element by element: the portable row

@@ -28,6 +28,9 @@ type kernelSet struct {
 	f16  tiling[float32, uint16]
 	// widenBF16 and widenF16 widen a row of 16-bit floats exactly.
 	widenBF16, widenF16 func(dst []float32, src []uint16)
+	// bf16Widen, where set, is the BF16 tile that also stores the
+	// weights it widens (see mulHalf).
+	bf16Widen widenTileFunc
 }
 
 var portableKernels = kernelSet{

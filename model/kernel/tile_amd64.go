@@ -47,6 +47,14 @@ func tileBF16AVX2NoPrefetch(acc *[tileRows * tileCols]float32, x *float32, xstri
 func tileF16AVX2NoPrefetch(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols]*uint16, k int)
 
 //go:noescape
+func tileBF16AVX512Widen(acc *[tileRows * tileCols]float32, x *float32, xstride, nx int, w *[tileCols]*uint16, k int, d0, d1, d2, d3 *float32)
+
+// bf16WidenTile adapts tileBF16AVX512Widen to a widenTileFunc.
+func bf16WidenTile(acc *[tileRows * tileCols]float32, x []float32, xStride, nx int, w *[tileCols]*uint16, k int, d *[tileCols]*float32) {
+	tileBF16AVX512Widen(acc, &x[0], xStride, nx, w, k, d[0], d[1], d[2], d[3])
+}
+
+//go:noescape
 func widenBF16AVX512(dst *float32, src *uint16, n int)
 
 //go:noescape
@@ -89,7 +97,7 @@ func asmTile[W any](f asmTileFunc[W], widen func(W) float32) tiling[float32, W] 
 // weights in software.
 var (
 	avx512Kernels = [2]kernelSet{
-		simdSet(PathAVX512, tileF32AVX512NoPrefetch, tileBF16AVX512NoPrefetch, tileF16AVX512NoPrefetch, widenBF16AVX512, widenF16AVX512),
+		withBF16Widen(simdSet(PathAVX512, tileF32AVX512NoPrefetch, tileBF16AVX512NoPrefetch, tileF16AVX512NoPrefetch, widenBF16AVX512, widenF16AVX512)),
 		simdSet(PathAVX512, tileF32AVX512, tileBF16AVX512, tileF16AVX512, widenBF16AVX512, widenF16AVX512),
 	}
 	avx2Kernels = [2]kernelSet{
@@ -102,6 +110,14 @@ type (
 	asmTileFunc[W any] func(*[tileRows * tileCols]float32, *float32, int, int, *[tileCols]*W, int)
 	asmWidenFunc       func(*float32, *uint16, int)
 )
+
+// withBF16Widen gives set the BF16 tile that stores what it widens. The
+// sets that prefetch in software keep the separate widening pass and its
+// prefetch of the next tile, which is what they were measured with.
+func withBF16Widen(set kernelSet) kernelSet {
+	set.bf16Widen = bf16WidenTile
+	return set
+}
 
 // simdSet makes a kernel set of assembly tiles and widenings.
 func simdSet(p Path, f32 asmTileFunc[float32], bf16, f16 asmTileFunc[uint16], wBF16, wF16 asmWidenFunc) kernelSet {

@@ -26,6 +26,7 @@ func main() {
 			avx512Tile(&b, f, v)
 		}
 	}
+	avx512Tile(&b, formats[1], widenVariant)
 	b.WriteString(reduceY)
 	for _, v := range variants {
 		for _, f := range formats {
@@ -85,9 +86,16 @@ var formats = []format{
 type variant struct {
 	suffix   string
 	prefetch bool
+	// store is whether each widened weight vector is also stored, at
+	// column AX of float32 rows d0-d3, so that a batch of more than one
+	// tile of input rows widens its weights once, in its first tile.
+	store bool
 }
 
-var variants = []variant{{"", true}, {"NoPrefetch", false}}
+var (
+	variants     = []variant{{suffix: "", prefetch: true}, {suffix: "NoPrefetch"}}
+	widenVariant = variant{suffix: "Widen", store: true}
+)
 
 var (
 	weightRows = []string{"R9", "R10", "R11", "R12"}
@@ -119,9 +127,13 @@ func dispatch(b *strings.Builder, prefix string) {
 // 4·rows Z accumulators, the four weight vectors loaded once per 16 columns
 // and multiplied with each input row.
 func avx512Tile(b *strings.Builder, f format, v variant) {
-	fmt.Fprintf(b, "// func tile%sAVX512%s(acc *[16]float32, x *float32, xstride, nx int, w *[4]*%s, k int)\n", f.name, v.suffix, f.elem)
+	args, frame := "", 48
+	if v.store {
+		args, frame = ", d0, d1, d2, d3 *float32", 80
+	}
+	fmt.Fprintf(b, "// func tile%sAVX512%s(acc *[16]float32, x *float32, xstride, nx int, w *[4]*%s, k int%s)\n", f.name, v.suffix, f.elem, args)
 	fmt.Fprintf(b, "// %s%s.\n", f.doc, v.doc())
-	fmt.Fprintf(b, "TEXT ·tile%sAVX512%s(SB), NOSPLIT, $0-48\n\tARGS\n", f.name, v.suffix)
+	fmt.Fprintf(b, "TEXT ·tile%sAVX512%s(SB), NOSPLIT, $0-%d\n\tARGS\n", f.name, v.suffix, frame)
 	dispatch(b, "")
 	for _, s := range shapes {
 		fmt.Fprintf(b, "%s:\n", s.label)
@@ -136,6 +148,12 @@ func avx512Tile(b *strings.Builder, f format, v variant) {
 		}
 		for _, base := range weightRows {
 			v.prefetchRow(b, base, f)
+		}
+		if v.store {
+			for j := range weightRows {
+				line(b, "MOVQ d%d+%d(FP), R15", j, 48+8*j)
+				line(b, "VMOVUPS Z%d, (R15)(AX*4)", 16+j)
+			}
 		}
 		for i := range s.rows {
 			line(b, "LOADX_Z(%s, Z%d)", inputRows[i], 20+i)
@@ -194,7 +212,10 @@ func (v variant) prefetchRow(b *strings.Builder, base string, f format) {
 }
 
 func (v variant) doc() string {
-	if v.prefetch {
+	switch {
+	case v.store:
+		return "; each widened weight vector also stored at column AX of dj, without software prefetch"
+	case v.prefetch:
 		return ""
 	}
 	return "; no software prefetch"

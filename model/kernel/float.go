@@ -120,8 +120,9 @@ func quarterTile(lo, hi, quarter, q int) (rows [tileCols]int, nw int) {
 // mulHalf is MulRows for the 16-bit float formats. A batch of one tile's
 // rows widens each weight vector in registers; a larger batch widens each
 // tile of weight rows once into scratch and multiplies it as F32, so the
-// widening is not repeated for every tile of input rows. Widening is exact,
-// so both give the same bits.
+// widening is not repeated for every tile of input rows: in the first
+// input tile's pass where widenTile is given (mulWidening), in a pass of
+// its own otherwise. Widening is exact, so all give the same bits.
 func mulHalf(data []uint16, rows, cols int, fused tiling[float32, uint16], widenTile widenTileFunc, widenRow func(dst []float32, src []uint16), out, x []float32, n, lo, hi int) {
 	if n <= tileRows {
 		mulTiled(data, cols, fused, out, rows, lo, x, n, lo, hi)

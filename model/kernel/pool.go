@@ -129,8 +129,8 @@ func For(n, grain int, fn func(lo, hi int)) {
 		}
 	}
 	l.run()
-	// What is left is at most one chunk per worker, already running: wait
-	// for it spinning a little, then parked.
+	// What is left is at most one share per worker, already running, the
+	// last ones a chunk each: wait for it spinning a little, then parked.
 	for deadline := time.Now().Add(spinFor); l.done.Load() < chunks && time.Now().Before(deadline); {
 	}
 	<-l.finished
